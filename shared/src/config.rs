@@ -1,0 +1,514 @@
+//! Typed configuration, read from the environment in this one place.
+//!
+//! [`Config::from_env`] reads every variable named in the interface contract
+//! (plus Rose's own `ROSE_*` tuning knobs), applies defaults, and reports
+//! *every* bad setting at once in a single line that names each variable, so
+//! an operator fixes them in one pass. Secrets are [`SecretString`]s and never
+//! appear in `Debug` output or logs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// Groq's OpenAI-compatible base URL.
+pub const DEFAULT_GROQ_BASE_URL: &str = "https://api.groq.com/openai/v1";
+/// ElevenLabs' API root.
+pub const DEFAULT_ELEVENLABS_BASE_URL: &str = "https://api.elevenlabs.io";
+/// A stock ElevenLabs voice (calm, warm) used when `ELEVENLABS_VOICE_ID` is unset.
+pub const DEFAULT_ELEVENLABS_VOICE_ID: &str = "21m00Tcm4TlvDq8ikWAM";
+
+/// Which text-to-speech backend speaks Rose's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtsProvider {
+    /// ElevenLabs `POST /v1/text-to-speech/{voice_id}`.
+    ElevenLabs,
+    /// OpenAI-compatible `POST {GROQ_BASE_URL}/audio/speech`.
+    OpenAi,
+    /// Local `espeak-ng`, no network.
+    Espeak,
+    /// Text replies only.
+    None,
+}
+
+impl FromStr for TtsProvider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "elevenlabs" => Ok(Self::ElevenLabs),
+            "openai" => Ok(Self::OpenAi),
+            "espeak" => Ok(Self::Espeak),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "expected one of elevenlabs, openai, espeak, none, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            other => Err(format!("expected json or pretty, got {other:?}")),
+        }
+    }
+}
+
+/// The database Rose keeps its rows in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `sqlite:` URL (the embedded deployment).
+    Sqlite(String),
+    /// `postgres:`/`postgresql:` URL (the scaled deployment).
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// The URL as given.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Sqlite(s) | Self::Postgres(s) => s,
+        }
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.starts_with("sqlite:") {
+            Ok(Self::Sqlite(s.to_owned()))
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Self::Postgres(s.to_owned()))
+        } else {
+            Err("expected a sqlite: or postgres:// URL".to_owned())
+        }
+    }
+}
+
+/// Everything Rose reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `PORT`: the api's listening port (default 8080; `--port` wins).
+    pub port: u16,
+    /// `DATABASE_URL`: where rows live; unset on `rose serve` means a SQLite
+    /// file `rose.db` under `ROSE_DATA_DIR`.
+    pub database_url: Option<DatabaseUrl>,
+    /// `REDIS_URL`: the queue, job events and shared limits on the scaled deployment.
+    pub redis_url: Option<String>,
+    /// `ROSE_REDIS_PREFIX`: every Redis key Rose touches starts with this (default `rose`).
+    pub redis_prefix: String,
+    /// `ROSE_DATA_DIR`: the embedded deployment's files (default `./data`).
+    pub data_dir: PathBuf,
+
+    /// `GROQ_API_KEY`: speech-to-text and chat; unset means the built-in simulator.
+    pub groq_api_key: Option<SecretString>,
+    /// `ROSE_SIMULATOR_URL`: without a Groq key, use the provider simulator
+    /// already running there (e.g. one `rose sim` shared by all workers)
+    /// instead of starting one in-process.
+    pub simulator_url: Option<String>,
+    /// `GROQ_BASE_URL`: any OpenAI-compatible server.
+    pub groq_base_url: String,
+    /// `ELEVENLABS_API_KEY`.
+    pub elevenlabs_api_key: Option<SecretString>,
+    /// `ELEVENLABS_BASE_URL`.
+    pub elevenlabs_base_url: String,
+    /// `ELEVENLABS_VOICE_ID`.
+    pub elevenlabs_voice_id: String,
+    /// `TTS_PROVIDER` (default `elevenlabs`).
+    pub tts_provider: TtsProvider,
+    /// `STT_MODEL` (default `whisper-large-v3-turbo`).
+    pub stt_model: String,
+    /// `LLM_MODEL` (default `llama-3.3-70b-versatile`).
+    pub llm_model: String,
+    /// `LLM_SMALL_MODEL` (default `llama-3.1-8b-instant`): memory extraction and summaries.
+    pub llm_small_model: String,
+    /// `TTS_MODEL` (default `eleven_flash_v2_5`).
+    pub tts_model: String,
+    /// `ROSE_PROVIDER_TIMEOUT_SECS`: per provider call (default 30).
+    pub provider_timeout: Duration,
+
+    /// `QDRANT_URL`: vector memory in Qdrant; unset means the embedded store.
+    pub qdrant_url: Option<String>,
+    /// `QDRANT_API_KEY`.
+    pub qdrant_api_key: Option<SecretString>,
+    /// `MEMORY_TOP_K` (default 3).
+    pub memory_top_k: usize,
+    /// `EMBEDDING_MODEL_DIR`: `model.safetensors`, `tokenizer.json`, `config.json`.
+    pub embedding_model_dir: Option<PathBuf>,
+
+    /// `SESSION_RETENTION_DAYS` (default 7).
+    pub session_retention_days: u32,
+    /// `AUDIO_RETENTION_HOURS` (default 24).
+    pub audio_retention_hours: u32,
+    /// `BACKUP_DIR` (default `<ROSE_DATA_DIR>/backups`).
+    pub backup_dir: PathBuf,
+    /// `BACKUP_KEEP` (default 7).
+    pub backup_keep: usize,
+
+    /// `ROSE_ADMIN_TOKEN`: the admin API is off (404) when unset.
+    pub admin_token: Option<SecretString>,
+    /// `ROSE_WEBHOOK_SECRET`: `whsec_` + base64 key for signing callbacks.
+    pub webhook_secret: Option<SecretString>,
+
+    /// `LOG_FORMAT` (default `pretty`).
+    pub log_format: LogFormat,
+
+    /// `ROSE_WORKER_CONCURRENCY`: voice jobs one worker process runs at once (default 32).
+    pub worker_concurrency: usize,
+    /// `ROSE_HISTORY_TURNS`: recent turns sent with each chat request (default 12).
+    pub history_turns: usize,
+    /// `ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS`: how long a silent consumer keeps a
+    /// Redis job before another worker reclaims it (default 60).
+    pub queue_visibility_timeout: Duration,
+}
+
+/// Every problem found in the environment, reported at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `(variable, what is wrong)` pairs, in the order found.
+    pub problems: Vec<(String, String)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        for (i, (var, problem)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{var}: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads variables from a map and records what is wrong with them.
+struct Reader<'a> {
+    vars: &'a HashMap<String, String>,
+    problems: Vec<(String, String)>,
+}
+
+impl Reader<'_> {
+    /// The variable's value; empty values count as unset.
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or(default).to_owned()
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.raw(name).map(|v| SecretString::from(v.to_owned()))
+    }
+
+    fn parse<T: FromStr>(&mut self, name: &str, expected: &str) -> Option<T>
+    where
+        T::Err: fmt::Display,
+    {
+        let raw = self.raw(name)?;
+        match raw.parse::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let msg = format!("{expected}, got {raw:?} ({e})");
+                self.problems.push((name.to_owned(), msg));
+                None
+            }
+        }
+    }
+
+    /// A positive integer within `min..=max`.
+    fn bounded<T>(&mut self, name: &str, default: T, min: T, max: T) -> T
+    where
+        T: FromStr + PartialOrd + Copy + fmt::Display,
+        T::Err: fmt::Display,
+    {
+        let expected = format!("expected an integer from {min} to {max}");
+        match self.parse::<T>(name, &expected) {
+            Some(v) if v >= min && v <= max => v,
+            Some(v) => {
+                self.problems
+                    .push((name.to_owned(), format!("{expected}, got {v}")));
+                default
+            }
+            None => default,
+        }
+    }
+
+    fn url(&mut self, name: &str, default: Option<&str>) -> Option<String> {
+        let value = self.raw(name).or(default)?;
+        let trimmed = value.trim_end_matches('/');
+        if trimmed.starts_with("http://") || trimmed.starts_with("https://") {
+            Some(trimmed.to_owned())
+        } else {
+            self.problems.push((
+                name.to_owned(),
+                format!("expected an http:// or https:// URL, got {value:?}"),
+            ));
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every variable that is malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::from_map(&vars)
+    }
+
+    /// Reads configuration from `vars` (the environment, or a test's map).
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every variable that is malformed.
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            vars,
+            problems: Vec::new(),
+        };
+        let data_dir = PathBuf::from(r.string("ROSE_DATA_DIR", "./data"));
+        let redis_url = r.raw("REDIS_URL").map(str::to_owned);
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            r.problems.push((
+                "REDIS_URL".to_owned(),
+                format!("expected a redis:// or rediss:// URL, got {url:?}"),
+            ));
+        }
+        let webhook_secret = r.secret("ROSE_WEBHOOK_SECRET");
+        if let Some(raw) = r.raw("ROSE_WEBHOOK_SECRET")
+            && crate::webhook::decode_secret(raw).is_none()
+        {
+            r.problems.push((
+                "ROSE_WEBHOOK_SECRET".to_owned(),
+                "expected whsec_ followed by base64".to_owned(),
+            ));
+        }
+        let redis_prefix = r.string("ROSE_REDIS_PREFIX", "rose");
+        if redis_prefix.contains(char::is_whitespace) {
+            r.problems.push((
+                "ROSE_REDIS_PREFIX".to_owned(),
+                "must not contain whitespace".to_owned(),
+            ));
+        }
+
+        let config = Config {
+            port: r.bounded("PORT", 8080u16, 1, u16::MAX),
+            database_url: r.parse("DATABASE_URL", "expected a sqlite: or postgres:// URL"),
+            redis_url,
+            redis_prefix,
+            groq_api_key: r.secret("GROQ_API_KEY"),
+            simulator_url: r.url("ROSE_SIMULATOR_URL", None),
+            groq_base_url: r
+                .url("GROQ_BASE_URL", Some(DEFAULT_GROQ_BASE_URL))
+                .unwrap_or_else(|| DEFAULT_GROQ_BASE_URL.to_owned()),
+            elevenlabs_api_key: r.secret("ELEVENLABS_API_KEY"),
+            elevenlabs_base_url: r
+                .url("ELEVENLABS_BASE_URL", Some(DEFAULT_ELEVENLABS_BASE_URL))
+                .unwrap_or_else(|| DEFAULT_ELEVENLABS_BASE_URL.to_owned()),
+            elevenlabs_voice_id: r.string("ELEVENLABS_VOICE_ID", DEFAULT_ELEVENLABS_VOICE_ID),
+            tts_provider: r
+                .parse("TTS_PROVIDER", "expected a TTS provider")
+                .unwrap_or(TtsProvider::ElevenLabs),
+            stt_model: r.string("STT_MODEL", "whisper-large-v3-turbo"),
+            llm_model: r.string("LLM_MODEL", "llama-3.3-70b-versatile"),
+            llm_small_model: r.string("LLM_SMALL_MODEL", "llama-3.1-8b-instant"),
+            tts_model: r.string("TTS_MODEL", "eleven_flash_v2_5"),
+            provider_timeout: Duration::from_secs(r.bounded(
+                "ROSE_PROVIDER_TIMEOUT_SECS",
+                30u64,
+                1,
+                600,
+            )),
+            qdrant_url: r.url("QDRANT_URL", None),
+            qdrant_api_key: r.secret("QDRANT_API_KEY"),
+            memory_top_k: r.bounded("MEMORY_TOP_K", 3usize, 1, 50),
+            embedding_model_dir: r.raw("EMBEDDING_MODEL_DIR").map(PathBuf::from),
+            session_retention_days: r.bounded("SESSION_RETENTION_DAYS", 7u32, 1, 36_500),
+            audio_retention_hours: r.bounded("AUDIO_RETENTION_HOURS", 24u32, 1, 876_000),
+            backup_dir: r
+                .raw("BACKUP_DIR")
+                .map_or_else(|| data_dir.join("backups"), PathBuf::from),
+            backup_keep: r.bounded("BACKUP_KEEP", 7usize, 1, 10_000),
+            admin_token: r.secret("ROSE_ADMIN_TOKEN"),
+            webhook_secret,
+            log_format: r
+                .parse("LOG_FORMAT", "expected json or pretty")
+                .unwrap_or(LogFormat::Pretty),
+            worker_concurrency: r.bounded("ROSE_WORKER_CONCURRENCY", 32usize, 1, 100_000),
+            history_turns: r.bounded("ROSE_HISTORY_TURNS", 12usize, 0, 200),
+            queue_visibility_timeout: Duration::from_secs(r.bounded(
+                "ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS",
+                60u64,
+                1,
+                86_400,
+            )),
+            data_dir,
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
+
+    /// True when no Groq key is set: Rose talks to its built-in simulator.
+    #[must_use]
+    pub fn uses_simulator(&self) -> bool {
+        self.groq_api_key.is_none()
+    }
+
+    /// The database for `rose serve`: `DATABASE_URL`, else `rose.db` under `ROSE_DATA_DIR`.
+    #[must_use]
+    pub fn embedded_database_url(&self) -> DatabaseUrl {
+        self.database_url.clone().unwrap_or_else(|| {
+            DatabaseUrl::Sqlite(format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("rose.db").display()
+            ))
+        })
+    }
+
+    /// Checks what the scaled roles (`rose api|worker|scheduler`) need.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `DATABASE_URL` and/or `REDIS_URL` when unset.
+    pub fn require_scaled(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.database_url.is_none() {
+            problems.push((
+                "DATABASE_URL".to_owned(),
+                "required for this role (postgres://… on the scaled deployment)".to_owned(),
+            ));
+        }
+        if self.redis_url.is_none() {
+            problems.push((
+                "REDIS_URL".to_owned(),
+                "required for this role (redis://…)".to_owned(),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_environment() {
+        let c = Config::from_map(&HashMap::new()).expect("defaults are valid");
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.memory_top_k, 3);
+        assert_eq!(c.groq_base_url, DEFAULT_GROQ_BASE_URL);
+        assert_eq!(c.tts_provider, TtsProvider::ElevenLabs);
+        assert!(c.uses_simulator());
+        assert!(
+            matches!(c.embedded_database_url(), DatabaseUrl::Sqlite(u) if u.contains("rose.db"))
+        );
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_in_one_line() {
+        let err = Config::from_map(&vars(&[
+            ("PORT", "eighty"),
+            ("MEMORY_TOP_K", "0"),
+            ("DATABASE_URL", "mysql://x"),
+            ("TTS_PROVIDER", "polly"),
+            ("GROQ_BASE_URL", "ftp://x"),
+        ]))
+        .expect_err("invalid");
+        let line = err.to_string();
+        assert!(!line.contains('\n'));
+        for var in [
+            "PORT",
+            "MEMORY_TOP_K",
+            "DATABASE_URL",
+            "TTS_PROVIDER",
+            "GROQ_BASE_URL",
+        ] {
+            assert!(line.contains(var), "{var} missing from {line}");
+        }
+        assert_eq!(err.problems.len(), 5);
+    }
+
+    #[test]
+    fn parses_set_values() {
+        let c = Config::from_map(&vars(&[
+            ("PORT", "9000"),
+            ("DATABASE_URL", "postgres://localhost/rose"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("GROQ_API_KEY", "gsk_x"),
+            ("GROQ_BASE_URL", "http://127.0.0.1:9090/openai/v1/"),
+            ("TTS_PROVIDER", "espeak"),
+            ("LOG_FORMAT", "json"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.port, 9000);
+        assert!(matches!(c.database_url, Some(DatabaseUrl::Postgres(_))));
+        assert_eq!(c.groq_base_url, "http://127.0.0.1:9090/openai/v1");
+        assert_eq!(c.tts_provider, TtsProvider::Espeak);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(!c.uses_simulator());
+        assert!(c.require_scaled().is_ok());
+    }
+
+    #[test]
+    fn scaled_roles_need_database_and_redis() {
+        let c = Config::from_map(&HashMap::new()).expect("valid");
+        let err = c.require_scaled().expect_err("missing");
+        let line = err.to_string();
+        assert!(
+            line.contains("DATABASE_URL") && line.contains("REDIS_URL"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn webhook_secret_must_be_whsec() {
+        let err = Config::from_map(&vars(&[("ROSE_WEBHOOK_SECRET", "plain")])).expect_err("bad");
+        assert!(err.to_string().contains("ROSE_WEBHOOK_SECRET"));
+        let ok = Config::from_map(&vars(&[(
+            "ROSE_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )]));
+        assert!(ok.is_ok());
+    }
+}

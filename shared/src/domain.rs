@@ -1,0 +1,307 @@
+//! Domain types: identifiers parsed once at the edge, and the rows clients read.
+//!
+//! Every identifier is a ULID (sortable by creation time, URL-safe). A job's
+//! stage outputs (`transcript`, `reply_text`, `reply_audio_id`) are its
+//! checkpoints: a re-run job starts at the first one that is missing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+macro_rules! ulid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Ulid);
+
+        impl $name {
+            /// A fresh, time-ordered id.
+            #[must_use]
+            pub fn new() -> Self {
+                Self(Ulid::generate())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ulid::DecodeError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ulid::from_string(s.trim()).map(Self)
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// A voice job.
+    JobId
+);
+ulid_id!(
+    /// A conversation session.
+    SessionId
+);
+ulid_id!(
+    /// A stored audio blob (an upload or a reply).
+    AudioId
+);
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    /// The stored and serialised name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// No further change will happen.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(Self::Queued),
+            "processing" => Ok(Self::Processing),
+            "succeeded" => Ok(Self::Succeeded),
+            "failed" => Ok(Self::Failed),
+            other => Err(format!("unknown job status {other:?}")),
+        }
+    }
+}
+
+/// A pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Stt,
+    Memory,
+    Llm,
+    Tts,
+}
+
+impl Stage {
+    /// The stored and serialised name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stt => "stt",
+            Self::Memory => "memory",
+            Self::Llm => "llm",
+            Self::Tts => "tts",
+        }
+    }
+}
+
+impl FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stt" => Ok(Self::Stt),
+            "memory" => Ok(Self::Memory),
+            "llm" => Ok(Self::Llm),
+            "tts" => Ok(Self::Tts),
+            other => Err(format!("unknown stage {other:?}")),
+        }
+    }
+}
+
+/// A conversation session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub last_active_at: i64,
+}
+
+/// Who spoke a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    /// The stored name (also the chat API's role name).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// One utterance in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A stored audio blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audio {
+    pub id: AudioId,
+    pub bytes: Vec<u8>,
+    pub mime: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// Why a job failed: a stable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Milliseconds spent per part of a job; absent parts did not run (yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Push → first stage start.
+    pub queue_wait: Option<i64>,
+    pub stt: Option<i64>,
+    pub memory: Option<i64>,
+    pub llm: Option<i64>,
+    pub tts: Option<i64>,
+    /// Creation → finish.
+    pub total: Option<i64>,
+}
+
+impl Timings {
+    /// The `timings_ms` object clients read: only the parts that ran.
+    #[must_use]
+    pub fn to_map(&self) -> BTreeMap<&'static str, i64> {
+        [
+            ("queue_wait", self.queue_wait),
+            ("stt", self.stt),
+            ("memory", self.memory),
+            ("llm", self.llm),
+            ("tts", self.tts),
+            ("total", self.total),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// A voice job row: the truth clients read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub session_id: SessionId,
+    pub status: JobStatus,
+    pub stage: Option<Stage>,
+    pub attempts: i64,
+    pub input_audio_id: AudioId,
+    /// STT checkpoint.
+    pub transcript: Option<String>,
+    /// LLM checkpoint.
+    pub reply_text: Option<String>,
+    /// TTS checkpoint.
+    pub reply_audio_id: Option<AudioId>,
+    /// Stages that fell back (e.g. `tts`).
+    pub degraded: Vec<String>,
+    pub error: Option<JobError>,
+    pub timings: Timings,
+    pub idempotency_key: Option<String>,
+    pub request_id: Option<String>,
+    pub callback_url: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// The job message a queue carries: the row is the truth, the message only points at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoiceTask {
+    pub job_id: JobId,
+    /// The HTTP request that created the job, so worker logs join the api's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Unix milliseconds now.
+#[must_use]
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 (UTC, milliseconds) for a unix-milliseconds timestamp.
+#[must_use]
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_reject_garbage() {
+        let id = JobId::new();
+        assert_eq!(id.to_string().parse::<JobId>().ok(), Some(id));
+        assert!("not-a-ulid".parse::<SessionId>().is_err());
+        assert!("".parse::<SessionId>().is_err());
+    }
+
+    #[test]
+    fn timings_map_has_only_measured_parts() {
+        let t = Timings {
+            stt: Some(12),
+            total: Some(40),
+            ..Timings::default()
+        };
+        let m = t.to_map();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get("stt"), Some(&12));
+    }
+
+    #[test]
+    fn rfc3339_is_utc_millis() {
+        assert_eq!(rfc3339(1_614_265_330_123), "2021-02-25T15:02:10.123Z");
+    }
+}

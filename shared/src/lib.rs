@@ -1,0 +1,15 @@
+//! The library every Rose role uses: configuration, domain types, storage,
+//! queue wiring, provider clients and telemetry.
+
+pub mod audio;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod providers;
+pub mod queue;
+pub mod rose;
+pub mod store;
+pub mod telemetry;
+pub mod webhook;
+
+pub use rose::Rose;
