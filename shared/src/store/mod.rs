@@ -1,0 +1,199 @@
+//! Storage behind one trait, with PostgreSQL and SQLite implementations.
+//!
+//! Both implementations run the *same* SQL (written once in [`sql`] and
+//! instantiated per database by a macro): timestamps are `BIGINT` unix
+//! milliseconds, ids are ULID text, lists are JSON text, so no statement needs
+//! a dialect of its own. Stage checkpoints are written with `… IS NULL` guards,
+//! so a redelivered job can never overwrite or duplicate an earlier stage's
+//! output, and a reply's two turns are inserted in the same transaction as
+//! the reply checkpoint.
+//!
+//! Migrations live in `migrations/{sqlite,postgres}` and are recorded in
+//! `_rose_migrations` (the queue's own tables keep sqlx's default table).
+
+mod rows;
+mod sql;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::DatabaseUrl;
+use crate::domain::{Audio, AudioId, Job, JobError, JobId, Session, SessionId, Stage, Turn};
+
+pub use sql::{PgStore, SqliteStore};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What the api hands the store to create a job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub session_id: SessionId,
+    pub audio: Vec<u8>,
+    pub mime: String,
+    pub idempotency_key: Option<String>,
+    pub request_id: Option<String>,
+    pub callback_url: Option<String>,
+}
+
+/// Reply audio produced by the TTS stage.
+#[derive(Debug, Clone)]
+pub struct NewAudio {
+    pub bytes: Vec<u8>,
+    pub mime: String,
+}
+
+/// What looking up an audio id found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioLookup {
+    Found(Audio),
+    /// It existed; retention erased its bytes.
+    Expired,
+    Missing,
+}
+
+/// Whether `create_job` made a new job or found the one an earlier request
+/// with the same idempotency key made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Existing,
+}
+
+/// Where Rose keeps sessions, turns, jobs and audio.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// A real round trip to the database.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn create_session(&self, user_id: Option<&str>) -> StoreResult<Session>;
+    async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>>;
+    /// Erases the session and everything it owns; false when it did not exist.
+    async fn delete_session(&self, id: SessionId) -> StoreResult<bool>;
+
+    /// Stores the upload and the job row in one transaction. With an
+    /// idempotency key already used in this session, returns that job instead.
+    async fn create_job(&self, new: NewJob) -> StoreResult<(Job, Created)>;
+    async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
+
+    /// Marks the job `processing` and counts the attempt; records the queue
+    /// wait on the first attempt. `None` when the job does not exist.
+    async fn begin_attempt(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// Records the stage now running.
+    async fn set_stage(&self, id: JobId, stage: Stage) -> StoreResult<()>;
+    /// STT checkpoint (first write wins).
+    async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64) -> StoreResult<()>;
+    /// LLM checkpoint plus the user's and Rose's turns, in one transaction.
+    async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64) -> StoreResult<()>;
+    /// TTS checkpoint: stores the reply audio; returns the audio id now on the job.
+    async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId>;
+    /// The job succeeded, with the stages that fell back.
+    async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()>;
+    /// The job failed for good.
+    async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()>;
+
+    /// The session's latest `limit` turns, oldest first.
+    async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>>;
+    /// A stored audio blob.
+    async fn get_audio(&self, id: AudioId) -> StoreResult<AudioLookup>;
+}
+
+/// An open database pool, before it is wrapped in a [`Store`].
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Opens a pool. SQLite runs in WAL mode with a busy timeout, so the api
+    /// and the worker sharing one file never see "database is locked".
+    ///
+    /// # Errors
+    /// When the URL is malformed or the database cannot be reached.
+    pub async fn connect(url: &DatabaseUrl) -> StoreResult<Self> {
+        match url {
+            DatabaseUrl::Sqlite(url) => {
+                let options = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url)?;
+                Self::connect_postgres(options).await
+            }
+        }
+    }
+
+    /// Opens a PostgreSQL pool with explicit options (tests use this to pin a schema).
+    ///
+    /// # Errors
+    /// When the database cannot be reached.
+    pub async fn connect_postgres(options: PgConnectOptions) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self::Postgres(pool))
+    }
+
+    /// Applies Rose's migrations (recorded in `_rose_migrations`).
+    ///
+    /// # Errors
+    /// When a migration fails or the recorded history does not match.
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match self {
+            Self::Sqlite(pool) => {
+                let mut m = sqlx::migrate!("../migrations/sqlite");
+                m.dangerous_set_table_name("_rose_migrations");
+                m.run(pool).await?;
+            }
+            Self::Postgres(pool) => {
+                let mut m = sqlx::migrate!("../migrations/postgres");
+                m.dangerous_set_table_name("_rose_migrations");
+                m.run(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wraps the pool in its [`Store`].
+    #[must_use]
+    pub fn store(&self) -> std::sync::Arc<dyn Store> {
+        match self {
+            Self::Sqlite(pool) => std::sync::Arc::new(SqliteStore::new(pool.clone())),
+            Self::Postgres(pool) => std::sync::Arc::new(PgStore::new(pool.clone())),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Rows as both databases return them, and their conversion to domain types.
+
+use std::str::FromStr;
+
+use crate::domain::{
+    Audio, AudioId, Job, JobError, JobId, Role, Session, SessionId, Timings, Turn,
+};
+use crate::store::{AudioLookup, StoreError};
+
+/// `SELECT` of every column [`JobRow`] reads, followed by the rest of the statement.
+macro_rules! select_job {
+    ($($rest:literal),+) => {
+        concat!(
+            "SELECT id, session_id, status, stage, attempts, input_audio_id, transcript, \
+             reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
+             stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
+             callback_url, created_at, updated_at ",
+            $($rest),+
+        )
+    };
+}
+pub(super) use select_job;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    id: String,
+    session_id: String,
+    status: String,
+    stage: Option<String>,
+    attempts: i64,
+    input_audio_id: String,
+    transcript: Option<String>,
+    reply_text: Option<String>,
+    reply_audio_id: Option<String>,
+    degraded: String,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    queue_wait_ms: Option<i64>,
+    stt_ms: Option<i64>,
+    memory_ms: Option<i64>,
+    llm_ms: Option<i64>,
+    tts_ms: Option<i64>,
+    total_ms: Option<i64>,
+    idempotency_key: Option<String>,
+    request_id: Option<String>,
+    callback_url: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    raw.parse::<T>()
+        .map_err(|e| StoreError::Corrupt(format!("{what} {raw:?}: {e}")))
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = StoreError;
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        Ok(Job {
+            id: parse::<JobId>("job id", &r.id)?,
+            session_id: parse::<SessionId>("session id", &r.session_id)?,
+            status: parse("job status", &r.status)?,
+            stage: r.stage.as_deref().map(|s| parse("stage", s)).transpose()?,
+            attempts: r.attempts,
+            input_audio_id: parse::<AudioId>("audio id", &r.input_audio_id)?,
+            transcript: r.transcript,
+            reply_text: r.reply_text,
+            reply_audio_id: r
+                .reply_audio_id
+                .as_deref()
+                .map(|s| parse::<AudioId>("audio id", s))
+                .transpose()?,
+            degraded: serde_json::from_str(&r.degraded)
+                .map_err(|e| StoreError::Corrupt(format!("degraded list: {e}")))?,
+            error: r.error_code.map(|code| JobError {
+                code,
+                message: r.error_message.unwrap_or_default(),
+            }),
+            timings: Timings {
+                queue_wait: r.queue_wait_ms,
+                stt: r.stt_ms,
+                memory: r.memory_ms,
+                llm: r.llm_ms,
+                tts: r.tts_ms,
+                total: r.total_ms,
+            },
+            idempotency_key: r.idempotency_key,
+            request_id: r.request_id,
+            callback_url: r.callback_url,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SessionRow {
+    id: String,
+    user_id: Option<String>,
+    created_at: i64,
+    last_active_at: i64,
+}
+
+impl TryFrom<SessionRow> for Session {
+    type Error = StoreError;
+    fn try_from(r: SessionRow) -> Result<Self, StoreError> {
+        Ok(Session {
+            id: parse("session id", &r.id)?,
+            user_id: r.user_id,
+            created_at: r.created_at,
+            last_active_at: r.last_active_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TurnRow {
+    role: String,
+    text: String,
+    created_at: i64,
+}
+
+impl TryFrom<TurnRow> for Turn {
+    type Error = StoreError;
+    fn try_from(r: TurnRow) -> Result<Self, StoreError> {
+        let role = match r.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(StoreError::Corrupt(format!("turn role {other:?}"))),
+        };
+        Ok(Turn {
+            role,
+            text: r.text,
+            created_at: r.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AudioRow {
+    id: String,
+    mime: String,
+    bytes: Option<Vec<u8>>,
+    created_at: i64,
+}
+
+impl AudioRow {
+    /// `Expired` when retention erased the bytes.
+    pub(super) fn into_lookup(self) -> Result<AudioLookup, StoreError> {
+        let id = parse("audio id", &self.id)?;
+        Ok(match self.bytes {
+            Some(bytes) => AudioLookup::Found(Audio {
+                id,
+                bytes,
+                mime: self.mime,
+                created_at: self.created_at,
+            }),
+            None => AudioLookup::Expired,
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! The SQL behind [`Store`], written once and instantiated for SQLite and
+//! PostgreSQL (both take `$n` placeholders and the same types here).
+
+use async_trait::async_trait;
+use sqlx::{PgPool, SqlitePool};
+
+use super::rows::{AudioRow, JobRow, SessionRow, TurnRow, select_job};
+use super::{AudioLookup, Created, NewAudio, NewJob, Store, StoreError, StoreResult};
+use crate::domain::{
+    AudioId, Job, JobError, JobId, JobStatus, Role, Session, SessionId, Stage, Turn, now_ms,
+};
+
+/// [`Store`] on SQLite (the embedded deployment).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Wraps a pool whose database is migrated.
+    #[must_use]
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+/// [`Store`] on PostgreSQL (the scaled deployment).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Wraps a pool whose database is migrated.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+macro_rules! sql_store {
+    ($store:ident, $name:literal) => {
+        impl $store {
+            async fn job_where(&self, id: JobId) -> StoreResult<Option<Job>> {
+                let row: Option<JobRow> = sqlx::query_as(select_job!("FROM voice_jobs WHERE id = $1"))
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(Job::try_from).transpose()
+            }
+
+            async fn job_by_key(&self, session: SessionId, key: &str) -> StoreResult<Option<Job>> {
+                let row: Option<JobRow> = sqlx::query_as(select_job!(
+                    "FROM voice_jobs WHERE session_id = $1 AND idempotency_key = $2"
+                ))
+                    .bind(session.to_string())
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(Job::try_from).transpose()
+            }
+
+            async fn insert_job(&self, new: &NewJob) -> Result<Job, sqlx::Error> {
+                let now = now_ms();
+                let job_id = JobId::new();
+                let audio_id = AudioId::new();
+                let session = new.session_id.to_string();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
+                     VALUES ($1, $2, 'upload', $3, $4, $5, $6)",
+                )
+                .bind(audio_id.to_string())
+                .bind(&session)
+                .bind(&new.mime)
+                .bind(&new.audio)
+                .bind(new.audio.len() as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO voice_jobs (id, session_id, status, input_audio_id, idempotency_key, \
+                     request_id, callback_url, created_at, updated_at) \
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $7)",
+                )
+                .bind(job_id.to_string())
+                .bind(&session)
+                .bind(audio_id.to_string())
+                .bind(&new.idempotency_key)
+                .bind(&new.request_id)
+                .bind(&new.callback_url)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE sessions SET last_active_at = $2 WHERE id = $1")
+                    .bind(&session)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Job {
+                    id: job_id,
+                    session_id: new.session_id,
+                    status: JobStatus::Queued,
+                    stage: None,
+                    attempts: 0,
+                    input_audio_id: audio_id,
+                    transcript: None,
+                    reply_text: None,
+                    reply_audio_id: None,
+                    degraded: Vec::new(),
+                    error: None,
+                    timings: Default::default(),
+                    idempotency_key: new.idempotency_key.clone(),
+                    request_id: new.request_id.clone(),
+                    callback_url: new.callback_url.clone(),
+                    created_at: now,
+                    updated_at: now,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, user_id: Option<&str>) -> StoreResult<Session> {
+                let now = now_ms();
+                let session = Session {
+                    id: SessionId::new(),
+                    user_id: user_id.map(str::to_owned),
+                    created_at: now,
+                    last_active_at: now,
+                };
+                sqlx::query(
+                    "INSERT INTO sessions (id, user_id, created_at, last_active_at) \
+                     VALUES ($1, $2, $3, $3)",
+                )
+                .bind(session.id.to_string())
+                .bind(&session.user_id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(session)
+            }
+
+            async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>> {
+                let row: Option<SessionRow> = sqlx::query_as(
+                    "SELECT id, user_id, created_at, last_active_at FROM sessions WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(Session::try_from).transpose()
+            }
+
+            async fn delete_session(&self, id: SessionId) -> StoreResult<bool> {
+                // Children first, explicitly: correct even where foreign keys are off.
+                let id = id.to_string();
+                let mut tx = self.pool.begin().await?;
+                for statement in [
+                    "DELETE FROM turns WHERE session_id = $1",
+                    "DELETE FROM voice_jobs WHERE session_id = $1",
+                    "DELETE FROM audio WHERE session_id = $1",
+                ] {
+                    sqlx::query(statement)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let done = sqlx::query("DELETE FROM sessions WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn create_job(&self, new: NewJob) -> StoreResult<(Job, Created)> {
+                if let Some(key) = &new.idempotency_key
+                    && let Some(job) = self.job_by_key(new.session_id, key).await?
+                {
+                    return Ok((job, Created::Existing));
+                }
+                match self.insert_job(&new).await {
+                    Ok(job) => Ok((job, Created::New)),
+                    // A concurrent request with the same key won the race.
+                    Err(e) if is_unique_violation(&e) => {
+                        let key = new.idempotency_key.as_deref().unwrap_or_default();
+                        match self.job_by_key(new.session_id, key).await? {
+                            Some(job) => Ok((job, Created::Existing)),
+                            None => Err(StoreError::Database(e)),
+                        }
+                    }
+                    Err(e) => Err(StoreError::Database(e)),
+                }
+            }
+
+            async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>> {
+                self.job_where(id).await
+            }
+
+            async fn begin_attempt(&self, id: JobId) -> StoreResult<Option<Job>> {
+                let now = now_ms();
+                sqlx::query(
+                    "UPDATE voice_jobs SET status = 'processing', attempts = attempts + 1, \
+                     updated_at = $2, started_at = COALESCE(started_at, $2), \
+                     queue_wait_ms = COALESCE(queue_wait_ms, $2 - created_at) \
+                     WHERE id = $1 AND status IN ('queued', 'processing')",
+                )
+                .bind(id.to_string())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                self.job_where(id).await
+            }
+
+            async fn set_stage(&self, id: JobId, stage: Stage) -> StoreResult<()> {
+                sqlx::query("UPDATE voice_jobs SET stage = $2, updated_at = $3 WHERE id = $1")
+                    .bind(id.to_string())
+                    .bind(stage.as_str())
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE voice_jobs SET transcript = $2, stt_ms = $3, updated_at = $4 \
+                     WHERE id = $1 AND transcript IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(transcript)
+                .bind(stt_ms)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64) -> StoreResult<()> {
+                let now = now_ms();
+                let job_id = job.id.to_string();
+                let session = job.session_id.to_string();
+                let user_text = job.transcript.as_deref().unwrap_or_default();
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = $3, updated_at = $4 \
+                     WHERE id = $1 AND reply_text IS NULL",
+                )
+                .bind(&job_id)
+                .bind(reply)
+                .bind(llm_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() > 0 {
+                    // The user spoke first; Rose's reply sorts after it.
+                    for (offset, role, text) in
+                        [(0, Role::User, user_text), (1, Role::Assistant, reply)]
+                    {
+                        sqlx::query(
+                            "INSERT INTO turns (id, session_id, job_id, role, text, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        )
+                        .bind(ulid::Ulid::generate().to_string())
+                        .bind(&session)
+                        .bind(&job_id)
+                        .bind(role.as_str())
+                        .bind(text)
+                        .bind(now + offset)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query("UPDATE sessions SET last_active_at = $2 WHERE id = $1")
+                        .bind(&session)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId> {
+                let now = now_ms();
+                let audio_id = AudioId::new();
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE voice_jobs SET reply_audio_id = $2, tts_ms = $3, updated_at = $4 \
+                     WHERE id = $1 AND reply_audio_id IS NULL",
+                )
+                .bind(job.id.to_string())
+                .bind(audio_id.to_string())
+                .bind(tts_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return self
+                        .job_where(job.id)
+                        .await?
+                        .and_then(|j| j.reply_audio_id)
+                        .ok_or_else(|| StoreError::Corrupt("job lost its reply audio".to_owned()));
+                }
+                sqlx::query(
+                    "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
+                     VALUES ($1, $2, 'reply', $3, $4, $5, $6)",
+                )
+                .bind(audio_id.to_string())
+                .bind(job.session_id.to_string())
+                .bind(&audio.mime)
+                .bind(&audio.bytes)
+                .bind(audio.bytes.len() as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(audio_id)
+            }
+
+            async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()> {
+                let now = now_ms();
+                let degraded = serde_json::to_string(degraded)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "UPDATE voice_jobs SET status = 'succeeded', stage = NULL, degraded = $2, \
+                     error_code = NULL, error_message = NULL, updated_at = $3, finished_at = $3, \
+                     total_ms = $3 - created_at WHERE id = $1 AND status <> 'succeeded'",
+                )
+                .bind(id.to_string())
+                .bind(degraded)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()> {
+                let now = now_ms();
+                sqlx::query(
+                    "UPDATE voice_jobs SET status = 'failed', error_code = $2, error_message = $3, \
+                     updated_at = $4, finished_at = $4, total_ms = $4 - created_at \
+                     WHERE id = $1 AND status <> 'succeeded'",
+                )
+                .bind(id.to_string())
+                .bind(&error.code)
+                .bind(&error.message)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>> {
+                let rows: Vec<TurnRow> = sqlx::query_as(
+                    "SELECT role, text, created_at FROM turns WHERE session_id = $1 \
+                     ORDER BY created_at DESC, id DESC LIMIT $2",
+                )
+                .bind(session.to_string())
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut turns = rows
+                    .into_iter()
+                    .map(Turn::try_from)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                turns.reverse();
+                Ok(turns)
+            }
+
+            async fn get_audio(&self, id: AudioId) -> StoreResult<AudioLookup> {
+                let row: Option<AudioRow> = sqlx::query_as(
+                    "SELECT id, mime, bytes, created_at FROM audio WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(row) => row.into_lookup(),
+                    None => Ok(AudioLookup::Missing),
+                }
+            }
+        }
+    };
+}
+
+sql_store!(SqliteStore, "sqlite");
+sql_store!(PgStore, "postgres");
