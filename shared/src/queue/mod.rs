@@ -1,0 +1,92 @@
+//! The job queue seam: the api pushes job ids, workers consume them through
+//! apalis. Two carriers, chosen by deployment:
+//!
+//! - [`SqliteQueue`]: apalis-sqlite in the same SQLite file (`rose serve`), with
+//!   an in-process wake-up so a push reaches the idle worker at once; the poll
+//!   interval is only the fallback.
+//! - [`RedisQueue`]: our own apalis backend on Redis Streams (scaled deployment).
+//!
+//! Queues are named explicitly (`voice`, …); the message is the job id (plus the
+//! request id for log correlation). The database row is the truth; it is always
+//! written before the push.
+
+pub mod redis_streams;
+pub mod sqlite;
+
+use serde::Serialize;
+
+use crate::domain::VoiceTask;
+
+pub use redis_streams::{RedisQueue, RedisStreamBackend, StreamOptions};
+pub use sqlite::SqliteQueue;
+
+/// The voice pipeline's queue.
+pub const VOICE_QUEUE: &str = "voice";
+
+/// A queue failure.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue database error: {0}")]
+    Sqlite(#[from] apalis_sqlite::Error),
+    #[error("queue database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("queue message could not be encoded or decoded: {0}")]
+    Codec(#[from] serde_json::Error),
+    #[error("malformed queue entry: {0}")]
+    Malformed(String),
+}
+
+/// The carrier the api pushes to and workers consume from.
+#[derive(Debug, Clone)]
+pub enum Queue {
+    Sqlite(SqliteQueue),
+    Redis(RedisQueue),
+}
+
+impl Queue {
+    /// `"sqlite"` or `"redis"`, as reported by health.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Redis(_) => "redis",
+        }
+    }
+
+    /// Pushes one voice job.
+    ///
+    /// # Errors
+    /// When the carrier cannot be written.
+    pub async fn push_voice(&self, task: &VoiceTask) -> Result<(), QueueError> {
+        self.push(VOICE_QUEUE, &task.job_id.to_string(), task).await
+    }
+
+    /// Pushes one message to `queue`; `id` names it in inspection and logs.
+    ///
+    /// # Errors
+    /// When the carrier cannot be written.
+    pub async fn push<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        id: &str,
+        message: &T,
+    ) -> Result<(), QueueError> {
+        match self {
+            Self::Sqlite(q) => q.push(queue, id, message).await,
+            Self::Redis(q) => q.push(queue, id, message).await,
+        }
+    }
+
+    /// A real round trip to the carrier.
+    ///
+    /// # Errors
+    /// When it cannot be reached.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        match self {
+            Self::Sqlite(q) => q.ping().await,
+            Self::Redis(q) => q.ping().await,
+        }
+    }
+}

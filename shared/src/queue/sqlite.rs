@@ -1,0 +1,147 @@
+//! The embedded queue: apalis-sqlite in Rose's own SQLite file.
+//!
+//! apalis-sqlite only fetches when its worker is polled, and an idle worker is
+//! polled on its heartbeat. So every push in this process also sends a wake-up
+//! on a per-queue channel that the worker's poll strategy listens on: a push
+//! reaches an idle worker at once. A slow interval remains as the fallback for
+//! rows written by another process (e.g. `rose queue retry`).
+//!
+//! Each push is a fresh apalis task (its own ULID); the payload names the job.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis_core::backend::ext::BackendExt;
+use apalis_core::backend::ext::poll_strategy::{PollWith, Strategy};
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use apalis_sqlite::{Config as ApalisConfig, SqliteStorage};
+use futures::channel::mpsc;
+use serde::Serialize;
+use sqlx::SqlitePool;
+
+use super::QueueError;
+
+/// How often an idle embedded worker looks for rows no in-process push announced.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
+
+/// A wake-up channel per queue: the sender side for pushers, the receiver
+/// taken once by that queue's worker.
+#[derive(Debug)]
+struct WakeSlot {
+    tx: mpsc::Sender<()>,
+    rx: Option<mpsc::Receiver<()>>,
+}
+
+/// The embedded queue carrier.
+#[derive(Debug, Clone)]
+pub struct SqliteQueue {
+    pool: SqlitePool,
+    wakers: Arc<Mutex<HashMap<String, WakeSlot>>>,
+}
+
+/// The backend a worker of this queue runs on.
+pub type SqliteBackend<Args> = PollWith<SqliteStorage<Args>, Strategy>;
+
+impl SqliteQueue {
+    /// Creates apalis-sqlite's tables (recorded in sqlx's default migrations
+    /// table, apart from Rose's own `_rose_migrations`).
+    ///
+    /// # Errors
+    /// When a migration fails.
+    pub async fn setup(pool: &SqlitePool) -> Result<(), QueueError> {
+        let mut migrator = SqliteStorage::migrations();
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(pool)
+            .await
+            .map_err(|e| QueueError::Sqlx(sqlx::Error::from(e)))?;
+        Ok(())
+    }
+
+    /// Wraps a pool on which [`SqliteQueue::setup`] ran.
+    #[must_use]
+    pub fn new(pool: SqlitePool) -> Self {
+        Self {
+            pool,
+            wakers: Arc::default(),
+        }
+    }
+
+    /// Pushes one message and wakes the queue's worker in this process.
+    ///
+    /// # Errors
+    /// When the row cannot be written.
+    pub async fn push<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        _id: &str,
+        message: &T,
+    ) -> Result<(), QueueError> {
+        let bytes = serde_json::to_vec(message)?;
+        let task = TaskBuilder::new(bytes)
+            .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
+            .max_attempts(1)
+            .build();
+        let mut conn = self.pool.acquire().await?;
+        apalis_sqlite::queries::push_tasks(&mut *conn, queue, &[task]).await?;
+        self.wake(queue);
+        Ok(())
+    }
+
+    /// A real round trip to the queue's tables.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT COUNT(*) FROM Jobs WHERE 0")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn wake(&self, queue: &str) {
+        if let Ok(mut wakers) = self.wakers.lock() {
+            let slot = wakers.entry(queue.to_owned()).or_insert_with(new_slot);
+            // A full channel already holds a pending wake-up: nothing to add.
+            let _ = slot.tx.try_send(());
+        }
+    }
+
+    /// The apalis backend for one worker of `queue`: woken by pushes in this
+    /// process, polling every [`FALLBACK_POLL`] otherwise.
+    #[must_use]
+    pub fn backend<Args>(&self, queue: &str, batch_size: usize) -> SqliteBackend<Args> {
+        let rx = self.wakers.lock().ok().and_then(|mut wakers| {
+            wakers
+                .entry(queue.to_owned())
+                .or_insert_with(new_slot)
+                .rx
+                .take()
+        });
+        let mut strategy = Strategy::new().interval(FALLBACK_POLL);
+        if let Some(rx) = rx {
+            strategy = strategy.stream(rx);
+        }
+        let config = ApalisConfig::default()
+            .queue(queue)
+            .batch_size(batch_size.max(1))
+            .persist_results(false)
+            .heartbeat_interval(Duration::from_secs(10));
+        SqliteStorage::new(&self.pool)
+            .with_config(config)
+            .poll_with_strategy(strategy)
+    }
+
+    /// The pool the queue lives in.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn new_slot() -> WakeSlot {
+    let (tx, rx) = mpsc::channel(1);
+    WakeSlot { tx, rx: Some(rx) }
+}
