@@ -1,0 +1,93 @@
+//! ElevenLabs: `POST {base}/v1/text-to-speech/{voice_id}?output_format=mp3_44100_128`
+//! with `xi-api-key`, body `text`, `model_id`, `voice_settings`.
+//!
+//! A 429 whose body says `too_many_concurrent_requests` means "wait for a
+//! slot"; `system_busy` means back off. Both are rate limits to the caller.
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::{ProviderError, Speech, TextToSpeech};
+
+const PROVIDER: &str = "elevenlabs";
+
+/// The ElevenLabs text-to-speech client.
+pub struct ElevenLabs {
+    http: reqwest::Client,
+    base: String,
+    key: SecretString,
+    voice_id: String,
+    model_id: String,
+}
+
+impl ElevenLabs {
+    /// `base` is e.g. `https://api.elevenlabs.io`.
+    #[must_use]
+    pub fn new(
+        http: reqwest::Client,
+        base: &str,
+        key: SecretString,
+        voice_id: String,
+        model_id: String,
+    ) -> Self {
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+            voice_id,
+            model_id,
+        }
+    }
+}
+
+#[async_trait]
+impl TextToSpeech for ElevenLabs {
+    async fn speak(&self, text: &str) -> Result<Speech, ProviderError> {
+        let url = format!("{}/v1/text-to-speech/{}", self.base, self.voice_id);
+        // A calm, steady voice: high stability, natural similarity.
+        let body = json!({
+            "text": text,
+            "model_id": self.model_id,
+            "voice_settings": {"stability": 0.6, "similarity_boost": 0.75},
+        });
+        let response = self
+            .http
+            .post(url)
+            .query(&[("output_format", "mp3_44100_128")])
+            .header("xi-api-key", self.key.expose_secret())
+            .header(reqwest::header::ACCEPT, "audio/mpeg")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = response.text().await.unwrap_or_default();
+            return Err(ProviderError::from_status(
+                PROVIDER,
+                status.as_u16(),
+                &headers,
+                &body,
+            ));
+        }
+        let mime = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("audio/mpeg")
+            .to_owned();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        if bytes.is_empty() {
+            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
+        }
+        Ok(Speech {
+            bytes: bytes.to_vec(),
+            mime,
+        })
+    }
+}

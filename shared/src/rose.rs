@@ -1,0 +1,111 @@
+//! The dependencies every role runs on, built once per process.
+//!
+//! Deployment follows configuration: with `REDIS_URL` the queue is Redis
+//! Streams and job events travel over Redis pub/sub; without it the database
+//! must be SQLite, and the queue and events stay inside the process.
+
+use std::sync::Arc;
+
+use crate::config::{Config, DatabaseUrl};
+use crate::events::JobEvents;
+use crate::providers::{Endpoints, ProviderError, Providers};
+use crate::queue::{Queue, QueueError, RedisQueue, SqliteQueue};
+use crate::store::{Database, Store, StoreError};
+
+/// Why Rose could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("REDIS_URL is required with a PostgreSQL DATABASE_URL (the queue lives in Redis)")]
+    NeedsRedis,
+}
+
+/// Everything a role needs, shared by reference.
+#[derive(Clone)]
+pub struct Rose {
+    pub config: Arc<Config>,
+    pub db: Database,
+    pub store: Arc<dyn Store>,
+    pub queue: Queue,
+    pub events: JobEvents,
+    pub providers: Providers,
+}
+
+impl std::fmt::Debug for Rose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rose")
+            .field("store", &self.store.backend())
+            .field("queue", &self.queue.kind())
+            .field("providers", &self.providers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to open Rose.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub endpoints: Endpoints,
+    /// The endpoints are the simulator.
+    pub simulated: bool,
+    /// Apply migrations before use.
+    pub migrate: bool,
+}
+
+impl Rose {
+    /// Connects the database, the queue and the providers.
+    ///
+    /// # Errors
+    /// [`StartError`] naming what could not be reached or set up.
+    pub async fn open(
+        config: Config,
+        database_url: &DatabaseUrl,
+        options: Options,
+    ) -> Result<Self, StartError> {
+        let db = Database::connect(database_url).await?;
+        Self::with_database(config, db, options).await
+    }
+
+    /// Like [`Rose::open`] on an already open pool (tests pin schemas this way).
+    ///
+    /// # Errors
+    /// [`StartError`] naming what could not be reached or set up.
+    pub async fn with_database(
+        config: Config,
+        db: Database,
+        options: Options,
+    ) -> Result<Self, StartError> {
+        if options.migrate {
+            db.migrate().await?;
+        }
+        let (queue, events) = match (&config.redis_url, &db) {
+            (Some(url), _) => {
+                let redis = RedisQueue::connect(url, &config.redis_prefix).await?;
+                let events =
+                    JobEvents::redis(redis.client().clone(), redis.connection(), redis.prefix());
+                (Queue::Redis(redis), events)
+            }
+            (None, Database::Sqlite(pool)) => {
+                SqliteQueue::setup(pool).await?;
+                (
+                    Queue::Sqlite(SqliteQueue::new(pool.clone())),
+                    JobEvents::local(),
+                )
+            }
+            (None, Database::Postgres(_)) => return Err(StartError::NeedsRedis),
+        };
+        let providers = Providers::new(&config, &options.endpoints, options.simulated)?;
+        Ok(Self {
+            store: db.store(),
+            config: Arc::new(config),
+            db,
+            queue,
+            events,
+            providers,
+        })
+    }
+}
