@@ -1,0 +1,380 @@
+//! `POST …/chat/completions`: Groq's OpenAI-compatible chat endpoint.
+//!
+//! The body is validated field by field with Groq's message style
+//! (`'messages.0.role' : value must be one of …`); an unknown model is a 404
+//! `model_not_found`; JSON mode needs the word "json" in the messages, as
+//! Groq insists. The reply is deterministic for the same last user message
+//! ([`crate::content::reply`]) and says it is simulated; JSON mode answers
+//! `{"fact": …}`. Usage counts about four characters a token. `stream: true`
+//! answers the same reply as server-sent `chat.completion.chunk` events.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::Sim;
+use crate::content::{self, random_id};
+use crate::groq::{CHAT_MODELS, GroqError, authorize, json_object, rate_headers, refusal};
+use crate::state::Endpoint;
+
+const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
+/// What a valid request asks for.
+#[derive(Debug)]
+struct ChatRequest {
+    model: String,
+    json_mode: bool,
+    stream: bool,
+    max_tokens: Option<u64>,
+    prompt_chars: usize,
+    last_user: String,
+}
+
+/// The handler.
+pub(crate) async fn complete(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
+    sim.state().count(Endpoint::ChatCompletions);
+    match run(&sim, &headers, &body).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, Response> {
+    authorize(headers).map_err(IntoResponse::into_response)?;
+    let body = json_object(headers, body).map_err(IntoResponse::into_response)?;
+    let request = validate(&body).map_err(IntoResponse::into_response)?;
+
+    let mut content = if request.json_mode {
+        content::fact_json(&request.last_user)
+    } else {
+        content::reply(&request.last_user)
+    };
+    let mut finish_reason = "stop";
+    if let Some(limit) = request.max_tokens
+        && !request.json_mode
+        && content::tokens(content.chars().count()) > limit
+    {
+        let keep = usize::try_from(limit.saturating_mul(4)).unwrap_or(usize::MAX);
+        content = content.chars().take(keep).collect();
+        finish_reason = "length";
+    }
+    let prompt_tokens = content::tokens(request.prompt_chars);
+    let completion_tokens = content::tokens(content.chars().count());
+    let total_tokens = prompt_tokens + completion_tokens;
+
+    let grant = sim
+        .state()
+        .gate(Endpoint::ChatCompletions, total_tokens)
+        .map_err(|r| refusal(r, &request.model))?;
+    sim.state().wait(Endpoint::ChatCompletions).await;
+
+    let request_id = random_id("req_", 26);
+    let id = random_id("chatcmpl-", 29);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let usage = json!({
+        "queue_time": 0.01,
+        "prompt_tokens": prompt_tokens,
+        "prompt_time": 0.002,
+        "completion_tokens": completion_tokens,
+        "completion_time": 0.05,
+        "total_tokens": total_tokens,
+        "total_time": 0.052,
+    });
+    let headers = rate_headers(&grant.rate, &request_id);
+    if request.stream {
+        let events = stream_events(
+            &id,
+            created,
+            &request.model,
+            &content,
+            finish_reason,
+            &request_id,
+            &usage,
+        );
+        let sse = [
+            (CONTENT_TYPE, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+        ];
+        return Ok((headers, sse, events).into_response());
+    }
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": request.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }],
+        "usage": usage,
+        "usage_breakdown": null,
+        "system_fingerprint": "fp_sim",
+        "x_groq": {"id": request_id},
+        "service_tier": "on_demand",
+    });
+    Ok((headers, axum::Json(body)).into_response())
+}
+
+/// Checks the body against Groq's schema and rules.
+fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
+    let model = match body.get("model") {
+        None | Some(Value::Null) => {
+            return Err(GroqError::invalid("'model' : property 'model' is missing"));
+        }
+        Some(Value::String(m)) if !m.trim().is_empty() => m.clone(),
+        Some(_) => {
+            return Err(GroqError::invalid(
+                "'model' : value must be a non-empty string",
+            ));
+        }
+    };
+    let messages = match body.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(GroqError::invalid(
+                "'messages' : property 'messages' is missing",
+            ));
+        }
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(GroqError::invalid(
+                "'messages' : minimum number of items is 1",
+            ));
+        }
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(GroqError::invalid("'messages' : value must be an array")),
+    };
+    let mut prompt_chars = 0;
+    let mut mentions_json = false;
+    let mut last_user = String::new();
+    for (i, message) in messages.iter().enumerate() {
+        let Some(message) = message.as_object() else {
+            return Err(GroqError::invalid(format!(
+                "'messages.{i}' : value must be an object"
+            )));
+        };
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !ROLES.contains(&role) {
+            return Err(GroqError::invalid(format!(
+                "'messages.{i}.role' : value must be one of [system user assistant tool]"
+            )));
+        }
+        let text = match message.get("content") {
+            Some(Value::String(text)) => text.as_str(),
+            // An assistant turn that only calls tools has no content.
+            None | Some(Value::Null)
+                if role == "assistant" && message.contains_key("tool_calls") =>
+            {
+                ""
+            }
+            _ => {
+                return Err(GroqError::invalid(format!(
+                    "'messages.{i}.content' : value must be a string"
+                )));
+            }
+        };
+        prompt_chars += text.chars().count();
+        mentions_json |= text.to_ascii_lowercase().contains("json");
+        if role == "user" {
+            text.clone_into(&mut last_user);
+        }
+    }
+    if let Some(t) = present(body, "temperature") {
+        let t = t
+            .as_f64()
+            .ok_or_else(|| GroqError::invalid("'temperature' : value must be a number"))?;
+        if t < 0.0 {
+            return Err(GroqError::invalid(
+                "'temperature' : number must be at least 0",
+            ));
+        }
+        if t > 2.0 {
+            return Err(GroqError::invalid(
+                "'temperature' : number must be at most 2",
+            ));
+        }
+    }
+    let mut max_tokens = None;
+    for name in ["max_tokens", "max_completion_tokens"] {
+        if let Some(v) = present(body, name) {
+            let n = v.as_i64().ok_or_else(|| {
+                GroqError::invalid(format!("'{name}' : value must be an integer"))
+            })?;
+            let n = u64::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+                GroqError::invalid(format!("'{name}' : number must be at least 1"))
+            })?;
+            max_tokens = Some(n);
+        }
+    }
+    if let Some(n) = present(body, "n")
+        && n.as_i64() != Some(1)
+    {
+        return Err(GroqError::invalid("'n' : number must be at most 1"));
+    }
+    let stream = match present(body, "stream") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(GroqError::invalid("'stream' : value must be a boolean")),
+    };
+    let json_mode = match present(body, "response_format") {
+        None => false,
+        Some(Value::Object(format)) => match format.get("type").and_then(Value::as_str) {
+            Some("text") => false,
+            Some("json_object") => true,
+            _ => {
+                return Err(GroqError::invalid(
+                    "'response_format.type' : value must be one of [text json_object]",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(GroqError::invalid(
+                "'response_format' : value must be an object",
+            ));
+        }
+    };
+    if !CHAT_MODELS.contains(&model.as_str()) {
+        return Err(GroqError::model_not_found(&model));
+    }
+    if json_mode && !mentions_json {
+        return Err(GroqError::invalid(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
+        ));
+    }
+    Ok(ChatRequest {
+        model,
+        json_mode,
+        stream,
+        max_tokens,
+        prompt_chars,
+        last_user,
+    })
+}
+
+/// A field that is present and not `null`.
+fn present<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+/// The reply as server-sent events: a role chunk, one chunk a word, a final
+/// chunk with the finish reason and usage, then `[DONE]`.
+fn stream_events(
+    id: &str,
+    created: u64,
+    model: &str,
+    content: &str,
+    finish_reason: &str,
+    request_id: &str,
+    usage: &Value,
+) -> String {
+    let chunk = |delta: Value, finish: Value, x_groq: Value| {
+        let event = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "fp_sim",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "x_groq": x_groq,
+        });
+        format!("data: {event}\n\n")
+    };
+    let mut out = chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        json!({"id": request_id}),
+    );
+    for (i, word) in content.split(' ').enumerate() {
+        let piece = if i == 0 {
+            word.to_owned()
+        } else {
+            format!(" {word}")
+        };
+        out.push_str(&chunk(
+            json!({"content": piece}),
+            Value::Null,
+            json!({"id": request_id}),
+        ));
+    }
+    out.push_str(&chunk(
+        json!({}),
+        json!(finish_reason),
+        json!({"id": request_id, "usage": usage}),
+    ));
+    out.push_str("data: [DONE]\n\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: Value) -> Result<ChatRequest, String> {
+        let Value::Object(map) = body else {
+            return Err("not an object".to_owned());
+        };
+        validate(&map).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn accepts_a_plain_request() {
+        let ok = check(json!({
+            "model": "llama-3.3-70b-versatile",
+            "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hello"}],
+            "temperature": 0.7,
+            "max_tokens": null,
+        }))
+        .expect("valid");
+        assert_eq!(ok.last_user, "hello");
+        assert_eq!(ok.prompt_chars, 13);
+        assert!(!ok.json_mode && !ok.stream);
+    }
+
+    #[test]
+    fn refuses_bad_fields() {
+        let base = |extra: Value| {
+            let mut body = json!({"model": "llama-3.1-8b-instant", "messages": [{"role": "user", "content": "hi"}]});
+            if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+                b.extend(e);
+            }
+            body
+        };
+        for (extra, needle) in [
+            (json!({"temperature": 2.5}), "at most 2"),
+            (json!({"temperature": "hot"}), "number"),
+            (json!({"max_tokens": 0}), "at least 1"),
+            (json!({"max_completion_tokens": -3}), "at least 1"),
+            (json!({"messages": []}), "minimum number"),
+            (
+                json!({"messages": [{"role": "robot", "content": "x"}]}),
+                "messages.0.role",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": 5}]}),
+                "messages.0.content",
+            ),
+            (json!({"n": 2}), "'n'"),
+            (
+                json!({"response_format": {"type": "xml"}}),
+                "response_format.type",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "word 'json'",
+            ),
+            (json!({"model": "gpt-9"}), "model_not_found"),
+        ] {
+            let err = check(base(extra.clone())).expect_err("invalid");
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The request recorder: a middleware that keeps the last [`CAPACITY`]
+//! provider requests for `GET /__sim/requests`.
+//!
+//! It buffers each body once (bounded by [`crate::MAX_BODY_BYTES`]), writes a
+//! summary into the log *when the request arrives* (so the log is in arrival
+//! order, newest last) and fills in the status when the answer leaves.
+//! Secrets never reach the log: `authorization`, `xi-api-key`, cookies and
+//! every header whose name contains "key" or "token" are replaced by
+//! `[redacted]`. Bodies are summarised: JSON as parsed, multipart as its text
+//! fields plus `{filename, content_type, size}` per file, anything else as
+//! `{size}`. Requests under `/__sim` are not recorded. Each request is traced
+//! at debug level only, without its body.
+
+use std::collections::VecDeque;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::form::{self, FieldValue};
+use crate::state::lock;
+use crate::{MAX_BODY_BYTES, Sim};
+
+/// How many requests the log keeps.
+pub(crate) const CAPACITY: usize = 200;
+
+/// One recorded request.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Entry {
+    #[serde(skip)]
+    id: u64,
+    method: String,
+    path: String,
+    query: Option<String>,
+    /// `None` while the answer is still being prepared.
+    status: Option<u16>,
+    headers: Map<String, Value>,
+    body: Value,
+    at_ms: u64,
+}
+
+/// The bounded log, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct RequestLog {
+    entries: VecDeque<Entry>,
+    next_id: u64,
+}
+
+impl RequestLog {
+    fn push(&mut self, mut entry: Entry) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        entry.id = id;
+        if self.entries.len() == CAPACITY {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+        id
+    }
+
+    fn set_status(&mut self, id: u64, status: StatusCode) {
+        if let Some(entry) = self.entries.iter_mut().rev().find(|e| e.id == id) {
+            entry.status = Some(status.as_u16());
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Entry> {
+        self.entries.iter().cloned().collect()
+    }
+}
+
+/// Records every request outside `/__sim`, then passes it on with its body intact.
+pub(crate) async fn record(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/__sim") {
+        return next.run(req).await;
+    }
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let mut entry = Entry {
+        id: 0,
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        status: None,
+        headers: redacted_headers(&parts.headers),
+        body: Value::Null,
+        at_ms: unix_ms(),
+    };
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::debug!(method = %entry.method, path = %entry.path, %error, "sim request body refused");
+            entry.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
+            lock(&sim.state().log).push(entry);
+            return too_large();
+        }
+    };
+    entry.body = summarize(&parts, &bytes).await;
+    let (method, path) = (entry.method.clone(), entry.path.clone());
+    let id = lock(&sim.state().log).push(entry);
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    lock(&sim.state().log).set_status(id, response.status());
+    tracing::debug!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sim request"
+    );
+    response
+}
+
+fn too_large() -> Response {
+    let body = json!({"error": {
+        "message": "Request Entity Too Large",
+        "type": "invalid_request_error",
+        "code": "request_too_large",
+    }});
+    (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether a header's value must not be shown.
+fn is_secret(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "proxy-authorization" | "xi-api-key" | "cookie" | "set-cookie"
+    ) || name.contains("key")
+        || name.contains("token")
+}
+
+/// Headers by lowercase name; repeated headers joined with ", ".
+pub(crate) fn redacted_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in headers.keys() {
+        let name = name.as_str();
+        let value = if is_secret(name) {
+            "[redacted]".to_owned()
+        } else {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.insert(name.to_owned(), Value::String(value));
+    }
+    out
+}
+
+/// What the log shows of a body.
+async fn summarize(parts: &Parts, bytes: &Bytes) -> Value {
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let size = json!({"size": bytes.len()});
+    if content_type.starts_with("multipart/form-data") {
+        return match form::parse(parts, bytes.clone()).await {
+            Ok(form) => {
+                let mut out = Map::new();
+                for (name, value) in form.fields {
+                    let shown = match value {
+                        FieldValue::Text(text) => Value::String(text),
+                        FieldValue::File(file) => json!({
+                            "filename": file.filename,
+                            "content_type": file.content_type,
+                            "size": file.data.len(),
+                        }),
+                    };
+                    out.insert(name, shown);
+                }
+                Value::Object(out)
+            }
+            Err(_) => size,
+        };
+    }
+    if content_type.contains("json") {
+        return serde_json::from_slice(bytes).unwrap_or(size);
+    }
+    size
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn redacts_secrets_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
+        headers.insert("xi-api-key", HeaderValue::from_static("s3cret"));
+        headers.insert("x-session-token", HeaderValue::from_static("s3cret"));
+        headers.insert("idempotency-key", HeaderValue::from_static("s3cret"));
+        headers.insert("cookie", HeaderValue::from_static("a=b"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("accept", HeaderValue::from_static("a/b"));
+        headers.append("accept", HeaderValue::from_static("c/d"));
+        let shown = redacted_headers(&headers);
+        for name in [
+            "authorization",
+            "xi-api-key",
+            "x-session-token",
+            "idempotency-key",
+            "cookie",
+        ] {
+            assert_eq!(shown[name], "[redacted]", "{name}");
+        }
+        assert_eq!(shown["content-type"], "application/json");
+        assert_eq!(shown["accept"], "a/b, c/d");
+    }
+
+    #[test]
+    fn log_keeps_the_newest() {
+        let mut log = RequestLog::default();
+        for i in 0..(CAPACITY + 5) {
+            let id = log.push(Entry {
+                id: 0,
+                method: "GET".to_owned(),
+                path: format!("/{i}"),
+                query: None,
+                status: None,
+                headers: Map::new(),
+                body: Value::Null,
+                at_ms: 0,
+            });
+            log.set_status(id, StatusCode::OK);
+        }
+        let entries = log.snapshot();
+        assert_eq!(entries.len(), CAPACITY);
+        assert_eq!(entries[0].path, "/5");
+        assert_eq!(entries[CAPACITY - 1].path, format!("/{}", CAPACITY + 4));
+        assert!(entries.iter().all(|e| e.status == Some(200)));
+    }
+}
