@@ -1,0 +1,102 @@
+//! The one error table: every failure the api answers with, its status and
+//! its stable snake_case code. Bodies are `{"error": {"code", "message"}}`;
+//! 5xx bodies stay generic and the cause is logged once, inside the request span.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rose_shared::queue::QueueError;
+use rose_shared::store::StoreError;
+use serde_json::json;
+
+/// Largest accepted upload.
+pub const MAX_AUDIO_BYTES: usize = 10 * 1024 * 1024;
+
+/// Everything the api can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the multipart body is malformed: {0}")]
+    MalformedMultipart(String),
+    #[error("the `audio` file part is missing")]
+    AudioMissing,
+    #[error("the `audio` file is empty")]
+    AudioEmpty,
+    #[error("the audio is larger than {MAX_AUDIO_BYTES} bytes")]
+    AudioTooLarge,
+    #[error("the audio is not WAV, WebM, Ogg, MP3, FLAC or MP4/M4A")]
+    UnsupportedAudioFormat,
+    #[error("`session_id` is required")]
+    SessionIdRequired,
+    #[error("`session_id` is not a valid session id")]
+    InvalidSessionId,
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("no such job")]
+    JobNotFound,
+    #[error("no such audio")]
+    AudioNotFound,
+    #[error("this audio has expired and was erased")]
+    AudioExpired,
+    #[error("`callback_url` must be an absolute http(s) URL")]
+    InvalidCallbackUrl,
+    #[error("the Idempotency-Key header must be 1-255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("`wait` must be a number of seconds from 0 to 60")]
+    InvalidWait,
+    #[error("the body must be JSON: {0}")]
+    InvalidJson(String),
+    #[error("`user_id` must be 1-200 characters")]
+    InvalidUserId,
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+    #[error("queue failure")]
+    Queue(#[from] QueueError),
+}
+
+impl ApiError {
+    /// The HTTP status and stable code.
+    #[must_use]
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            Self::MalformedMultipart(_) => (S::BAD_REQUEST, "malformed_multipart"),
+            Self::AudioMissing => (S::BAD_REQUEST, "audio_missing"),
+            Self::AudioEmpty => (S::BAD_REQUEST, "audio_empty"),
+            Self::AudioTooLarge => (S::PAYLOAD_TOO_LARGE, "audio_too_large"),
+            Self::UnsupportedAudioFormat => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_audio_format"),
+            Self::SessionIdRequired => (S::BAD_REQUEST, "session_id_required"),
+            Self::InvalidSessionId => (S::BAD_REQUEST, "invalid_session_id"),
+            Self::SessionNotFound => (S::NOT_FOUND, "session_not_found"),
+            Self::JobNotFound => (S::NOT_FOUND, "job_not_found"),
+            Self::AudioNotFound => (S::NOT_FOUND, "audio_not_found"),
+            Self::AudioExpired => (S::NOT_FOUND, "expired"),
+            Self::InvalidCallbackUrl => (S::BAD_REQUEST, "invalid_callback_url"),
+            Self::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
+            Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
+            Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),
+            Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
+            Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, cause = ?self, "request failed");
+            "Rose cannot take this request right now; try again shortly.".to_owned()
+        } else {
+            self.to_string()
+        };
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

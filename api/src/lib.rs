@@ -1,0 +1,45 @@
+//! The HTTP api: takes voice uploads, writes and queues jobs, serves their
+//! status and audio, and reports health.
+//!
+//! [`run`] serves on a listener until shutdown; `rose serve` and `rose api`
+//! call it, and tests call it on port 0.
+
+pub mod error;
+pub mod middleware;
+pub mod routes;
+pub mod view;
+
+use axum::Router;
+use rose_shared::Rose;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Every route, with request ids and request logs.
+pub fn router(rose: Rose) -> Router {
+    Router::new()
+        .merge(routes::session::router())
+        .merge(routes::voice::router())
+        .merge(routes::jobs::router())
+        .merge(routes::audio::router())
+        .merge(routes::health::router())
+        .layer(axum::middleware::from_fn(middleware::request_context))
+        .with_state(rose)
+}
+
+/// Serves the api on `listener` until `shutdown` is cancelled, then drains
+/// in-flight requests.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn run(
+    rose: Rose,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "api listening");
+    axum::serve(listener, router(rose))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! `POST /api/voice/process`: validate the upload, write the job, push it, answer 202.
+//!
+//! Everything is checked before anything is stored: the audio's size is
+//! counted while its part streams in (never trusting `Content-Length`), its
+//! container is told by magic bytes, and the session must exist. The job row
+//! is committed before the push; if the push fails the job is marked failed so
+//! it is never left waiting for nothing.
+
+use std::collections::HashMap;
+
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use rose_shared::Rose;
+use rose_shared::audio::{AudioFormat, sniff};
+use rose_shared::domain::{JobError, SessionId, VoiceTask};
+use rose_shared::store::{Created, NewJob};
+
+use crate::error::{ApiError, ApiResult, MAX_AUDIO_BYTES};
+use crate::middleware::RequestId;
+use crate::routes::parse_wait;
+use crate::view::{accepted_json, job_json};
+
+/// Longest accepted text field (session id, callback URL).
+const MAX_TEXT_FIELD: usize = 2048;
+
+/// Voice routes.
+pub fn router() -> Router<Rose> {
+    Router::new().route(
+        "/api/voice/process",
+        // Room for the multipart framing around a maximal upload; the audio
+        // part itself is held to MAX_AUDIO_BYTES while it streams.
+        post(process).layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES + 64 * 1024)),
+    )
+}
+
+/// The parts of an upload Rose reads.
+#[derive(Debug, Default)]
+struct Upload {
+    audio: Option<Vec<u8>>,
+    session_id: Option<String>,
+    callback_url: Option<String>,
+}
+
+/// A validated upload.
+struct Accepted {
+    audio: Vec<u8>,
+    format: AudioFormat,
+    session_id: SessionId,
+    callback_url: Option<String>,
+}
+
+async fn process(
+    State(rose): State<Rose>,
+    Query(query): Query<HashMap<String, String>>,
+    Extension(request_id): Extension<RequestId>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let wait = parse_wait(&query)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let multipart = multipart.map_err(|e| ApiError::MalformedMultipart(e.body_text()))?;
+    let upload = validate(&rose, read_upload(multipart).await?).await?;
+
+    let (job, created) = rose
+        .store
+        .create_job(NewJob {
+            session_id: upload.session_id,
+            mime: upload.format.mime().to_owned(),
+            audio: upload.audio,
+            idempotency_key,
+            request_id: Some(request_id.0.clone()),
+            callback_url: upload.callback_url,
+        })
+        .await?;
+    if created == Created::New {
+        let task = VoiceTask {
+            job_id: job.id,
+            request_id: Some(request_id.0),
+        };
+        if let Err(e) = rose.queue.push_voice(&task).await {
+            let error = JobError {
+                code: "queue_unavailable".to_owned(),
+                message: "the job could not be queued".to_owned(),
+            };
+            if let Err(store_err) = rose.store.fail_job(job.id, &error).await {
+                tracing::error!(job_id = %job.id, error = %store_err, "could not mark unqueued job failed");
+            }
+            return Err(ApiError::Queue(e));
+        }
+        tracing::info!(job_id = %job.id, session_id = %job.session_id, "job queued");
+    }
+
+    let job = match wait {
+        Some(wait) => rose
+            .events
+            .wait_for_terminal(rose.store.as_ref(), job.id, wait)
+            .await?
+            .unwrap_or(job),
+        None => job,
+    };
+    let mut response = if job.status.is_terminal() && wait.is_some() {
+        (StatusCode::OK, Json(job_json(&job))).into_response()
+    } else {
+        (StatusCode::ACCEPTED, Json(accepted_json(&job))).into_response()
+    };
+    if created == Created::Existing {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The `Idempotency-Key` header: 1–255 visible ASCII characters, when present.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey)?
+        .trim();
+    let visible = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > 255 || !visible {
+        return Err(ApiError::InvalidIdempotencyKey);
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::AudioTooLarge
+    } else {
+        ApiError::MalformedMultipart(e.body_text())
+    }
+}
+
+/// Reads a part to its end, refusing it past `limit` bytes as it streams.
+async fn read_limited(
+    field: &mut Field<'_>,
+    limit: usize,
+    too_large: fn() -> ApiError,
+) -> ApiResult<Vec<u8>> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn read_text(field: &mut Field<'_>) -> ApiResult<String> {
+    let bytes = read_limited(field, MAX_TEXT_FIELD, || {
+        ApiError::MalformedMultipart("a text field is too long".to_owned())
+    })
+    .await?;
+    String::from_utf8(bytes)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| ApiError::MalformedMultipart("a text field is not UTF-8".to_owned()))
+}
+
+async fn read_upload(mut multipart: Multipart) -> ApiResult<Upload> {
+    let mut upload = Upload::default();
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("audio") => {
+                upload.audio = Some(
+                    read_limited(&mut field, MAX_AUDIO_BYTES, || ApiError::AudioTooLarge).await?,
+                );
+            }
+            Some("session_id") => upload.session_id = Some(read_text(&mut field).await?),
+            Some("callback_url") => upload.callback_url = Some(read_text(&mut field).await?),
+            // Unknown parts are read past (they still count toward the body limit).
+            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    Ok(upload)
+}
+
+async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
+    let audio = upload.audio.ok_or(ApiError::AudioMissing)?;
+    let outcome = if audio.is_empty() {
+        Err(ApiError::AudioEmpty)
+    } else {
+        sniff(&audio).ok_or(ApiError::UnsupportedAudioFormat)
+    };
+    tracing::info!(
+        event = "audio_validation",
+        audio_size = audio.len(),
+        format = outcome.as_ref().map_or("unknown", |f| f.name()),
+        outcome = if outcome.is_ok() {
+            "accepted"
+        } else {
+            "rejected"
+        },
+        "audio_validation"
+    );
+    let format = outcome?;
+
+    let raw_session = upload
+        .session_id
+        .filter(|s| !s.is_empty())
+        .ok_or(ApiError::SessionIdRequired)?;
+    let session_id: SessionId = raw_session
+        .parse()
+        .map_err(|_| ApiError::InvalidSessionId)?;
+    if rose.store.get_session(session_id).await?.is_none() {
+        return Err(ApiError::SessionNotFound);
+    }
+
+    let callback_url = upload.callback_url.filter(|s| !s.is_empty());
+    if let Some(url) = &callback_url
+        && !is_http_url(url)
+    {
+        return Err(ApiError::InvalidCallbackUrl);
+    }
+    Ok(Accepted {
+        audio,
+        format,
+        session_id,
+        callback_url,
+    })
+}
+
+/// An absolute http(s) URL with a host.
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or_default();
+        !host.is_empty() && !host.contains(char::is_whitespace)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_urls_must_be_absolute_http() {
+        assert!(is_http_url("https://example.com/hook"));
+        assert!(is_http_url("http://127.0.0.1:9000"));
+        assert!(!is_http_url("ftp://example.com"));
+        assert!(!is_http_url("https:///path"));
+        assert!(!is_http_url("example.com"));
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).ok(), Some(None));
+        h.insert("idempotency-key", HeaderValue::from_static("abc-123"));
+        assert_eq!(idempotency_key(&h).ok(), Some(Some("abc-123".to_owned())));
+        h.insert("idempotency-key", HeaderValue::from_static("has space"));
+        assert!(idempotency_key(&h).is_err());
+        let long = "k".repeat(256);
+        h.insert(
+            "idempotency-key",
+            HeaderValue::from_str(&long).expect("ascii"),
+        );
+        assert!(idempotency_key(&h).is_err());
+    }
+}
