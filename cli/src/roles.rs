@@ -1,0 +1,207 @@
+//! Composition of the roles: what `rose serve`, `rose api`, `rose worker`,
+//! `rose migrate` and `rose sim` start, and how they stop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use anyhow::Context as _;
+use rose_shared::Rose;
+use rose_shared::config::{Config, DatabaseUrl};
+use rose_shared::providers::Endpoints;
+use rose_shared::queue::SqliteQueue;
+use rose_shared::rose::Options;
+use rose_shared::store::Database;
+use rose_sim::{Latency, Profile, Sim, SimConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}
+
+/// The providers to use: real ones with a Groq key; otherwise the simulator
+/// at `ROSE_SIMULATOR_URL`, or one started in this process (`start_sim`).
+async fn endpoints(
+    config: &Config,
+    start_sim: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Endpoints, bool)> {
+    if let Some(endpoints) = Endpoints::from_config(config) {
+        return Ok((endpoints, false));
+    }
+    let base = match &config.simulator_url {
+        Some(url) => url.clone(),
+        None if start_sim => {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+            let addr = listener.local_addr()?;
+            let sim = Sim::new(SimConfig::default());
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = rose_sim::serve(listener, sim, token).await {
+                    tracing::error!(error = %e, "provider simulator stopped");
+                }
+            });
+            format!("http://{addr}")
+        }
+        // This role never calls a provider; health still reports "simulated".
+        None => "http://127.0.0.1:9".to_owned(),
+    };
+    tracing::warn!(
+        simulator = %base,
+        "SIMULATED PROVIDERS: GROQ_API_KEY is not set, so speech, replies and voice come from \
+         Rose's built-in simulator, not from Groq or ElevenLabs. Set GROQ_API_KEY (and \
+         ELEVENLABS_API_KEY) for real conversations."
+    );
+    Ok((Endpoints::simulator(&base), true))
+}
+
+async fn bind(config: &Config, port: Option<u16>) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port.unwrap_or(config.port)));
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Makes the SQLite file's directory when the database is a local file.
+fn prepare_data_dir(url: &DatabaseUrl, config: &Config) -> anyhow::Result<()> {
+    if matches!(url, DatabaseUrl::Sqlite(_)) && config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create ROSE_DATA_DIR {}", config.data_dir.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// `rose serve`: api + worker in one process.
+pub async fn serve(
+    config: Config,
+    port: Option<u16>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let database_url = config.embedded_database_url();
+    prepare_data_dir(&database_url, &config)?;
+    let listener = bind(&config, port).await?;
+    let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
+    let options = Options {
+        endpoints,
+        simulated,
+        migrate: true,
+    };
+    let rose = Rose::open(config, &database_url, options).await?;
+    let worker_options = rose_worker::WorkerOptions::from_rose(&rose);
+    let worker = tokio::spawn(rose_worker::run(
+        rose.clone(),
+        worker_options,
+        shutdown.clone(),
+    ));
+    let api = rose_api::run(rose, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    let worker = worker.await.context("worker task panicked")?;
+    api.and(worker)
+}
+
+/// `rose api`.
+pub async fn api(
+    config: Config,
+    port: Option<u16>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.require_scaled()?;
+    let listener = bind(&config, port).await?;
+    let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
+    let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
+    let rose = Rose::open(config, &database_url, options).await?;
+    rose_api::run(rose, listener, shutdown).await
+}
+
+/// `rose worker`.
+pub async fn worker(
+    config: Config,
+    concurrency: Option<usize>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.require_scaled()?;
+    let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
+    let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
+    let rose = Rose::open(config, &database_url, options).await?;
+    let mut worker_options = rose_worker::WorkerOptions::from_rose(&rose);
+    if let Some(n) = concurrency {
+        anyhow::ensure!(n > 0, "--concurrency must be at least 1");
+        worker_options.concurrency = n;
+    }
+    rose_worker::run(rose, worker_options, shutdown).await
+}
+
+fn scaled_options(
+    config: &Config,
+    endpoints: Endpoints,
+    simulated: bool,
+) -> anyhow::Result<(DatabaseUrl, Options)> {
+    let database_url = config
+        .database_url
+        .clone()
+        .context("DATABASE_URL is required for this role")?;
+    let options = Options {
+        endpoints,
+        simulated,
+        migrate: false,
+    };
+    Ok((database_url, options))
+}
+
+/// `rose migrate`.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let url = config.embedded_database_url();
+    prepare_data_dir(&url, &config)?;
+    let db = Database::connect(&url).await?;
+    db.migrate().await?;
+    if let (Database::Sqlite(pool), None) = (&db, &config.redis_url) {
+        SqliteQueue::setup(pool).await?;
+    }
+    println!(
+        "migrations applied ({})",
+        match db {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    );
+    Ok(())
+}
+
+/// `rose sim`.
+pub async fn sim(
+    port: u16,
+    latency: Latency,
+    profile: Option<Profile>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "provider simulator listening (Groq at /openai/v1, ElevenLabs at /v1)");
+    rose_sim::serve(listener, Sim::new(SimConfig { latency, profile }), shutdown).await
+}

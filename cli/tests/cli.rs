@@ -1,0 +1,203 @@
+//! The `rose` binary as a user runs it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ROSE: &str = env!("CARGO_BIN_EXE_rose");
+
+fn rose() -> Command {
+    let mut cmd = Command::new(ROSE);
+    // A clean environment: only what the test sets.
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "GROQ_API_KEY",
+        "PORT",
+        "ROSE_DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["api", "--help"],
+        vec!["worker", "--help"],
+        vec!["migrate", "--help"],
+        vec!["sim", "--help"],
+    ] {
+        let out = rose().args(&args).output().expect("run rose");
+        assert!(out.status.success(), "rose {args:?} --help failed");
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_with_one_line_naming_it() {
+    let out = rose()
+        .arg("migrate")
+        .env("PORT", "eighty")
+        .env("MEMORY_TOP_K", "-3")
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("PORT") && stderr.contains("MEMORY_TOP_K"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scaled_roles_require_their_services() {
+    let out = rose().arg("worker").output().expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("DATABASE_URL") && stderr.contains("REDIS_URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn migrate_creates_the_embedded_database() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = rose()
+        .arg("migrate")
+        .env("ROSE_DATA_DIR", dir.path())
+        .output()
+        .expect("run rose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("rose.db").exists());
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `rose serve`, then the README's curl flow, then a clean SIGTERM.
+#[tokio::test]
+async fn serve_answers_a_voice_job_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut server = Server(
+        rose()
+            .args(["serve", "--port", &port.to_string()])
+            .env("ROSE_DATA_DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rose serve"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let health: Value = loop {
+        if let Ok(r) = http.get(format!("{base}/api/health")).send().await {
+            break r.json().await.expect("health json");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rose serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(
+        health["services"]["groq"], "simulated",
+        "no key: the simulator, said loudly"
+    );
+
+    let session: Value = http
+        .post(format!("{base}/api/session/start"))
+        .send()
+        .await
+        .expect("session")
+        .json()
+        .await
+        .expect("json");
+    let wav = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/spoken.wav"
+    ))
+    .expect("fixture");
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "audio",
+            reqwest::multipart::Part::bytes(wav).file_name("x.wav"),
+        )
+        .text(
+            "session_id",
+            session["session_id"].as_str().expect("id").to_owned(),
+        );
+    let accepted: Value = http
+        .post(format!("{base}/api/voice/process"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let job_id = accepted["job_id"].as_str().expect("job id");
+    let job: Value = http
+        .get(format!("{base}/api/jobs/{job_id}?wait=30"))
+        .send()
+        .await
+        .expect("poll")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let audio_url = job["result"]["audio_url"].as_str().expect("audio url");
+    let audio = http
+        .get(format!("{base}{audio_url}"))
+        .send()
+        .await
+        .expect("audio");
+    assert_eq!(audio.status(), 200);
+    assert!(!audio.bytes().await.expect("bytes").is_empty());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            assert!(status.success(), "rose serve exits 0 on SIGTERM: {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rose serve did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
