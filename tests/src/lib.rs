@@ -1,0 +1,344 @@
+//! The `spawn_app` harness for Rose's end-to-end tests.
+//!
+//! Every test gets its own world, so tests run in parallel: a fresh SQLite
+//! file (embedded) or a fresh PostgreSQL schema plus its own Redis key prefix
+//! (scaled), its own provider simulator, and the api and a worker on port 0 in
+//! this process. Real services only: PostgreSQL and Redis must be running
+//! (`scripts/test` starts them). `TEST_DATABASE_URL` and `TEST_REDIS_URL`
+//! override where they are.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rose_shared::Rose;
+use rose_shared::config::Config;
+use rose_shared::providers::Endpoints;
+use rose_shared::rose::Options;
+use rose_shared::store::Database;
+use rose_sim::{Sim, SimConfig};
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The shipped recording: real speech whose `ICMT` comment is its transcript.
+pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");
+/// What `SPOKEN_WAV` says.
+pub const SPOKEN_TEXT: &str = "I lost my mother last spring, and I still talk to her every night.";
+
+/// Which deployment a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// SQLite + the apalis-sqlite queue + in-process events.
+    Embedded,
+    /// PostgreSQL + Redis Streams + Redis pub/sub.
+    Scaled,
+}
+
+/// Where the test PostgreSQL is.
+#[must_use]
+pub fn database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Where the test Redis is.
+#[must_use]
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A unique, lowercase name for this test's schema and key prefix.
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
+}
+
+/// A simulator on a random port.
+pub struct TestSim {
+    pub url: String,
+    pub sim: Sim,
+    token: CancellationToken,
+}
+
+impl TestSim {
+    /// Starts one with `config`.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start(config: SimConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sim");
+        let url = format!("http://{}", listener.local_addr().expect("sim addr"));
+        let sim = Sim::new(config);
+        let token = CancellationToken::new();
+        tokio::spawn(rose_sim::serve(listener, sim.clone(), token.clone()));
+        Self { url, sim, token }
+    }
+
+    /// Requests received per endpoint (`transcriptions`, `chat_completions`, `text_to_speech`).
+    #[must_use]
+    pub fn count(&self, endpoint: &str) -> u64 {
+        let stats = serde_json::to_value(self.sim.stats()).expect("stats serialise");
+        stats["requests"][endpoint].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for TestSim {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A running Rose (api + worker) on its own database, prefix and simulator.
+pub struct TestApp {
+    pub deployment: Deployment,
+    pub url: String,
+    pub rose: Rose,
+    pub sim: TestSim,
+    pub http: reqwest::Client,
+    /// The Redis key prefix (scaled deployment).
+    pub prefix: String,
+    shutdown: CancellationToken,
+    schema: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// Knobs for [`spawn_app_with`].
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Extra environment for Rose's configuration.
+    pub env: HashMap<String, String>,
+    pub sim: SimConfig,
+    /// Do not start a worker (jobs stay queued).
+    pub no_worker: bool,
+}
+
+/// Starts Rose on `deployment` with defaults.
+pub async fn spawn_app(deployment: Deployment) -> TestApp {
+    spawn_app_with(deployment, AppOptions::default()).await
+}
+
+/// Starts Rose on `deployment`.
+///
+/// # Panics
+/// When a real service this test needs is not running.
+pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sim = TestSim::start(options.sim.clone()).await;
+    let prefix = unique("rose_test");
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("ROSE_DATA_DIR".to_owned(), dir.path().display().to_string()),
+        ("ROSE_REDIS_PREFIX".to_owned(), prefix.clone()),
+        ("ROSE_WORKER_CONCURRENCY".to_owned(), "8".to_owned()),
+    ]);
+    let (db, schema) = match deployment {
+        Deployment::Embedded => {
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("rose.db").display());
+            let db = Database::connect(&url.parse().expect("sqlite url"))
+                .await
+                .expect("open sqlite");
+            (db, None)
+        }
+        Deployment::Scaled => {
+            env.insert("REDIS_URL".to_owned(), redis_url());
+            let schema = unique("t");
+            let base = PgConnectOptions::from_str(&database_url()).expect("postgres url");
+            let admin = Database::connect_postgres(base.clone())
+                .await
+                .expect("PostgreSQL must be running (scripts/test starts it)");
+            if let Database::Postgres(pool) = &admin {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                    .execute(pool)
+                    .await
+                    .expect("create schema");
+                pool.close().await;
+            }
+            let options = base.options([("search_path", schema.as_str())]);
+            let db = Database::connect_postgres(options)
+                .await
+                .expect("open schema");
+            (db, Some(schema))
+        }
+    };
+    env.extend(options.env);
+    let config = Config::from_map(&env).expect("test config");
+    let rose = Rose::with_database(
+        config,
+        db,
+        Options {
+            endpoints: Endpoints::simulator(&sim.url),
+            simulated: true,
+            migrate: true,
+        },
+    )
+    .await
+    .expect("Rose starts (Redis must be running for the scaled deployment)");
+
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+    let url = format!("http://{}", listener.local_addr().expect("api addr"));
+    tokio::spawn(rose_api::run(rose.clone(), listener, shutdown.clone()));
+    if !options.no_worker {
+        let worker_options = rose_worker::WorkerOptions {
+            concurrency: 8,
+            name: rose_worker::unique_name(),
+            retry: rose_worker::RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(20),
+                cap: Duration::from_millis(200),
+            },
+        };
+        tokio::spawn(rose_worker::run(
+            rose.clone(),
+            worker_options,
+            shutdown.clone(),
+        ));
+    }
+    TestApp {
+        deployment,
+        url,
+        rose,
+        sim,
+        http: reqwest::Client::new(),
+        prefix,
+        shutdown,
+        schema,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Starts a session; returns its id.
+    ///
+    /// # Panics
+    /// When the api refuses.
+    pub async fn start_session(&self) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/session/start", self.url))
+            .send()
+            .await
+            .expect("session request");
+        assert_eq!(response.status(), 201, "session start");
+        let body: Value = response.json().await.expect("session json");
+        body["session_id"].as_str().expect("session_id").to_owned()
+    }
+
+    /// Uploads `audio` for `session` (with an optional idempotency key).
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn upload(
+        &self,
+        session: &str,
+        audio: &[u8],
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "audio",
+                reqwest::multipart::Part::bytes(audio.to_vec()).file_name("speech.wav"),
+            )
+            .text("session_id", session.to_owned());
+        let mut request = self
+            .http
+            .post(format!("{}/api/voice/process", self.url))
+            .multipart(form);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("upload request")
+    }
+
+    /// Polls the job (long-polling) until it is finished; panics after `limit`.
+    ///
+    /// # Panics
+    /// When the job does not finish in time.
+    pub async fn wait_for_job(&self, job_id: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let body: Value = self
+                .http
+                .get(format!("{}/api/jobs/{job_id}?wait=5", self.url))
+                .send()
+                .await
+                .expect("job request")
+                .json()
+                .await
+                .expect("job json");
+            let status = body["status"].as_str().unwrap_or_default();
+            if status == "succeeded" || status == "failed" {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {job_id} did not finish: {body}"
+            );
+        }
+    }
+
+    /// Rows in one of Rose's tables.
+    ///
+    /// # Panics
+    /// When the table cannot be counted.
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+        match &self.rose.db {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("count rows")
+    }
+
+    /// Messages waiting in the voice queue (stream entries, or queue rows).
+    ///
+    /// # Panics
+    /// When the queue cannot be read.
+    pub async fn queued_messages(&self) -> i64 {
+        match &self.rose.queue {
+            rose_shared::queue::Queue::Redis(q) => {
+                let mut conn = q.connection();
+                redis::cmd("XLEN")
+                    .arg(q.stream_key(rose_shared::queue::VOICE_QUEUE))
+                    .query_async(&mut conn)
+                    .await
+                    .expect("xlen")
+            }
+            rose_shared::queue::Queue::Sqlite(q) => sqlx::query_scalar("SELECT COUNT(*) FROM Jobs")
+                .fetch_one(q.pool())
+                .await
+                .expect("count queue rows"),
+        }
+    }
+
+    /// Stops the roles and removes this test's schema and Redis keys.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Some(schema) = &self.schema
+            && let Database::Postgres(pool) = &self.rose.db
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(pool)
+                .await;
+        }
+        if let rose_shared::queue::Queue::Redis(q) = &self.rose.queue {
+            delete_prefix(q.connection(), &self.prefix).await;
+        }
+    }
+}
+
+/// Deletes every key under `prefix`.
+pub async fn delete_prefix(mut conn: redis::aio::ConnectionManager, prefix: &str) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    }
+}

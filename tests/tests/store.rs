@@ -1,0 +1,250 @@
+//! The storage contract, run against both implementations (real PostgreSQL
+//! in its own schema, a fresh SQLite file).
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rose_shared::domain::{JobError, JobStatus, Role, Stage};
+use rose_shared::store::{AudioLookup, Created, Database, NewAudio, NewJob, Store};
+use sqlx::postgres::PgConnectOptions;
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    db: Database,
+    schema: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let db = Database::connect(&url.parse().expect("url"))
+        .await
+        .expect("sqlite");
+    db.migrate().await.expect("migrate");
+    Fixture {
+        store: db.store(),
+        db,
+        schema: None,
+        _dir: dir,
+    }
+}
+
+async fn postgres() -> Fixture {
+    let schema = rose_tests::unique("s");
+    let base = PgConnectOptions::from_str(&rose_tests::database_url()).expect("url");
+    if let Database::Postgres(pool) = Database::connect_postgres(base.clone())
+        .await
+        .expect("postgres")
+    {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await
+            .expect("schema");
+    }
+    let db = Database::connect_postgres(base.options([("search_path", schema.as_str())]))
+        .await
+        .expect("postgres schema");
+    db.migrate().await.expect("migrate");
+    // Migrating twice is a no-op.
+    db.migrate().await.expect("migrate again");
+    Fixture {
+        store: db.store(),
+        db,
+        schema: Some(schema),
+        _dir: tempfile::tempdir().expect("dir"),
+    }
+}
+
+impl Fixture {
+    async fn drop_schema(self) {
+        if let (Some(schema), Database::Postgres(pool)) = (&self.schema, &self.db) {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(pool)
+                .await;
+        }
+    }
+}
+
+fn new_job(session: rose_shared::domain::SessionId, key: Option<&str>) -> NewJob {
+    NewJob {
+        session_id: session,
+        audio: b"RIFF....WAVEdata".to_vec(),
+        mime: "audio/wav".to_owned(),
+        idempotency_key: key.map(str::to_owned),
+        request_id: Some("req-1".to_owned()),
+        callback_url: None,
+    }
+}
+
+async fn contract(f: Fixture) {
+    let store = f.store.clone();
+    store.ping().await.expect("ping");
+    let session = store.create_session(Some("user-7")).await.expect("session");
+    let fetched = store
+        .get_session(session.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(fetched.user_id.as_deref(), Some("user-7"));
+
+    // Idempotency: the same key in the same session is the same job.
+    let (job, created) = store
+        .create_job(new_job(session.id, Some("k1")))
+        .await
+        .expect("job");
+    assert_eq!(created, Created::New);
+    assert_eq!(job.status, JobStatus::Queued);
+    let (again, created) = store
+        .create_job(new_job(session.id, Some("k1")))
+        .await
+        .expect("again");
+    assert_eq!((again.id, created), (job.id, Created::Existing));
+    let (other, created) = store
+        .create_job(new_job(session.id, None))
+        .await
+        .expect("other");
+    assert_ne!(other.id, job.id);
+    assert_eq!(created, Created::New);
+
+    // The upload is stored with the job.
+    match store.get_audio(job.input_audio_id).await.expect("audio") {
+        AudioLookup::Found(audio) => assert_eq!(audio.mime, "audio/wav"),
+        other => panic!("upload not found: {other:?}"),
+    }
+
+    // Attempts and stages.
+    let running = store
+        .begin_attempt(job.id)
+        .await
+        .expect("begin")
+        .expect("row");
+    assert_eq!(
+        (running.status, running.attempts),
+        (JobStatus::Processing, 1)
+    );
+    assert!(running.timings.queue_wait.is_some());
+    store.set_stage(job.id, Stage::Stt).await.expect("stage");
+
+    // Checkpoints: the first write wins.
+    store
+        .save_transcript(job.id, "first words", 12)
+        .await
+        .expect("transcript");
+    store
+        .save_transcript(job.id, "second words", 99)
+        .await
+        .expect("transcript again");
+    let job_row = store.get_job(job.id).await.expect("get").expect("row");
+    assert_eq!(job_row.transcript.as_deref(), Some("first words"));
+    assert_eq!(job_row.timings.stt, Some(12));
+    assert_eq!(job_row.stage, Some(Stage::Stt));
+
+    // The reply and its two turns, once.
+    store
+        .save_reply(&job_row, "a gentle reply", 30)
+        .await
+        .expect("reply");
+    store
+        .save_reply(&job_row, "another reply", 31)
+        .await
+        .expect("reply again");
+    let turns = store.recent_turns(session.id, 10).await.expect("turns");
+    assert_eq!(turns.len(), 2);
+    assert_eq!(
+        (turns[0].role, turns[0].text.as_str()),
+        (Role::User, "first words")
+    );
+    assert_eq!(
+        (turns[1].role, turns[1].text.as_str()),
+        (Role::Assistant, "a gentle reply")
+    );
+    let limited = store.recent_turns(session.id, 1).await.expect("turns");
+    assert_eq!(limited.len(), 1);
+    assert_eq!(
+        limited[0].role,
+        Role::Assistant,
+        "the latest turns are kept"
+    );
+
+    // Speech, once.
+    let speech = || NewAudio {
+        bytes: vec![0xFF, 0xFB, 0x90, 0xC4],
+        mime: "audio/mpeg".to_owned(),
+    };
+    let audio_id = store
+        .save_speech(&job_row, speech(), 40)
+        .await
+        .expect("speech");
+    let audio_again = store
+        .save_speech(&job_row, speech(), 41)
+        .await
+        .expect("speech again");
+    assert_eq!(audio_id, audio_again);
+
+    store
+        .complete_job(job.id, &["memory".to_owned()])
+        .await
+        .expect("complete");
+    // A late failure does not overwrite success.
+    let err = JobError {
+        code: "x".to_owned(),
+        message: "y".to_owned(),
+    };
+    store.fail_job(job.id, &err).await.expect("fail");
+    let done = store.get_job(job.id).await.expect("get").expect("row");
+    assert_eq!(done.status, JobStatus::Succeeded);
+    assert_eq!(done.degraded, vec!["memory".to_owned()]);
+    assert_eq!(done.reply_text.as_deref(), Some("a gentle reply"));
+    assert_eq!(done.reply_audio_id, Some(audio_id));
+    assert!(done.timings.total.is_some());
+    assert!(done.error.is_none());
+    // A finished job is not restarted.
+    let not_again = store
+        .begin_attempt(job.id)
+        .await
+        .expect("begin")
+        .expect("row");
+    assert_eq!(
+        (not_again.status, not_again.attempts),
+        (JobStatus::Succeeded, 1)
+    );
+
+    // Failing the other job records the error.
+    store.fail_job(other.id, &err).await.expect("fail other");
+    let failed = store.get_job(other.id).await.expect("get").expect("row");
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(failed.error, Some(err));
+
+    // Erasing the session takes everything it owns.
+    assert!(store.delete_session(session.id).await.expect("delete"));
+    assert!(
+        !store
+            .delete_session(session.id)
+            .await
+            .expect("delete again")
+    );
+    assert!(store.get_job(job.id).await.expect("get").is_none());
+    assert!(
+        store
+            .recent_turns(session.id, 10)
+            .await
+            .expect("turns")
+            .is_empty()
+    );
+    assert_eq!(
+        store.get_audio(audio_id).await.expect("audio"),
+        AudioLookup::Missing
+    );
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn sqlite_store_contract() {
+    contract(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_store_contract() {
+    contract(postgres().await).await;
+}
