@@ -10,24 +10,43 @@
 //! request id for log correlation). The database row is the truth; it is always
 //! written before the push.
 
-pub mod redis_streams;
+pub mod redis;
 pub mod sqlite;
+
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::domain::VoiceTask;
 
-pub use redis_streams::{RedisQueue, RedisStreamBackend, StreamOptions};
+pub use redis::{
+    ListStatus, QueueEntry, QueueStats, RedisQueue, RedisStreamBackend, StreamOptions,
+};
 pub use sqlite::SqliteQueue;
 
 /// The voice pipeline's queue.
 pub const VOICE_QUEUE: &str = "voice";
 
+/// A handler error that sends its job straight to the dead letters: the
+/// handler's policy says trying again will not help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Abort(pub String);
+
+/// A handler error that asks for the next attempt after `after` exactly
+/// (instead of the queue's own backoff).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("retry in {after:?}: {reason}")]
+pub struct RetryAfter {
+    pub after: Duration,
+    pub reason: String,
+}
+
 /// A queue failure.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("redis error: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(#[from] ::redis::RedisError),
     #[error("queue database error: {0}")]
     Sqlite(#[from] apalis_sqlite::Error),
     #[error("queue database error: {0}")]

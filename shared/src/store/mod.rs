@@ -113,6 +113,10 @@ pub trait Store: Send + Sync + 'static {
     async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()>;
     /// The job failed for good.
     async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()>;
+    /// Puts a failed job back to `queued` (an operator revived it); its
+    /// checkpoints stay, so it resumes where it stopped. False when the job
+    /// was not failed.
+    async fn requeue_job(&self, id: JobId) -> StoreResult<bool>;
 
     /// The session's latest `limit` turns, oldest first.
     async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>>;

@@ -365,6 +365,19 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn requeue_job(&self, id: JobId) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE voice_jobs SET status = 'queued', error_code = NULL, error_message = NULL, \
+                     finished_at = NULL, total_ms = NULL, updated_at = $2 \
+                     WHERE id = $1 AND status = 'failed'",
+                )
+                .bind(id.to_string())
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>> {
                 let rows: Vec<TurnRow> = sqlx::query_as(
                     "SELECT role, text, created_at FROM turns WHERE session_id = $1 \

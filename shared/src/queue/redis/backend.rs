@@ -1,0 +1,684 @@
+//! The apalis backend: a fetch loop, a heartbeat, a delayed-set promoter and
+//! a batching acknowledger per worker, and the layer that settles each task.
+
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use apalis_core::worker::context::WorkerContext;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
+use redis::{AsyncCommands, Value};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service};
+
+use super::scripts::{BURY, HANDBACK, PROMOTE, RENEW, RETRY};
+use super::{
+    DEAD_LETTER_CAP, GROUP, Keys, PROMOTE_BATCH, RedisQueue, StreamOptions, delayed_member,
+};
+use crate::domain::now_ms;
+use crate::queue::{Abort, QueueError, RetryAfter};
+
+/// A stream entry as a handler's task carries it (in the task's data).
+#[derive(Debug, Clone)]
+pub struct EntryMeta {
+    /// The stream entry id.
+    pub entry_id: String,
+    /// What the message names (e.g. the job id).
+    pub id: String,
+    /// The JSON message as stored.
+    pub data: String,
+    /// First push, unix ms.
+    pub at: String,
+    /// Failed attempts before this one.
+    pub attempt: u32,
+}
+
+type AckRequest = (String, oneshot::Sender<Result<(), QueueError>>);
+
+/// What the loops, the layer and the backend share.
+pub(super) struct Shared {
+    queue: RedisQueue,
+    keys: Keys,
+    options: StreamOptions,
+    /// Entries this consumer holds (buffered or running), for the heartbeat.
+    inflight: Mutex<HashSet<String>>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+    ack_rx: Mutex<Option<mpsc::UnboundedReceiver<AckRequest>>>,
+}
+
+impl Shared {
+    fn track(&self, id: &str, held: bool) {
+        if let Ok(mut set) = self.inflight.lock() {
+            if held {
+                set.insert(id.to_owned());
+            } else {
+                set.remove(id);
+            }
+        }
+    }
+
+    fn inflight_snapshot(&self) -> Vec<String> {
+        self.inflight
+            .lock()
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Acknowledges a finished entry through the batching acknowledger.
+    async fn complete(&self, entry_id: &str) -> Result<(), QueueError> {
+        let (tx, rx) = oneshot::channel();
+        self.acks
+            .send((entry_id.to_owned(), tx))
+            .map_err(|_| QueueError::Malformed("acknowledger stopped".to_owned()))?;
+        rx.await
+            .map_err(|_| QueueError::Malformed("acknowledger stopped".to_owned()))??;
+        self.track(entry_id, false);
+        Ok(())
+    }
+
+    /// Settles a failed attempt: retry later, or bury when attempts ran out
+    /// or the handler said stop.
+    async fn fail(&self, meta: &EntryMeta, error: &BoxDynError) -> Result<(), QueueError> {
+        let attempts = meta.attempt + 1;
+        let abort = error.downcast_ref::<Abort>().is_some();
+        let mut conn = self.queue.conn.clone();
+        if abort || attempts >= self.options.max_attempts {
+            let died_at = now_ms().to_string();
+            let attempt = attempts.to_string();
+            let reason = error.to_string();
+            BURY.key(&self.keys.stream)
+                .key(&self.keys.dead)
+                .key(&self.keys.stats)
+                .arg(GROUP)
+                .arg(&meta.entry_id)
+                .arg(DEAD_LETTER_CAP)
+                .arg(&[
+                    "id", &meta.id, "data", &meta.data, "at", &meta.at, "attempt", &attempt,
+                    "error", &reason, "died_at", &died_at,
+                ])
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+            tracing::warn!(queue_entry = %meta.entry_id, id = %meta.id, attempts, error = %reason, "job moved to the dead letters");
+        } else {
+            let wait = match error.downcast_ref::<RetryAfter>() {
+                Some(r) => r.after,
+                None => backoff(&self.options, attempts),
+            };
+            let due = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+            let attempt = attempts.to_string();
+            let member = delayed_member(&[
+                ("id", &meta.id),
+                ("data", &meta.data),
+                ("at", &meta.at),
+                ("attempt", &attempt),
+            ]);
+            RETRY
+                .key(&self.keys.stream)
+                .key(&self.keys.delayed)
+                .key(&self.keys.stats)
+                .arg(GROUP)
+                .arg(&meta.entry_id)
+                .arg(due)
+                .arg(member)
+                .arg(&self.keys.wake)
+                .invoke_async::<i64>(&mut conn)
+                .await?;
+            tracing::info!(id = %meta.id, attempts, wait_ms = wait.as_millis() as u64, "job retry scheduled");
+        }
+        self.track(&meta.entry_id, false);
+        Ok(())
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in `[0, min(cap, base·2^(n-1))]`.
+fn backoff(options: &StreamOptions, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(20);
+    let ceiling = options
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(options.backoff_cap);
+    ceiling.mul_f64(rand::rng().random_range(0.0..=1.0))
+}
+
+/// The apalis backend: tasks come from the fetch loop through a channel.
+pub struct RedisStreamBackend<Args> {
+    shared: Arc<Shared>,
+    rx: Option<mpsc::Receiver<Task<Args>>>,
+    fetcher: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+    closing: Option<BoxFuture<'static, Result<(), QueueError>>>,
+    _args: PhantomData<fn() -> Args>,
+}
+
+impl<Args> std::fmt::Debug for RedisStreamBackend<Args> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStreamBackend")
+            .field("stream", &self.shared.keys.stream)
+            .field("consumer", &self.shared.options.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Args> RedisStreamBackend<Args> {
+    pub(super) fn new(queue: RedisQueue, keys: Keys, options: StreamOptions) -> Self {
+        let (acks, ack_rx) = mpsc::unbounded_channel();
+        Self {
+            shared: Arc::new(Shared {
+                queue,
+                keys,
+                options,
+                inflight: Mutex::default(),
+                acks,
+                ack_rx: Mutex::new(Some(ack_rx)),
+            }),
+            rx: None,
+            fetcher: None,
+            stop: CancellationToken::new(),
+            closing: None,
+            _args: PhantomData,
+        }
+    }
+}
+
+impl<Args: DeserializeOwned + Send + 'static> RedisStreamBackend<Args> {
+    fn start(&mut self) -> &mut mpsc::Receiver<Task<Args>> {
+        let shared = &self.shared;
+        let stop = &self.stop;
+        let fetcher = &mut self.fetcher;
+        self.rx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(shared.options.prefetch.max(1));
+            *fetcher = Some(tokio::spawn(fetch_loop(shared.clone(), tx, stop.clone())));
+            tokio::spawn(heartbeat_loop(shared.clone(), stop.clone()));
+            tokio::spawn(promote_loop(shared.clone(), stop.clone()));
+            if let Some(ack_rx) = shared.ack_rx.lock().ok().and_then(|mut r| r.take()) {
+                tokio::spawn(ack_loop(shared.clone(), ack_rx));
+            }
+            rx
+        })
+    }
+}
+
+impl<Args> Drop for RedisStreamBackend<Args> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl<Args: DeserializeOwned + Send + 'static> Backend for RedisStreamBackend<Args> {
+    type Task = Task<Args>;
+    type Error = QueueError;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Task<Args>, QueueError>>> {
+        self.start().poll_recv(cx).map(|task| task.map(Ok))
+    }
+
+    /// Runs once every started task finished: stops fetching and hands the
+    /// entries fetched but never started back to the stream for others.
+    fn poll_close(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), QueueError>> {
+        if self.closing.is_none() {
+            self.stop.cancel();
+            if let Some(rx) = &mut self.rx {
+                rx.close();
+                while rx.try_recv().is_ok() {}
+            }
+            let fetcher = self.fetcher.take();
+            let shared = self.shared.clone();
+            self.closing = Some(Box::pin(async move {
+                if let Some(fetcher) = fetcher {
+                    let _ = fetcher.await;
+                }
+                hand_back(&shared).await
+            }));
+        }
+        match self.closing.as_mut() {
+            Some(closing) => closing.as_mut().poll(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<Args> BackendConfig for RedisStreamBackend<Args> {
+    type Args = Args;
+    type Id = String;
+    type Kind = Ephemeral;
+    type Config = StreamOptions;
+    type Layer = AckLayer;
+
+    fn config(&self) -> &StreamOptions {
+        &self.shared.options
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
+        AckLayer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Settles each task once its handler returned: success acknowledges and
+/// deletes the entry; an error retries it later or buries it.
+#[derive(Clone)]
+pub struct AckLayer {
+    shared: Arc<Shared>,
+}
+
+impl<S> Layer<S> for AckLayer {
+    type Service = AckService<S>;
+    fn layer(&self, inner: S) -> AckService<S> {
+        AckService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See [`AckLayer`].
+#[derive(Clone)]
+pub struct AckService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, Args> Service<Task<Args>> for AckService<S>
+where
+    S: Service<Task<Args>, Error = BoxDynError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, task: Task<Args>) -> Self::Future {
+        let meta = task.ctx().data().get::<Arc<EntryMeta>>().cloned();
+        let shared = self.shared.clone();
+        let fut = self.inner.call(task);
+        Box::pin(async move {
+            let result = fut.await;
+            if let Some(meta) = meta {
+                let settled = match &result {
+                    Ok(_) => shared.complete(&meta.entry_id).await,
+                    Err(e) => shared.fail(&meta, e).await,
+                };
+                if let Err(e) = settled {
+                    // Unsettled, the entry is reclaimed and run again later;
+                    // stage checkpoints make that cheap.
+                    tracing::warn!(queue_entry = %meta.entry_id, error = %e, "queue settle failed");
+                }
+            }
+            result
+        })
+    }
+}
+
+/// Acknowledges finished entries in batches: whatever finished while the
+/// previous batch was in flight goes in the next `XACK` + `XDEL`.
+async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+    let mut conn = shared.queue.conn.clone();
+    let mut batch: Vec<AckRequest> = Vec::with_capacity(512);
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+        let result: Result<(), redis::RedisError> = redis::pipe()
+            .atomic()
+            .xack(&shared.keys.stream, super::GROUP, &ids)
+            .ignore()
+            .xdel(&shared.keys.stream, &ids)
+            .ignore()
+            .hincr(&shared.keys.stats, "completed", ids.len())
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        for (_, done) in batch.drain(..) {
+            let _ = done.send(result.clone().map_err(QueueError::from));
+        }
+    }
+}
+
+/// Fetches entries until `stop`; errors are logged and retried with a capped backoff.
+async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Task<Args>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let result = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = fetch_session(&shared, &tx, &stop) => r,
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(stream = %shared.keys.stream, error = %e, "queue fetch failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One connection's worth of fetching; `Ok` only when the channel closed.
+async fn fetch_session<Args: DeserializeOwned + Send + 'static>(
+    shared: &Shared,
+    tx: &mpsc::Sender<Task<Args>>,
+    stop: &CancellationToken,
+) -> Result<(), QueueError> {
+    let mut conn = shared
+        .queue
+        .client
+        .get_multiplexed_async_connection()
+        .await?;
+    ensure_group(&mut conn, &shared.keys.stream).await?;
+    forget_departed_consumers(&mut conn, shared).await?;
+    let options = &shared.options;
+    let reclaim_every = options.visibility_timeout / 2;
+    let mut next_reclaim = Instant::now();
+    loop {
+        // Wait for room, so entries are not claimed while nobody can run them.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            p = tx.reserve() => match p { Ok(p) => p, Err(_) => return Ok(()) },
+        };
+        let room = tx.capacity() + 1;
+        let mut entries = Vec::new();
+        if Instant::now() >= next_reclaim {
+            next_reclaim = Instant::now() + reclaim_every;
+            entries = reclaim(&mut conn, shared, room).await?;
+        }
+        if entries.is_empty() {
+            let block = options
+                .block
+                .min(next_reclaim.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(1));
+            entries = read_new(&mut conn, shared, room, block).await?;
+        }
+        let mut permit = Some(permit);
+        for entry in entries {
+            let Some(task) = decode::<Args>(shared, &entry).await? else {
+                continue;
+            };
+            shared.track(&entry.id, true);
+            match permit.take() {
+                Some(p) => p.send(task),
+                None => {
+                    if tx.send(task).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ensure_group(conn: &mut MultiplexedConnection, stream: &str) -> Result<(), QueueError> {
+    let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes consumers that hold nothing and were silent for long (workers
+/// that stopped), so inspection lists the living.
+async fn forget_departed_consumers(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+) -> Result<(), QueueError> {
+    let silent = (shared.options.visibility_timeout * 10).max(Duration::from_secs(3600));
+    let info: StreamInfoConsumersReply = conn.xinfo_consumers(&shared.keys.stream, GROUP).await?;
+    for consumer in info.consumers {
+        if consumer.pending == 0 && Duration::from_millis(consumer.idle as u64) > silent {
+            let _: i64 = conn
+                .xgroup_delconsumer(&shared.keys.stream, GROUP, &consumer.name)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_new(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<StreamId>, QueueError> {
+    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(&shared.options.consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(&shared.keys.stream)
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+        .unwrap_or_default())
+}
+
+/// Takes over entries idle longer than the visibility timeout (a dead consumer's).
+async fn reclaim(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    count: usize,
+) -> Result<Vec<StreamId>, QueueError> {
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(&shared.keys.stream)
+        .arg(GROUP)
+        .arg(&shared.options.consumer)
+        .arg(shared.options.visibility_timeout.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    if !reply.claimed.is_empty() {
+        let _: i64 = conn
+            .hincr(&shared.keys.stats, "reclaimed", reply.claimed.len())
+            .await?;
+        tracing::info!(
+            stream = %shared.keys.stream,
+            count = reply.claimed.len(),
+            "reclaimed entries from a silent consumer"
+        );
+    }
+    Ok(reply.claimed)
+}
+
+fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
+    match map.get(name)? {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// The task for an entry; a malformed entry goes straight to the dead letters.
+async fn decode<Args: DeserializeOwned>(
+    shared: &Shared,
+    entry: &StreamId,
+) -> Result<Option<Task<Args>>, QueueError> {
+    let meta = EntryMeta {
+        entry_id: entry.id.clone(),
+        id: field(&entry.map, "id").unwrap_or_default(),
+        data: field(&entry.map, "data").unwrap_or_default(),
+        at: field(&entry.map, "at").unwrap_or_default(),
+        attempt: field(&entry.map, "attempt")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0),
+    };
+    match serde_json::from_str::<Args>(&meta.data) {
+        Ok(args) => Ok(Some(
+            TaskBuilder::new(args)
+                .task_id(TaskId::from_string(entry.id.clone()))
+                .attempt(meta.attempt as usize)
+                .data(Arc::new(meta))
+                .build(),
+        )),
+        Err(e) => {
+            tracing::error!(stream = %shared.keys.stream, entry = %entry.id, error = %e, "undecodable queue entry");
+            let error: BoxDynError = Box::new(Abort(format!("undecodable message: {e}")));
+            shared.fail(&meta, &error).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Resets the idle time of the entries this consumer holds, while it holds them.
+async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.options.visibility_timeout / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let ids = shared.inflight_snapshot();
+        let mut conn = shared.queue.conn.clone();
+        for chunk in ids.chunks(500) {
+            let renewed = RENEW
+                .key(&shared.keys.stream)
+                .arg(GROUP)
+                .arg(&shared.options.consumer)
+                .arg(chunk)
+                .invoke_async::<i64>(&mut conn)
+                .await;
+            if let Err(e) = renewed {
+                tracing::warn!(stream = %shared.keys.stream, error = %e, "queue heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Moves due delayed entries into the stream, sleeping until the next due
+/// time or until a wake-up says an earlier one was scheduled.
+async fn promote_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        match promote_session(&shared, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(stream = %shared.keys.stream, error = %e, "delayed promotion failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<(), QueueError> {
+    let mut pubsub = shared.queue.client.get_async_pubsub().await?;
+    pubsub.subscribe(&shared.keys.wake).await?;
+    let mut wakes = pubsub.on_message();
+    let mut conn = shared.queue.conn.clone();
+    loop {
+        let next_due = loop {
+            let (moved, next): (usize, String) = PROMOTE
+                .key(&shared.keys.delayed)
+                .key(&shared.keys.stream)
+                .arg(now_ms())
+                .arg(PROMOTE_BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            if moved < PROMOTE_BATCH {
+                break next.parse::<f64>().ok().filter(|due| *due >= 0.0);
+            }
+        };
+        let sleep = match next_due {
+            Some(due) => Duration::from_millis((due as i64 - now_ms()).max(0) as u64),
+            None => shared.options.visibility_timeout,
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(sleep) => {}
+            wake = wakes.next() => {
+                if wake.is_none() {
+                    return Err(QueueError::Malformed("wake-up subscription closed".to_owned()));
+                }
+            }
+        }
+    }
+}
+
+/// Hands this consumer's remaining entries back to the stream and leaves the group.
+async fn hand_back(shared: &Shared) -> Result<(), QueueError> {
+    let mut conn = shared.queue.conn.clone();
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&shared.keys.stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .arg(&shared.options.consumer)
+        .query_async(&mut conn)
+        .await?;
+    let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
+    let mut handed = 0i64;
+    for chunk in ids.chunks(500) {
+        handed += HANDBACK
+            .key(&shared.keys.stream)
+            .arg(GROUP)
+            .arg(chunk)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+    }
+    if handed > 0 {
+        tracing::info!(stream = %shared.keys.stream, count = handed, "handed unstarted jobs back to the queue");
+    }
+    let _: i64 = conn
+        .xgroup_delconsumer(&shared.keys.stream, GROUP, &shared.options.consumer)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! Rose's queue on Redis Streams: an apalis backend, plus inspection and repair.
+//!
+//! # Keys
+//!
+//! `P` is `ROSE_REDIS_PREFIX`, `Q` a queue name (`voice`, `memory`, …).
+//!
+//! | key | type | holds | lifetime |
+//! |---|---|---|---|
+//! | `P:queues` | set | the names of queues ever pushed to | until removed by hand |
+//! | `P:q:Q:stream` | stream + consumer group `workers` | jobs waiting or running | an entry lives from push until its handler finished: then `XACK` + `XDEL` remove it, so the stream holds only unfinished work and stays bounded |
+//! | `P:q:Q:delayed` | sorted set, score = due time (unix ms) | delayed jobs and retries waiting for their time | from scheduling until promoted into the stream (at most [`PROMOTE_BATCH`] per call) |
+//! | `P:q:Q:dead` | stream | jobs whose attempts are exhausted, with their last error | until revived (`rose queue retry`) or purged; capped at about [`DEAD_LETTER_CAP`] entries |
+//! | `P:q:Q:stats` | hash | counters `completed`, `retried`, `dead`, `revived`, `reclaimed` | as long as the queue exists (a handful of integers) |
+//!
+//! Pub/sub channel `P:q:Q:wake` (no storage) tells promoters that an entry
+//! with an earlier due time was scheduled.
+//!
+//! Stream and dead entries carry the fields `id` (what the message names,
+//! e.g. the job id), `data` (the JSON message), `at` (first push, unix ms)
+//! and `attempt` (failed attempts so far); dead entries add `error` and
+//! `died_at`. Delayed members are JSON `{"u": unique token, "f": [fields…]}`.
+//!
+//! # Flow
+//!
+//! Push is `XADD` (bulk: one pipeline). Each worker process is one consumer
+//! of the group: its fetch loop blocks in `XREADGROUP … BLOCK` on a
+//! connection of its own, so a push wakes an idle worker at once without
+//! polling. Entries fetched stay in the group's pending list under that
+//! consumer until the handler finished; a heartbeat renews the ones it
+//! still owns (`XCLAIM … JUSTID` resets their idle time) so long jobs are
+//! never stolen, and entries idle past the visibility timeout — a dead
+//! consumer's — are taken over with `XAUTOCLAIM`. A handler error retries
+//! the job through the delayed set with exponential, jittered backoff (or
+//! when the handler says so), until its attempts run out; then it goes to
+//! the dead letters. On graceful shutdown a worker hands its unstarted
+//! entries back to the stream. No results are kept in Redis.
+
+mod backend;
+mod inspect;
+mod scripts;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+
+pub use backend::{AckLayer, AckService, EntryMeta, RedisStreamBackend};
+pub use inspect::{ConsumerInfo, ListStatus, QueueEntry, QueueStats};
+
+use super::QueueError;
+use crate::domain::now_ms;
+
+/// The consumer group every worker of a queue joins.
+pub const GROUP: &str = "workers";
+/// Most delayed entries promoted into the stream by one script call.
+pub const PROMOTE_BATCH: usize = 1000;
+/// Approximate cap on a dead-letter stream's length.
+pub const DEAD_LETTER_CAP: usize = 100_000;
+
+/// The keys of one queue.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub stream: String,
+    pub delayed: String,
+    pub dead: String,
+    pub stats: String,
+    pub wake: String,
+}
+
+impl Keys {
+    fn new(prefix: &str, queue: &str) -> Self {
+        let base = format!("{prefix}:q:{queue}");
+        Self {
+            stream: format!("{base}:stream"),
+            delayed: format!("{base}:delayed"),
+            dead: format!("{base}:dead"),
+            stats: format!("{base}:stats"),
+            wake: format!("{base}:wake"),
+        }
+    }
+}
+
+/// A handle on the Redis queue: pushes, inspection, and worker backends.
+#[derive(Clone)]
+pub struct RedisQueue {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    /// Queues already recorded in `P:queues` by this process.
+    registered: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one worker consumes a queue.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// This consumer's name in the group; unique per worker process.
+    pub consumer: String,
+    /// Entries fetched ahead of the handlers (and at most per read).
+    pub prefetch: usize,
+    /// A consumer silent this long loses its entries to others.
+    pub visibility_timeout: Duration,
+    /// Longest single blocking read (reclaim scans run between reads).
+    pub block: Duration,
+    /// Attempts in all before a failing job goes to the dead letters.
+    pub max_attempts: u32,
+    /// First retry backoff step (doubling, fully jittered, capped).
+    pub backoff_base: Duration,
+    /// Largest retry backoff.
+    pub backoff_cap: Duration,
+}
+
+impl StreamOptions {
+    /// Options for a consumer named `consumer`: prefetch 32, visibility
+    /// timeout 60 s, reads blocking up to 30 s, 5 attempts, backoff 1 s … 5 min.
+    #[must_use]
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            prefetch: 32,
+            visibility_timeout: Duration::from_secs(60),
+            block: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The stream fields of a fresh message.
+fn fields<'a>(id: &'a str, data: &'a str, at: &'a str) -> [(&'static str, &'a str); 4] {
+    [("id", id), ("data", data), ("at", at), ("attempt", "0")]
+}
+
+impl RedisQueue {
+    /// Connects (a managed, reconnecting connection for pushes and acks).
+    ///
+    /// # Errors
+    /// When the URL is malformed or Redis cannot be reached.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url)?;
+        let conn = ConnectionManager::new(client.clone()).await?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: Arc::from(prefix),
+            registered: Arc::default(),
+        })
+    }
+
+    /// The keys of `queue`.
+    #[must_use]
+    pub fn keys(&self, queue: &str) -> Keys {
+        Keys::new(&self.prefix, queue)
+    }
+
+    /// The stream key of `queue`.
+    #[must_use]
+    pub fn stream_key(&self, queue: &str) -> String {
+        self.keys(queue).stream
+    }
+
+    fn queues_key(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// The key prefix every Rose key starts with.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The shared managed connection.
+    #[must_use]
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The client, for connections of their own (blocking reads, pub/sub).
+    #[must_use]
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Adds `queue` to `P:queues` once per process.
+    fn registration(&self, queue: &str, pipe: &mut redis::Pipeline) {
+        let fresh = self
+            .registered
+            .lock()
+            .map(|mut set| set.insert(queue.to_owned()))
+            .unwrap_or(true);
+        if fresh {
+            pipe.sadd(self.queues_key(), queue).ignore();
+        }
+    }
+
+    /// Appends one message to `queue`.
+    ///
+    /// # Errors
+    /// When Redis refuses or cannot be reached.
+    pub async fn push<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        id: &str,
+        message: &T,
+    ) -> Result<(), QueueError> {
+        let data = serde_json::to_string(message)?;
+        let at = now_ms().to_string();
+        let mut pipe = redis::pipe();
+        self.registration(queue, &mut pipe);
+        pipe.xadd(self.stream_key(queue), "*", &fields(id, &data, &at))
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Appends many messages to `queue` in pipelines of 1,000.
+    ///
+    /// # Errors
+    /// When Redis refuses or cannot be reached (some may have been pushed).
+    pub async fn push_bulk<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        items: &[(String, T)],
+    ) -> Result<(), QueueError> {
+        let stream = self.stream_key(queue);
+        let at = now_ms().to_string();
+        for chunk in items.chunks(1000) {
+            let mut pipe = redis::pipe();
+            self.registration(queue, &mut pipe);
+            for (id, message) in chunk {
+                let data = serde_json::to_string(message)?;
+                pipe.xadd(&stream, "*", &fields(id, &data, &at)).ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Schedules one message to enter `queue` after `delay`.
+    ///
+    /// # Errors
+    /// When Redis refuses or cannot be reached.
+    pub async fn push_delayed<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        id: &str,
+        message: &T,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let data = serde_json::to_string(message)?;
+        let now = now_ms();
+        let due = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+        let member = delayed_member(&fields(id, &data, &now.to_string()));
+        let keys = self.keys(queue);
+        let mut pipe = redis::pipe();
+        self.registration(queue, &mut pipe);
+        pipe.zadd(&keys.delayed, member, due).ignore();
+        pipe.publish(&keys.wake, due).ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// `PING`.
+    ///
+    /// # Errors
+    /// When Redis cannot be reached.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// A backend for one worker of `queue`.
+    #[must_use]
+    pub fn backend<Args>(&self, queue: &str, options: StreamOptions) -> RedisStreamBackend<Args> {
+        RedisStreamBackend::new(self.clone(), self.keys(queue), options)
+    }
+}
+
+/// A delayed-set member: a unique token and the entry's fields.
+fn delayed_member(fields: &[(&str, &str)]) -> String {
+    let flat: Vec<&str> = fields.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    serde_json::json!({"u": ulid::Ulid::generate().to_string(), "f": flat}).to_string()
+}
