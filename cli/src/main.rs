@@ -3,6 +3,7 @@
 //! This file only parses arguments, loads configuration and starts tracing;
 //! the roles live in their libraries and are joined in [`roles`].
 
+mod queue;
 mod roles;
 
 use std::process::ExitCode;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Inspect and repair the Redis queues (REDIS_URL).
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
     /// Run the provider simulator (Groq and ElevenLabs request shapes).
     Sim {
         /// Listening port.
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
             Command::Api { port } => roles::api(config, port, shutdown).await,
             Command::Worker { concurrency } => roles::worker(config, concurrency, shutdown).await,
             Command::Migrate => roles::migrate(config).await,
+            Command::Queue { command } => queue::run(config, command).await,
             Command::Sim {
                 port,
                 latency_ms,

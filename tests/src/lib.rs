@@ -22,6 +22,8 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod probe;
+
 /// The shipped recording: real speech whose `ICMT` comment is its transcript.
 pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");
 /// What `SPOKEN_WAV` says.

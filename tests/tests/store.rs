@@ -215,6 +215,18 @@ async fn contract(f: Fixture) {
     let failed = store.get_job(other.id).await.expect("get").expect("row");
     assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(failed.error, Some(err));
+    // An operator revives it: queued again, checkpoints kept.
+    assert!(store.requeue_job(other.id).await.expect("requeue"));
+    assert!(
+        !store.requeue_job(other.id).await.expect("requeue twice"),
+        "only failed jobs"
+    );
+    assert!(
+        !store.requeue_job(job.id).await.expect("requeue success"),
+        "never a succeeded job"
+    );
+    let revived = store.get_job(other.id).await.expect("get").expect("row");
+    assert_eq!((revived.status, revived.error), (JobStatus::Queued, None));
 
     // Erasing the session takes everything it owns.
     assert!(store.delete_session(session.id).await.expect("delete"));
