@@ -509,3 +509,49 @@ async fn inspection_reports_each_state() {
     assert_eq!(q.stats(QUEUE).await.expect("stats").delayed, 0);
     delete_prefix(q.connection(), q.prefix()).await;
 }
+
+#[tokio::test]
+async fn an_idle_worker_sends_nothing_but_its_blocking_read() {
+    use futures::StreamExt;
+    let q = queue().await;
+    let stop = CancellationToken::new();
+    // Default timings: reads block 30 s, heartbeat and reclaim every 20-30 s.
+    let worker = tokio::spawn({
+        let (q, stop) = (q.clone(), stop.clone());
+        async move { run_probe(&q, QUEUE, StreamOptions::new("idle"), 4, stop).await }
+    });
+    // Let it start (group, first reclaim scan, first read) before listening.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = redis::Client::open(redis_url()).expect("client");
+    let monitor = client.get_async_monitor().await.expect("monitor");
+    let mut lines = monitor.into_on_message::<String>();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut ours = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, lines.next()).await {
+        if line.contains(q.prefix()) {
+            ours.push(line);
+        }
+    }
+    assert!(ours.is_empty(), "an idle worker sent commands: {ours:?}");
+    // And it is awake: a push is picked up at once.
+    q.push(
+        QUEUE,
+        "1",
+        &ProbeJob {
+            n: 1,
+            ..ProbeJob::default()
+        },
+    )
+    .await
+    .expect("push");
+    let conn = q.connection();
+    eventually(Duration::from_secs(5), "the pushed job runs", || {
+        let mut conn = conn.clone();
+        let prefix = q.prefix().to_owned();
+        async move { done_counts(&mut conn, &prefix).await.len() == 1 }
+    })
+    .await;
+    stop.cancel();
+    worker.await.expect("join").expect("worker");
+    delete_prefix(conn, q.prefix()).await;
+}

@@ -39,6 +39,7 @@ struct WakeSlot {
 pub struct SqliteQueue {
     pool: SqlitePool,
     wakers: Arc<Mutex<HashMap<String, WakeSlot>>>,
+    fallback_poll: Duration,
 }
 
 /// The backend a worker of this queue runs on.
@@ -66,7 +67,15 @@ impl SqliteQueue {
         Self {
             pool,
             wakers: Arc::default(),
+            fallback_poll: FALLBACK_POLL,
         }
+    }
+
+    /// Changes the fallback poll interval (tests lengthen it to prove pushes wake).
+    #[must_use]
+    pub fn with_fallback_poll(mut self, every: Duration) -> Self {
+        self.fallback_poll = every;
+        self
     }
 
     /// Pushes one message and wakes the queue's worker in this process.
@@ -110,7 +119,7 @@ impl SqliteQueue {
     }
 
     /// The apalis backend for one worker of `queue`: woken by pushes in this
-    /// process, polling every [`FALLBACK_POLL`] otherwise.
+    /// process, polling every [`FALLBACK_POLL`] (by default) otherwise.
     #[must_use]
     pub fn backend<Args>(&self, queue: &str, batch_size: usize) -> SqliteBackend<Args> {
         let rx = self.wakers.lock().ok().and_then(|mut wakers| {
@@ -120,7 +129,7 @@ impl SqliteQueue {
                 .rx
                 .take()
         });
-        let mut strategy = Strategy::new().interval(FALLBACK_POLL);
+        let mut strategy = Strategy::new().interval(self.fallback_poll);
         if let Some(rx) = rx {
             strategy = strategy.stream(rx);
         }

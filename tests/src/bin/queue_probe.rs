@@ -21,7 +21,6 @@ async fn main() -> anyhow::Result<()> {
     let options = StreamOptions {
         prefetch: concurrency,
         visibility_timeout: Duration::from_millis(visibility_ms.parse()?),
-        block: Duration::from_secs(5),
         ..StreamOptions::new(consumer.clone())
     };
     let shutdown = CancellationToken::new();

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -56,6 +57,10 @@ pub(super) struct Shared {
     options: StreamOptions,
     /// Entries this consumer holds (buffered or running), for the heartbeat.
     inflight: Mutex<HashSet<String>>,
+    /// The Redis client id of the connection blocked in `XREADGROUP`, so a
+    /// closing worker can end that read (`CLIENT UNBLOCK`) instead of
+    /// abandoning it mid-flight.
+    reader_id: AtomicI64,
     acks: mpsc::UnboundedSender<AckRequest>,
     ack_rx: Mutex<Option<mpsc::UnboundedReceiver<AckRequest>>>,
 }
@@ -182,6 +187,7 @@ impl<Args> RedisStreamBackend<Args> {
                 keys,
                 options,
                 inflight: Mutex::default(),
+                reader_id: AtomicI64::new(0),
                 acks,
                 ack_rx: Mutex::new(Some(ack_rx)),
             }),
@@ -254,8 +260,26 @@ impl<Args: DeserializeOwned + Send + 'static> Backend for RedisStreamBackend<Arg
             let fetcher = self.fetcher.take();
             let shared = self.shared.clone();
             self.closing = Some(Box::pin(async move {
-                if let Some(fetcher) = fetcher {
-                    let _ = fetcher.await;
+                // End the blocked read so it completes (and cannot deliver
+                // to this consumer after the hand-back below).
+                // Repeated, in case the read only began after an unblock.
+                if let Some(mut fetcher) = fetcher {
+                    loop {
+                        let reader = shared.reader_id.load(Ordering::SeqCst);
+                        if reader > 0 {
+                            let _: Result<i64, _> = redis::cmd("CLIENT")
+                                .arg("UNBLOCK")
+                                .arg(reader)
+                                .query_async(&mut shared.queue.conn.clone())
+                                .await;
+                        }
+                        if tokio::time::timeout(Duration::from_millis(100), &mut fetcher)
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                    }
                 }
                 hand_back(&shared).await
             }));
@@ -376,11 +400,9 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
 ) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let result = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = fetch_session(&shared, &tx, &stop) => r,
-        };
-        match result {
+        // Not raced against `stop`: a read in flight always completes (a
+        // closing worker unblocks it), so no entry is delivered unseen.
+        match fetch_session(&shared, &tx, &stop).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(stream = %shared.keys.stream, error = %e, "queue fetch failed; retrying");
@@ -400,11 +422,20 @@ async fn fetch_session<Args: DeserializeOwned + Send + 'static>(
     tx: &mpsc::Sender<Task<Args>>,
     stop: &CancellationToken,
 ) -> Result<(), QueueError> {
+    // This connection carries the blocking read: its response timeout must
+    // outlast the longest block (the client's default is 500 ms).
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(shared.options.block + Duration::from_secs(10)));
     let mut conn = shared
         .queue
         .client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    let client_id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut conn)
+        .await?;
+    shared.reader_id.store(client_id, Ordering::SeqCst);
     ensure_group(&mut conn, &shared.keys.stream).await?;
     forget_departed_consumers(&mut conn, shared).await?;
     let options = &shared.options;
@@ -427,7 +458,15 @@ async fn fetch_session<Args: DeserializeOwned + Send + 'static>(
                 .block
                 .min(next_reclaim.saturating_duration_since(Instant::now()))
                 .max(Duration::from_millis(1));
+            if stop.is_cancelled() {
+                return Ok(());
+            }
             entries = read_new(&mut conn, shared, room, block).await?;
+        }
+        if stop.is_cancelled() {
+            // Fetched after the worker began closing: left pending, and
+            // handed back with the rest.
+            return Ok(());
         }
         let mut permit = Some(permit);
         for entry in entries {
@@ -652,7 +691,9 @@ async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<()
     }
 }
 
-/// Hands this consumer's remaining entries back to the stream and leaves the group.
+/// Hands this consumer's remaining entries back to the stream. The consumer
+/// itself stays in the group (deleting it would drop anything still pending
+/// under it); departed consumers are forgotten later once they hold nothing.
 async fn hand_back(shared: &Shared) -> Result<(), QueueError> {
     let mut conn = shared.queue.conn.clone();
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -677,8 +718,5 @@ async fn hand_back(shared: &Shared) -> Result<(), QueueError> {
     if handed > 0 {
         tracing::info!(stream = %shared.keys.stream, count = handed, "handed unstarted jobs back to the queue");
     }
-    let _: i64 = conn
-        .xgroup_delconsumer(&shared.keys.stream, GROUP, &shared.options.consumer)
-        .await?;
     Ok(())
 }

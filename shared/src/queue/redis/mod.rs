@@ -43,7 +43,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
 pub use backend::{AckLayer, AckService, EntryMeta, RedisStreamBackend};
@@ -148,7 +148,11 @@ impl RedisQueue {
     /// When the URL is malformed or Redis cannot be reached.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client.clone()).await?;
+        // Bulk pipelines and bounded scripts can take longer than the
+        // client's 500 ms default under load; a slow answer is not a failure.
+        let config =
+            ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         Ok(Self {
             client,
             conn,
