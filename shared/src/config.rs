@@ -175,6 +175,37 @@ pub struct Config {
     /// `ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS`: how long a silent consumer keeps a
     /// Redis job before another worker reclaims it (default 60).
     pub queue_visibility_timeout: Duration,
+
+    /// `ROSE_JOB_MAX_ATTEMPTS`: failed attempts before a job fails for good (default 5).
+    pub job_max_attempts: u32,
+    /// `ROSE_JOB_DEADLINE_SECS`: a job waiting on an unavailable provider
+    /// fails with `provider_unavailable` this long after it was created (default 600).
+    pub job_deadline: Duration,
+    /// `ROSE_JOB_RETRY_BASE_MS` / `ROSE_JOB_RETRY_CAP_MS`: the backoff between
+    /// a job's attempts (default 2,000 ms doubling up to 60,000 ms, fully jittered).
+    pub job_retry_base: Duration,
+    pub job_retry_cap: Duration,
+    /// `ROSE_PROVIDER_TRIES`: tries per provider call before the job itself is
+    /// rescheduled (default 3); `ROSE_PROVIDER_RETRY_BASE_MS` their first backoff step (250).
+    pub provider_tries: usize,
+    pub provider_retry_base: Duration,
+    /// `ROSE_BREAKER_FAILURES` (5), `ROSE_BREAKER_WINDOW_SECS` (60),
+    /// `ROSE_BREAKER_COOLDOWN_MS` (30,000): the circuit breakers.
+    pub breaker_failures: u32,
+    pub breaker_window: Duration,
+    pub breaker_cooldown: Duration,
+    /// `ROSE_{STT,LLM,TTS}_RPM` and `ROSE_{STT,LLM,TTS}_CONCURRENCY`: shared
+    /// budgets per provider (0 = unlimited). Unset, real providers get the free
+    /// tiers (STT 20/min, LLM 30/min, TTS 2 at once) and the simulator none.
+    pub stt_rpm: Option<u32>,
+    pub llm_rpm: Option<u32>,
+    pub tts_rpm: Option<u32>,
+    pub stt_concurrency: Option<u32>,
+    pub llm_concurrency: Option<u32>,
+    pub tts_concurrency: Option<u32>,
+    /// `ROSE_SHUTDOWN_GRACE_SECS`: how long a stopping worker lets running
+    /// jobs finish before handing them back (default 25).
+    pub shutdown_grace: Duration,
 }
 
 /// Every problem found in the environment, reported at once.
@@ -253,6 +284,13 @@ impl Reader<'_> {
             }
             None => default,
         }
+    }
+
+    /// A count where 0 means "no limit"; `None` when unset.
+    fn optional_count(&mut self, name: &str) -> Option<u32> {
+        self.raw(name)?;
+        let v = self.bounded(name, 0u32, 0, 1_000_000);
+        Some(v)
     }
 
     fn url(&mut self, name: &str, default: Option<&str>) -> Option<String> {
@@ -367,6 +405,57 @@ impl Config {
                 1,
                 86_400,
             )),
+            job_max_attempts: r.bounded("ROSE_JOB_MAX_ATTEMPTS", 5u32, 1, 1000),
+            job_deadline: Duration::from_secs(r.bounded(
+                "ROSE_JOB_DEADLINE_SECS",
+                600u64,
+                1,
+                604_800,
+            )),
+            job_retry_base: Duration::from_millis(r.bounded(
+                "ROSE_JOB_RETRY_BASE_MS",
+                2_000u64,
+                1,
+                3_600_000,
+            )),
+            job_retry_cap: Duration::from_millis(r.bounded(
+                "ROSE_JOB_RETRY_CAP_MS",
+                60_000u64,
+                1,
+                86_400_000,
+            )),
+            provider_tries: r.bounded("ROSE_PROVIDER_TRIES", 3usize, 1, 20),
+            provider_retry_base: Duration::from_millis(r.bounded(
+                "ROSE_PROVIDER_RETRY_BASE_MS",
+                250u64,
+                1,
+                60_000,
+            )),
+            breaker_failures: r.bounded("ROSE_BREAKER_FAILURES", 5u32, 1, 1000),
+            breaker_window: Duration::from_secs(r.bounded(
+                "ROSE_BREAKER_WINDOW_SECS",
+                60u64,
+                1,
+                86_400,
+            )),
+            breaker_cooldown: Duration::from_millis(r.bounded(
+                "ROSE_BREAKER_COOLDOWN_MS",
+                30_000u64,
+                1,
+                3_600_000,
+            )),
+            stt_rpm: r.optional_count("ROSE_STT_RPM"),
+            llm_rpm: r.optional_count("ROSE_LLM_RPM"),
+            tts_rpm: r.optional_count("ROSE_TTS_RPM"),
+            stt_concurrency: r.optional_count("ROSE_STT_CONCURRENCY"),
+            llm_concurrency: r.optional_count("ROSE_LLM_CONCURRENCY"),
+            tts_concurrency: r.optional_count("ROSE_TTS_CONCURRENCY"),
+            shutdown_grace: Duration::from_secs(r.bounded(
+                "ROSE_SHUTDOWN_GRACE_SECS",
+                25u64,
+                0,
+                3600,
+            )),
             data_dir,
         };
         if r.problems.is_empty() {
@@ -393,6 +482,40 @@ impl Config {
                 self.data_dir.join("rose.db").display()
             ))
         })
+    }
+
+    /// The shared budgets: explicit settings win; otherwise real providers get
+    /// the free tiers and the simulator no limit.
+    #[must_use]
+    pub fn provider_limits(
+        &self,
+        simulated: bool,
+    ) -> HashMap<crate::resilience::Provider, crate::resilience::Limits> {
+        use crate::resilience::{Limits, Provider};
+        let tier = |free: u32| if simulated { 0 } else { free };
+        HashMap::from([
+            (
+                Provider::Stt,
+                Limits {
+                    rpm: self.stt_rpm.unwrap_or(tier(20)),
+                    concurrency: self.stt_concurrency.unwrap_or(0),
+                },
+            ),
+            (
+                Provider::Llm,
+                Limits {
+                    rpm: self.llm_rpm.unwrap_or(tier(30)),
+                    concurrency: self.llm_concurrency.unwrap_or(0),
+                },
+            ),
+            (
+                Provider::Tts,
+                Limits {
+                    rpm: self.tts_rpm.unwrap_or(0),
+                    concurrency: self.tts_concurrency.unwrap_or(tier(2)),
+                },
+            ),
+        ])
     }
 
     /// Checks what the scaled roles (`rose api|worker|scheduler`) need.

@@ -251,6 +251,18 @@ pub struct Job {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// Attempts that do not count against `ROSE_JOB_MAX_ATTEMPTS`: runs put
+    /// off because a provider's breaker was open, and every attempt before an
+    /// operator revived the job.
+    pub deferrals: i64,
+}
+
+impl Job {
+    /// Attempts that ran into a failure or are running, deferrals excluded.
+    #[must_use]
+    pub fn counted_attempts(&self) -> i64 {
+        self.attempts - self.deferrals
+    }
 }
 
 /// The job message a queue carries: the row is the truth, the message only points at it.

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod events;
 pub mod providers;
 pub mod queue;
+pub mod resilience;
 pub mod rose;
 pub mod store;
 pub mod telemetry;

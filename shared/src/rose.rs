@@ -10,6 +10,7 @@ use crate::config::{Config, DatabaseUrl};
 use crate::events::JobEvents;
 use crate::providers::{Endpoints, ProviderError, Providers};
 use crate::queue::{Queue, QueueError, RedisQueue, SqliteQueue};
+use crate::resilience::{BreakerConfig, Breakers, CallPolicy, Limiter, Resilience};
 use crate::store::{Database, Store, StoreError};
 
 /// Why Rose could not start.
@@ -34,6 +35,7 @@ pub struct Rose {
     pub queue: Queue,
     pub events: JobEvents,
     pub providers: Providers,
+    pub resilience: Resilience,
 }
 
 impl std::fmt::Debug for Rose {
@@ -99,7 +101,9 @@ impl Rose {
             (None, Database::Postgres(_)) => return Err(StartError::NeedsRedis),
         };
         let providers = Providers::new(&config, &options.endpoints, options.simulated)?;
+        let resilience = resilience(&config, &queue, options.simulated);
         Ok(Self {
+            resilience,
             store: db.store(),
             config: Arc::new(config),
             db,
@@ -107,5 +111,40 @@ impl Rose {
             events,
             providers,
         })
+    }
+}
+
+/// Limiter and breakers live where the queue lives: shared through Redis on
+/// the scaled deployment, in-process on the embedded one.
+fn resilience(config: &Config, queue: &Queue, simulated: bool) -> Resilience {
+    let limits = config.provider_limits(simulated);
+    let lease = config.provider_timeout + std::time::Duration::from_secs(10);
+    let breaker = BreakerConfig {
+        failures: config.breaker_failures,
+        window: config.breaker_window,
+        cooldown: config.breaker_cooldown,
+        trial_lease: lease,
+    };
+    let (limiter, breakers) = match queue {
+        Queue::Redis(redis) => (
+            Limiter::redis(
+                limits,
+                lease,
+                redis.client().clone(),
+                redis.connection(),
+                redis.prefix(),
+            ),
+            Breakers::redis(breaker, redis.connection(), redis.prefix()),
+        ),
+        Queue::Sqlite(_) => (Limiter::local(limits, lease), Breakers::local(breaker)),
+    };
+    Resilience {
+        limiter,
+        breakers,
+        policy: CallPolicy {
+            tries: config.provider_tries,
+            base: config.provider_retry_base,
+            ..CallPolicy::default()
+        },
     }
 }

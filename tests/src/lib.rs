@@ -136,6 +136,13 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
         ("ROSE_DATA_DIR".to_owned(), dir.path().display().to_string()),
         ("ROSE_REDIS_PREFIX".to_owned(), prefix.clone()),
         ("ROSE_WORKER_CONCURRENCY".to_owned(), "8".to_owned()),
+        // Fast retries, and one try per provider call so a provider failure
+        // shows up as a job-level retry (tests override what they study).
+        ("ROSE_PROVIDER_TRIES".to_owned(), "1".to_owned()),
+        ("ROSE_PROVIDER_RETRY_BASE_MS".to_owned(), "10".to_owned()),
+        ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "20".to_owned()),
+        ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "200".to_owned()),
+        ("ROSE_JOB_MAX_ATTEMPTS".to_owned(), "3".to_owned()),
     ]);
     let (db, schema) = match deployment {
         Deployment::Embedded => {
@@ -188,11 +195,6 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
         let worker_options = rose_worker::WorkerOptions {
             concurrency: 8,
             name: rose_worker::unique_name(),
-            retry: rose_worker::RetryPolicy {
-                max_attempts: 3,
-                base: Duration::from_millis(20),
-                cap: Duration::from_millis(200),
-            },
         };
         tokio::spawn(rose_worker::run(
             rose.clone(),

@@ -13,10 +13,10 @@ use apalis::prelude::*;
 use futures::FutureExt;
 use rose_shared::Rose;
 use rose_shared::domain::VoiceTask;
-use rose_shared::queue::{Queue, StreamOptions, VOICE_QUEUE};
+use rose_shared::queue::{Abort, Queue, StreamOptions, VOICE_QUEUE};
 use tokio_util::sync::CancellationToken;
 
-pub use pipeline::{Pipeline, RetryPolicy};
+pub use pipeline::{Outcome, Pipeline};
 
 /// How a worker process runs.
 #[derive(Debug, Clone)]
@@ -25,7 +25,6 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     /// This worker's name (its Redis consumer name: unique per process).
     pub name: String,
-    pub retry: RetryPolicy,
 }
 
 impl WorkerOptions {
@@ -35,7 +34,6 @@ impl WorkerOptions {
         Self {
             concurrency: rose.config.worker_concurrency,
             name: unique_name(),
-            retry: RetryPolicy::default(),
         }
     }
 }
@@ -52,10 +50,16 @@ pub fn unique_name() -> String {
 }
 
 async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
-    pipeline.process(&task).await.map_err(Into::into)
+    match pipeline.process(&task).await? {
+        Outcome::Finished | Outcome::Rescheduled => Ok(()),
+        // The policy said stop: the message goes to the dead letters.
+        Outcome::GaveUp(reason) => Err(Box::new(Abort(reason))),
+    }
 }
 
-/// Runs the voice worker until `shutdown`; in-flight jobs finish first.
+/// Runs the voice worker until `shutdown`. Then it takes no new jobs, lets
+/// running ones finish for up to `ROSE_SHUTDOWN_GRACE_SECS`, and hands back
+/// whatever is left (their checkpoints keep what was done).
 ///
 /// # Errors
 /// When the worker's backend fails for good.
@@ -64,20 +68,40 @@ pub async fn run(
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let pipeline = Arc::new(Pipeline::new(rose.clone(), options.retry.clone()));
-    let signal = shutdown.cancelled_owned().map(Ok::<(), std::io::Error>);
+    let pipeline = Arc::new(Pipeline::new(rose.clone()));
+    let signal = shutdown
+        .clone()
+        .cancelled_owned()
+        .map(Ok::<(), std::io::Error>);
+    let grace = rose.config.shutdown_grace;
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
     tracing::info!(name = %options.name, queue = rose.queue.kind(), concurrency = options.concurrency, "worker started");
     match &rose.queue {
         Queue::Sqlite(queue) => {
-            // A stable name: a restarted `rose serve` takes back its own orphans at once.
+            let recovered = queue.recover_orphans(VOICE_QUEUE).await?;
+            if recovered > 0 {
+                tracing::warn!(
+                    count = recovered,
+                    "resuming jobs a previous run left unfinished"
+                );
+            }
             let backend = queue.backend::<VoiceTask>(VOICE_QUEUE, options.concurrency.min(64));
-            WorkerBuilder::new(format!("rose-{VOICE_QUEUE}"))
+            let worker = WorkerBuilder::new(format!("rose-{VOICE_QUEUE}"))
                 .backend(backend)
                 .concurrency(options.concurrency)
                 .data(pipeline)
                 .build(handle)
-                .run_until(signal)
-                .await?;
+                .run_until(signal);
+            tokio::select! {
+                result = worker => result?,
+                () = grace_over => {
+                    // Taken tasks are put back by the next start's recovery.
+                    tracing::warn!("shutdown grace period over; unfinished jobs resume on the next start");
+                }
+            }
         }
         Queue::Redis(queue) => {
             let stream = StreamOptions {
@@ -86,13 +110,19 @@ pub async fn run(
                 ..StreamOptions::new(options.name.clone())
             };
             let backend = queue.backend::<VoiceTask>(VOICE_QUEUE, stream);
-            WorkerBuilder::new(options.name.clone())
+            let worker = WorkerBuilder::new(options.name.clone())
                 .backend(backend)
                 .concurrency(options.concurrency)
                 .data(pipeline)
                 .build(handle)
-                .run_until(signal)
-                .await?;
+                .run_until(signal);
+            tokio::select! {
+                result = worker => result?,
+                () = grace_over => {
+                    let handed = queue.hand_back(&queue.keys(VOICE_QUEUE), &options.name).await?;
+                    tracing::warn!(count = handed, "shutdown grace period over; handed running jobs back");
+                }
+            }
         }
     }
     tracing::info!(name = %options.name, "worker stopped");

@@ -5,67 +5,61 @@
 //! its first unfinished stage: no provider is paid twice for the same stage
 //! and no turn is stored twice.
 //!
-//! Failures are sorted three ways: a provider failure that may pass is
-//! retried after an exponential, fully jittered backoff that honours the
-//! provider's own wait hint, up to [`RetryPolicy::max_attempts`] attempts; a
-//! failure that will not pass fails the job at once with a stable code; a
-//! storage failure is handed back to the queue (the job is redelivered).
-//! Text-to-speech is optional: when it fails, the text reply is delivered and
-//! the job is marked `degraded: ["tts"]`.
+//! Every provider call goes through [`Resilience::call`] (breaker, shared
+//! rate limit, in-call retries). What is left is decided here, per job:
+//! - a provider that stays unavailable: the job is put back on the queue
+//!   after a fully jittered, exponential backoff (never sooner than the
+//!   provider asked), up to `ROSE_JOB_MAX_ATTEMPTS` attempts, then it fails
+//!   with `provider_unavailable` and goes to the dead letters;
+//! - an open STT or LLM breaker: the job is deferred until the next trial
+//!   without spending an attempt, until its deadline (`ROSE_JOB_DEADLINE_SECS`
+//!   after creation), then `provider_unavailable`;
+//! - a failure that will not pass (bad audio, a refused request): the job
+//!   fails at once with a stable code;
+//! - speech failing: the text reply is delivered, `degraded: ["tts"]`;
+//! - a storage failure: handed back to the queue, which retries the message.
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
-use rose_shared::domain::{Job, JobError, JobId, Stage, VoiceTask};
+use rose_shared::domain::{Job, JobError, Stage, VoiceTask, now_ms};
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
+use rose_shared::queue::{QueueError, VOICE_QUEUE};
+use rose_shared::resilience::{CallError, Provider, jittered};
 use rose_shared::store::{AudioLookup, NewAudio, StoreError};
 use tracing::{Instrument, info_span};
 
 use crate::persona::PERSONA;
 
-/// How often and how patiently a job is tried.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub max_attempts: i64,
-    /// The backoff's first step.
-    pub base: Duration,
-    /// The backoff's ceiling (a provider's own wait hint may exceed it).
-    pub cap: Duration,
+/// How a job run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeded or failed for good; nothing more to do.
+    Finished,
+    /// Put back on the queue for a later attempt.
+    Rescheduled,
+    /// Attempts or time ran out: failed, and its message belongs in the dead letters.
+    GaveUp(String),
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait before attempt `attempt + 1`: full jitter over
-    /// `min(cap, base · 2^(attempt-1))`, never below the provider's hint.
-    #[must_use]
-    pub fn delay(&self, attempt: i64, hint: Option<Duration>) -> Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(exp))
-            .min(self.cap);
-        let jittered = ceiling.mul_f64(rand::rng().random_range(0.0..=1.0));
-        jittered.max(hint.unwrap_or_default().min(Duration::from_secs(120)))
-    }
+/// A failure the queue should retry (the job row could not be read or written,
+/// or the job could not be put back on the queue).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Why an attempt stopped.
 #[derive(Debug, thiserror::Error)]
 enum StageError {
-    #[error("{stage:?} provider failed: {error}")]
+    #[error("{} provider failed: {error}", stage.as_str())]
     Provider { stage: Stage, error: ProviderError },
+    #[error("{} circuit breaker is open", stage.as_str())]
+    Open { stage: Stage, retry_in: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no speech was heard in the recording")]
@@ -75,8 +69,14 @@ enum StageError {
 }
 
 impl StageError {
-    fn provider(stage: Stage) -> impl FnOnce(ProviderError) -> Self {
-        move |error| Self::Provider { stage, error }
+    fn from_call(stage: Stage) -> impl FnOnce(CallError) -> Self {
+        move |e| match e {
+            CallError::Provider(error) => Self::Provider { stage, error },
+            CallError::Open(open) => Self::Open {
+                stage,
+                retry_in: open.retry_in,
+            },
+        }
     }
 
     /// The stable code and message a failed job carries.
@@ -96,6 +96,13 @@ impl StageError {
                     "{} stage: {} stayed unavailable",
                     stage.as_str(),
                     error.provider
+                ),
+            ),
+            Self::Open { stage, .. } => (
+                "provider_unavailable",
+                format!(
+                    "{} stage: the provider stayed unavailable until the job's deadline",
+                    stage.as_str()
                 ),
             ),
             Self::Provider { stage, error } => {
@@ -122,72 +129,112 @@ impl StageError {
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     rose: Rose,
-    retry: RetryPolicy,
 }
 
 impl Pipeline {
-    /// A pipeline on `rose`'s store and providers.
+    /// A pipeline on `rose`'s store, queue, providers and resilience settings.
     #[must_use]
-    pub fn new(rose: Rose, retry: RetryPolicy) -> Self {
-        Self { rose, retry }
+    pub fn new(rose: Rose) -> Self {
+        Self { rose }
     }
 
-    /// Runs the job to an end: succeeded, failed, or (on a storage failure)
-    /// an error for the queue to redeliver later.
+    /// Runs one delivery of a job.
     ///
     /// # Errors
-    /// [`StoreError`] when the job row cannot be read or written.
-    pub async fn process(&self, task: &VoiceTask) -> Result<(), StoreError> {
+    /// [`PipelineError`] when the job row or the queue cannot be written; the
+    /// queue then retries the message.
+    pub async fn process(&self, task: &VoiceTask) -> Result<Outcome, PipelineError> {
         let span = info_span!(
             "job",
             job_id = %task.job_id,
             request_id = task.request_id.as_deref().unwrap_or_default()
         );
-        self.process_job(task.job_id).instrument(span).await
+        self.process_job(task).instrument(span).await
     }
 
-    async fn process_job(&self, id: JobId) -> Result<(), StoreError> {
+    async fn process_job(&self, task: &VoiceTask) -> Result<Outcome, PipelineError> {
+        let id = task.job_id;
         let store = &self.rose.store;
-        loop {
-            let Some(job) = store.begin_attempt(id).await? else {
-                tracing::warn!(job_id = %id, "queued job has no row; dropping the message");
-                return Ok(());
-            };
-            if job.status.is_terminal() {
-                return Ok(());
+        let Some(job) = store.begin_attempt(id).await? else {
+            tracing::warn!(job_id = %id, "queued job has no row; dropping the message");
+            return Ok(Outcome::Finished);
+        };
+        if job.status.is_terminal() {
+            return Ok(Outcome::Finished);
+        }
+        self.rose.events.publish(id).await;
+        let failure = match self.run_stages(job.clone()).await {
+            Ok(()) => {
+                self.rose.events.publish(id).await;
+                return Ok(Outcome::Finished);
             }
-            self.rose.events.publish(id).await;
-            let attempt = job.attempts;
-            let failure = match self.run_stages(job).await {
-                Ok(()) => {
-                    self.rose.events.publish(id).await;
-                    return Ok(());
-                }
-                Err(StageError::Store(e)) => return Err(e),
-                Err(failure) => failure,
-            };
-            if let StageError::Provider { stage, error } = &failure
-                && error.is_retryable()
-                && attempt < self.retry.max_attempts
+            Err(StageError::Store(e)) => return Err(e.into()),
+            Err(failure) => failure,
+        };
+        let config = &self.rose.config;
+        let deadline =
+            job.created_at + i64::try_from(config.job_deadline.as_millis()).unwrap_or(i64::MAX / 2);
+        let later = match &failure {
+            StageError::Open { retry_in, .. } => {
+                // Spread the wake-ups of jobs deferred together.
+                let wait = *retry_in + jittered(Duration::from_millis(500), None);
+                Some((wait, true))
+            }
+            StageError::Provider { error, .. }
+                if error.is_retryable()
+                    && job.counted_attempts() < i64::from(config.job_max_attempts) =>
             {
-                let wait = self.retry.delay(attempt, error.retry_after);
+                Some((
+                    self.backoff(job.counted_attempts(), error.retry_after),
+                    false,
+                ))
+            }
+            _ => None,
+        };
+        let give_up = matches!(&failure, StageError::Open { .. })
+            || matches!(&failure, StageError::Provider { error, .. } if error.is_retryable());
+        match later {
+            Some((wait, deferred)) if now_ms() + wait.as_millis() as i64 <= deadline => {
+                store.reschedule_job(id, deferred).await?;
+                self.rose
+                    .queue
+                    .push_delayed(VOICE_QUEUE, &id.to_string(), task, wait)
+                    .await?;
+                self.rose.events.publish(id).await;
                 tracing::warn!(
                     job_id = %id,
-                    stage = stage.as_str(),
-                    attempt,
+                    attempt = job.attempts,
                     wait_ms = wait.as_millis() as u64,
-                    error = %error,
-                    "stage failed; retrying"
+                    breaker_open = deferred,
+                    error = %failure,
+                    "job rescheduled"
                 );
-                tokio::time::sleep(wait).await;
-                continue;
+                Ok(Outcome::Rescheduled)
             }
-            let error = failure.job_error();
-            tracing::warn!(job_id = %id, code = %error.code, error = %failure, "job failed");
-            store.fail_job(id, &error).await?;
-            self.rose.events.publish(id).await;
-            return Ok(());
+            _ => {
+                let error = failure.job_error();
+                tracing::warn!(job_id = %id, code = %error.code, error = %failure, "job failed");
+                store.fail_job(id, &error).await?;
+                self.rose.events.publish(id).await;
+                Ok(if give_up {
+                    Outcome::GaveUp(error.message)
+                } else {
+                    Outcome::Finished
+                })
+            }
         }
+    }
+
+    /// The wait before the job's next attempt: full jitter over
+    /// `min(cap, base · 2^(attempts-1))`, never below the provider's hint.
+    fn backoff(&self, attempts: i64, hint: Option<Duration>) -> Duration {
+        let config = &self.rose.config;
+        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+        let step = config
+            .job_retry_base
+            .saturating_mul(2u32.saturating_pow(exp))
+            .min(config.job_retry_cap);
+        jittered(step, hint.map(|h| h.min(Duration::from_secs(600))))
     }
 
     async fn run_stages(&self, mut job: Job) -> Result<(), StageError> {
@@ -204,7 +251,12 @@ impl Pipeline {
         {
             self.enter(&job, Stage::Tts).await?;
             let started = Instant::now();
-            match tts.speak(&reply).await {
+            let spoken = self
+                .rose
+                .resilience
+                .call(Provider::Tts, || tts.speak(&reply))
+                .await;
+            match spoken {
                 Ok(speech) => {
                     let ms = elapsed_ms(started);
                     let audio = NewAudio {
@@ -242,16 +294,21 @@ impl Pipeline {
                 kind: ErrorKind::InvalidAudio,
                 ..ProviderError::permanent("rose", None, "stored audio is not a known container")
             };
-            return Err(StageError::provider(Stage::Stt)(error));
+            return Err(StageError::Provider {
+                stage: Stage::Stt,
+                error,
+            });
         };
         let started = Instant::now();
+        let stt = &self.rose.providers.stt;
         let text = self
             .rose
-            .providers
-            .stt
-            .transcribe(audio.bytes, format)
+            .resilience
+            .call(Provider::Stt, || {
+                stt.transcribe(audio.bytes.clone(), format)
+            })
             .await
-            .map_err(StageError::provider(Stage::Stt))?;
+            .map_err(StageError::from_call(Stage::Stt))?;
         let ms = elapsed_ms(started);
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
         if text.trim().is_empty() {
@@ -288,13 +345,13 @@ impl Pipeline {
             json: false,
         };
         let started = Instant::now();
+        let llm = &self.rose.providers.llm;
         let reply = self
             .rose
-            .providers
-            .llm
-            .complete(request)
+            .resilience
+            .call(Provider::Llm, || llm.complete(request.clone()))
             .await
-            .map_err(StageError::provider(Stage::Llm))?;
+            .map_err(StageError::from_call(Stage::Llm))?;
         let ms = elapsed_ms(started);
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
         self.rose.store.save_reply(job, &reply, ms).await?;
@@ -311,21 +368,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_is_capped_and_honours_hints() {
-        let policy = RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(400),
-        };
-        for _ in 0..200 {
-            assert!(policy.delay(1, None) <= Duration::from_millis(100));
-            assert!(policy.delay(3, None) <= Duration::from_millis(400));
-            assert!(policy.delay(10, None) <= Duration::from_millis(400));
-            assert!(policy.delay(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
-        }
-    }
-
-    #[test]
     fn failures_map_to_stable_codes() {
         let transient = ProviderError::transient("groq", Some(503), "busy");
         let e = StageError::Provider {
@@ -333,6 +375,11 @@ mod tests {
             error: transient,
         };
         assert_eq!(e.job_error().code, "provider_unavailable");
+        let open = StageError::Open {
+            stage: Stage::Stt,
+            retry_in: Duration::from_secs(3),
+        };
+        assert_eq!(open.job_error().code, "provider_unavailable");
         let auth = ProviderError::permanent("groq", Some(401), "bad key");
         let e = StageError::Provider {
             stage: Stage::Stt,

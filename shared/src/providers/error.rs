@@ -33,6 +33,9 @@ pub struct ProviderError {
     /// The HTTP status, when there was one.
     pub status: Option<u16>,
     pub message: String,
+    /// The provider's own error code, e.g. ElevenLabs'
+    /// `too_many_concurrent_requests` or Groq's `rate_limit_exceeded`.
+    pub code: Option<String>,
     /// The provider's own wait hint.
     pub retry_after: Option<Duration>,
 }
@@ -61,6 +64,7 @@ impl ProviderError {
             kind: ErrorKind::Permanent,
             status,
             message: message.into(),
+            code: None,
             retry_after: None,
         }
     }
@@ -77,6 +81,7 @@ impl ProviderError {
             kind: ErrorKind::Transient,
             status,
             message: message.into(),
+            code: None,
             retry_after: None,
         }
     }
@@ -96,6 +101,7 @@ impl ProviderError {
         body: &str,
     ) -> Self {
         let message = summarize_body(body);
+        let code = body_code(body);
         let kind = match status {
             429 => ErrorKind::RateLimited,
             408 | 409 | 425 => ErrorKind::Transient,
@@ -107,6 +113,7 @@ impl ProviderError {
             kind,
             status: Some(status),
             message,
+            code,
             retry_after: wait_hint(headers),
         }
     }
@@ -141,6 +148,15 @@ fn summarize_body(body: &str) -> String {
         out.push_str("no message");
     }
     out
+}
+
+/// The provider's machine-readable code: ElevenLabs' `detail.status`, Groq's `error.code`.
+fn body_code(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.pointer("/detail/status")
+        .or_else(|| v.pointer("/error/code"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
 }
 
 /// The longest wait the provider asked for, from `retry-after` and Groq's reset headers.
@@ -243,6 +259,11 @@ mod tests {
         let wait = parse_retry_after(&later).expect("a date");
         assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
         assert_eq!(parse_retry_after("-1"), None);
+        // Malformed values are ignored, not guessed at.
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after(""), None);
+        assert_eq!(parse_retry_after("NaN"), None);
+        assert_eq!(parse_retry_after("Wed, 99 Foo 2015"), None);
     }
 
     #[test]
@@ -273,5 +294,14 @@ mod tests {
         assert_eq!(summarize_body(groq), "Invalid API Key");
         let eleven = r#"{"detail":{"status":"too_many_concurrent_requests","message":"Busy"}}"#;
         assert_eq!(summarize_body(eleven), "Busy");
+        assert_eq!(
+            body_code(eleven).as_deref(),
+            Some("too_many_concurrent_requests")
+        );
+        assert_eq!(
+            body_code(r#"{"error":{"code":"rate_limit_exceeded"}}"#).as_deref(),
+            Some("rate_limit_exceeded")
+        );
+        assert_eq!(body_code("<html>"), None);
     }
 }

@@ -98,6 +98,23 @@ impl Queue {
         }
     }
 
+    /// Schedules one message to enter `queue` after `delay`.
+    ///
+    /// # Errors
+    /// When the carrier cannot be written.
+    pub async fn push_delayed<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        id: &str,
+        message: &T,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        match self {
+            Self::Sqlite(q) => q.push_delayed(queue, message, delay).await,
+            Self::Redis(q) => q.push_delayed(queue, id, message, delay).await,
+        }
+    }
+
     /// A real round trip to the carrier.
     ///
     /// # Errors

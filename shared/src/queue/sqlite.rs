@@ -99,6 +99,60 @@ impl SqliteQueue {
         Ok(())
     }
 
+    /// Schedules one message after `delay` (the queue's clock has whole
+    /// seconds, so it is rounded up) and wakes the worker when it is due.
+    ///
+    /// # Errors
+    /// When the row cannot be written.
+    pub async fn push_delayed<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        message: &T,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let bytes = serde_json::to_vec(message)?;
+        let due = std::time::SystemTime::now() + delay;
+        let secs = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or_default();
+        let task = TaskBuilder::new(bytes)
+            .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
+            .max_attempts(1)
+            .run_at_timestamp(secs)
+            .build();
+        let mut conn = self.pool.acquire().await?;
+        apalis_sqlite::queries::push_tasks(&mut *conn, queue, &[task]).await?;
+        let me = self.clone();
+        let queue = queue.to_owned();
+        let wake_at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+        let wait = wake_at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            me.wake(&queue);
+        });
+        Ok(())
+    }
+
+    /// Puts back every task of `queue` a worker had taken: on the embedded
+    /// deployment one process owns the file, so at start any taken task was
+    /// orphaned by a previous run that died. Returns how many.
+    ///
+    /// # Errors
+    /// When the queue's table cannot be written.
+    pub async fn recover_orphans(&self, queue: &str) -> Result<u64, QueueError> {
+        let done = sqlx::query(
+            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE job_type = $1 AND status IN ('Queued', 'Running')",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// A real round trip to the queue's tables.
     ///
     /// # Errors

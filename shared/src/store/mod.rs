@@ -113,9 +113,13 @@ pub trait Store: Send + Sync + 'static {
     async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()>;
     /// The job failed for good.
     async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()>;
+    /// The job waits for a later attempt (already pushed, delayed): back to
+    /// `queued`; `deferred` counts a breaker deferral rather than a failure.
+    async fn reschedule_job(&self, id: JobId, deferred: bool) -> StoreResult<()>;
     /// Puts a failed job back to `queued` (an operator revived it); its
-    /// checkpoints stay, so it resumes where it stopped. False when the job
-    /// was not failed.
+    /// checkpoints stay, so it resumes where it stopped, and its earlier
+    /// attempts no longer count against the limit. False when the job was
+    /// not failed.
     async fn requeue_job(&self, id: JobId) -> StoreResult<bool>;
 
     /// The session's latest `limit` turns, oldest first.

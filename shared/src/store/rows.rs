@@ -14,7 +14,7 @@ macro_rules! select_job {
             "SELECT id, session_id, status, stage, attempts, input_audio_id, transcript, \
              reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
              stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
-             callback_url, created_at, updated_at ",
+             callback_url, created_at, updated_at, deferrals ",
             $($rest),+
         )
     };
@@ -46,6 +46,7 @@ pub(super) struct JobRow {
     callback_url: Option<String>,
     created_at: i64,
     updated_at: i64,
+    deferrals: i64,
 }
 
 fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
@@ -92,6 +93,7 @@ impl TryFrom<JobRow> for Job {
             callback_url: r.callback_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            deferrals: r.deferrals,
         })
     }
 }

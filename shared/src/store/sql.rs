@@ -120,6 +120,7 @@ macro_rules! sql_store {
                     callback_url: new.callback_url.clone(),
                     created_at: now,
                     updated_at: now,
+                    deferrals: 0,
                 })
             }
         }
@@ -365,10 +366,23 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn reschedule_job(&self, id: JobId, deferred: bool) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE voice_jobs SET status = 'queued', deferrals = deferrals + $2, \
+                     updated_at = $3 WHERE id = $1 AND status = 'processing'",
+                )
+                .bind(id.to_string())
+                .bind(i64::from(deferred))
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn requeue_job(&self, id: JobId) -> StoreResult<bool> {
                 let done = sqlx::query(
                     "UPDATE voice_jobs SET status = 'queued', error_code = NULL, error_message = NULL, \
-                     finished_at = NULL, total_ms = NULL, updated_at = $2 \
+                     finished_at = NULL, total_ms = NULL, deferrals = attempts, updated_at = $2 \
                      WHERE id = $1 AND status = 'failed'",
                 )
                 .bind(id.to_string())

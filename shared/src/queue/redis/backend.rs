@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
-use super::scripts::{BURY, HANDBACK, PROMOTE, RENEW, RETRY};
+use super::scripts::{BURY, PROMOTE, RENEW, RETRY};
 use super::{
     DEAD_LETTER_CAP, GROUP, Keys, PROMOTE_BATCH, RedisQueue, StreamOptions, delayed_member,
 };
@@ -691,32 +691,11 @@ async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<()
     }
 }
 
-/// Hands this consumer's remaining entries back to the stream. The consumer
-/// itself stays in the group (deleting it would drop anything still pending
-/// under it); departed consumers are forgotten later once they hold nothing.
+/// Hands this consumer's remaining entries back to the stream.
 async fn hand_back(shared: &Shared) -> Result<(), QueueError> {
-    let mut conn = shared.queue.conn.clone();
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(&shared.keys.stream)
-        .arg(GROUP)
-        .arg("-")
-        .arg("+")
-        .arg(100_000)
-        .arg(&shared.options.consumer)
-        .query_async(&mut conn)
-        .await?;
-    let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
-    let mut handed = 0i64;
-    for chunk in ids.chunks(500) {
-        handed += HANDBACK
-            .key(&shared.keys.stream)
-            .arg(GROUP)
-            .arg(chunk)
-            .invoke_async::<i64>(&mut conn)
-            .await?;
-    }
-    if handed > 0 {
-        tracing::info!(stream = %shared.keys.stream, count = handed, "handed unstarted jobs back to the queue");
-    }
-    Ok(())
+    shared
+        .queue
+        .hand_back(&shared.keys, &shared.options.consumer)
+        .await
+        .map(|_| ())
 }

@@ -284,6 +284,41 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Hands every entry pending under `consumer` back to the stream (re-added
+    /// at its end for other workers). The consumer itself stays in the group
+    /// (deleting it would drop anything still pending under it); departed
+    /// consumers are forgotten later, once they hold nothing. Returns how many.
+    ///
+    /// # Errors
+    /// When Redis cannot be read or written.
+    pub async fn hand_back(&self, keys: &Keys, consumer: &str) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(&keys.stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(100_000)
+            .arg(consumer)
+            .query_async(&mut conn)
+            .await?;
+        let ids: Vec<String> = pending.into_iter().map(|(id, ..)| id).collect();
+        let mut handed = 0u64;
+        for chunk in ids.chunks(500) {
+            let n: i64 = scripts::HANDBACK
+                .key(&keys.stream)
+                .arg(GROUP)
+                .arg(chunk)
+                .invoke_async(&mut conn)
+                .await?;
+            handed += u64::try_from(n).unwrap_or(0);
+        }
+        if handed > 0 {
+            tracing::info!(stream = %keys.stream, count = handed, "handed jobs back to the queue");
+        }
+        Ok(handed)
+    }
+
     /// A backend for one worker of `queue`.
     #[must_use]
     pub fn backend<Args>(&self, queue: &str, options: StreamOptions) -> RedisStreamBackend<Args> {
