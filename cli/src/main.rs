@@ -7,6 +7,7 @@ mod queue;
 mod roles;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rose_shared::config::Config;
@@ -61,7 +62,41 @@ enum Command {
         /// Failure profile.
         #[arg(long, value_parser = ["rate-limited", "flaky", "outage", "slow"])]
         profile: Option<String>,
+        /// With --profile rate-limited: transcriptions allowed per minute (default 20).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        stt_rpm: Option<u32>,
+        /// With --profile rate-limited: chat completions allowed per minute (default 30).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        llm_rpm: Option<u32>,
+        /// With --profile rate-limited: ElevenLabs requests answered at once (default 2).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        tts_concurrency: Option<u32>,
+        /// With --profile flaky: the share of requests that fail, 0 to 1 (default 0.2).
+        #[arg(long, value_parser = parse_rate)]
+        flaky_rate: Option<f64>,
+        /// With --profile outage: recover after this many seconds (default: never).
+        #[arg(long, value_parser = parse_seconds)]
+        outage_secs: Option<Duration>,
     },
+}
+
+/// A share from 0 to 1 (`--flaky-rate`).
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expected a number from 0 to 1, got {value:?}")),
+    }
+}
+
+/// A positive number of seconds (`--outage-secs`).
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| *secs > 0.0)
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("expected a positive number of seconds, got {value:?}"))
 }
 
 fn main() -> ExitCode {
@@ -96,11 +131,25 @@ fn main() -> ExitCode {
                 port,
                 latency_ms,
                 profile,
+                stt_rpm,
+                llm_rpm,
+                tts_concurrency,
+                flaky_rate,
+                outage_secs,
             } => {
                 let profile = profile.map(|p| p.parse::<Profile>()).transpose();
                 match profile {
                     Ok(profile) => {
-                        roles::sim(port, latency_ms.unwrap_or_default(), profile, shutdown).await
+                        let options = roles::SimOptions {
+                            latency: latency_ms.unwrap_or_default(),
+                            profile,
+                            stt_rpm,
+                            llm_rpm,
+                            tts_concurrency,
+                            flaky_rate,
+                            outage: outage_secs,
+                        };
+                        roles::sim(port, options, shutdown).await
                     }
                     Err(e) => Err(anyhow::anyhow!("--profile: {e}")),
                 }

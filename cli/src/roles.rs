@@ -2,6 +2,7 @@
 //! `rose migrate` and `rose sim` start, and how they stop.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rose_shared::Rose;
@@ -112,15 +113,27 @@ pub async fn serve(
     };
     let rose = Rose::open(config, &database_url, options).await?;
     let worker_options = rose_worker::WorkerOptions::from_rose(&rose);
-    let worker = tokio::spawn(rose_worker::run(
+    let mut worker = tokio::spawn(rose_worker::run(
         rose.clone(),
         worker_options,
         shutdown.clone(),
     ));
-    let api = rose_api::run(rose, listener, shutdown.clone()).await;
-    shutdown.cancel();
-    let worker = worker.await.context("worker task panicked")?;
-    api.and(worker)
+    let mut api = tokio::spawn(rose_api::run(rose, listener, shutdown.clone()));
+    // A role that stops on its own takes the process down with it, so a
+    // supervisor restarts Rose instead of leaving half of it running.
+    let (api_result, worker_result) = tokio::select! {
+        w = &mut worker => {
+            shutdown.cancel();
+            (api.await, w)
+        }
+        a = &mut api => {
+            shutdown.cancel();
+            (a, worker.await)
+        }
+    };
+    let api_result = api_result.context("api task panicked")?;
+    let worker_result = worker_result.context("worker task panicked")?;
+    api_result.and(worker_result)
 }
 
 /// `rose api`.
@@ -191,17 +204,82 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `rose sim` flags beyond the port; `None` keeps the simulator's default.
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// Per-endpoint latency.
+    pub latency: Latency,
+    /// The failure profile.
+    pub profile: Option<Profile>,
+    /// `--stt-rpm` (rate-limited only).
+    pub stt_rpm: Option<u32>,
+    /// `--llm-rpm` (rate-limited only).
+    pub llm_rpm: Option<u32>,
+    /// `--tts-concurrency` (rate-limited only).
+    pub tts_concurrency: Option<u32>,
+    /// `--flaky-rate` (flaky only).
+    pub flaky_rate: Option<f64>,
+    /// `--outage-secs` (outage only).
+    pub outage: Option<Duration>,
+}
+
+/// The simulator's configuration from the flags; a profile's flag without
+/// that profile is refused rather than ignored.
+fn sim_config(options: SimOptions) -> anyhow::Result<SimConfig> {
+    let SimOptions {
+        latency,
+        profile,
+        stt_rpm,
+        llm_rpm,
+        tts_concurrency,
+        flaky_rate,
+        outage,
+    } = options;
+    let needs = |given: bool, wanted: Profile, flags: &str| {
+        if given && profile != Some(wanted) {
+            anyhow::bail!("{flags} only apply with --profile {wanted}");
+        }
+        Ok(())
+    };
+    needs(
+        stt_rpm.is_some() || llm_rpm.is_some() || tts_concurrency.is_some(),
+        Profile::RateLimited,
+        "--stt-rpm, --llm-rpm and --tts-concurrency",
+    )?;
+    needs(flaky_rate.is_some(), Profile::Flaky, "--flaky-rate")?;
+    needs(outage.is_some(), Profile::Outage, "--outage-secs")?;
+    let mut config = SimConfig {
+        latency,
+        profile,
+        outage,
+        ..SimConfig::default()
+    };
+    if let Some(rpm) = stt_rpm {
+        config.limits.stt_rpm = rpm;
+    }
+    if let Some(rpm) = llm_rpm {
+        config.limits.llm_rpm = rpm;
+    }
+    if let Some(slots) = tts_concurrency {
+        config.limits.tts_concurrency = slots;
+    }
+    if let Some(rate) = flaky_rate {
+        config.flaky_rate = rate;
+    }
+    Ok(config)
+}
+
 /// `rose sim`.
 pub async fn sim(
     port: u16,
-    latency: Latency,
-    profile: Option<Profile>,
+    options: SimOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = sim_config(options)?;
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, "provider simulator listening (Groq at /openai/v1, ElevenLabs at /v1)");
-    rose_sim::serve(listener, Sim::new(SimConfig { latency, profile }), shutdown).await
+    rose_sim::serve(listener, Sim::new(config), shutdown).await
 }

@@ -203,6 +203,9 @@ pub struct Config {
     pub stt_concurrency: Option<u32>,
     pub llm_concurrency: Option<u32>,
     pub tts_concurrency: Option<u32>,
+    /// `ROSE_RATE_WINDOW_MS`: the span the `*_RPM` budgets apply to (default
+    /// 60,000: providers count per minute).
+    pub rate_window: Duration,
     /// `ROSE_SHUTDOWN_GRACE_SECS`: how long a stopping worker lets running
     /// jobs finish before handing them back (default 25).
     pub shutdown_grace: Duration,
@@ -450,6 +453,12 @@ impl Config {
             stt_concurrency: r.optional_count("ROSE_STT_CONCURRENCY"),
             llm_concurrency: r.optional_count("ROSE_LLM_CONCURRENCY"),
             tts_concurrency: r.optional_count("ROSE_TTS_CONCURRENCY"),
+            rate_window: Duration::from_millis(r.bounded(
+                "ROSE_RATE_WINDOW_MS",
+                60_000u64,
+                100,
+                86_400_000,
+            )),
             shutdown_grace: Duration::from_secs(r.bounded(
                 "ROSE_SHUTDOWN_GRACE_SECS",
                 25u64,

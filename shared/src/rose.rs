@@ -130,13 +130,17 @@ fn resilience(config: &Config, queue: &Queue, simulated: bool) -> Resilience {
             Limiter::redis(
                 limits,
                 lease,
+                config.rate_window,
                 redis.client().clone(),
                 redis.connection(),
                 redis.prefix(),
             ),
             Breakers::redis(breaker, redis.connection(), redis.prefix()),
         ),
-        Queue::Sqlite(_) => (Limiter::local(limits, lease), Breakers::local(breaker)),
+        Queue::Sqlite(_) => (
+            Limiter::local(limits, lease, config.rate_window),
+            Breakers::local(breaker),
+        ),
     };
     Resilience {
         limiter,

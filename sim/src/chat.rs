@@ -37,7 +37,7 @@ struct ChatRequest {
 
 /// The handler.
 pub(crate) async fn complete(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    sim.state().count(Endpoint::ChatCompletions);
+    let _in_flight = sim.state().arrive(Endpoint::ChatCompletions);
     match run(&sim, &headers, &body).await {
         Ok(response) | Err(response) => response,
     }

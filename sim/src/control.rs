@@ -1,10 +1,17 @@
 //! The simulator's own control routes under `/__sim` (no auth; loopback use).
 //!
 //! `GET stats`, `GET requests` (the recorder's log), `POST reset`,
-//! `GET|POST|DELETE faults` and `GET|PUT latency`. Errors here are Rose's own
-//! shape, `{"error": {"code", "message"}}`, since no provider answers them.
+//! `GET|POST|DELETE faults`, `GET|PUT latency` and `GET|POST|DELETE outage`.
+//! Errors here are Rose's own shape, `{"error": {"code", "message"}}`, since
+//! no provider answers them; an invalid control body is a 400.
+//!
+//! `POST outage` takes `{"endpoint": name | null, "seconds": number}` and
+//! makes that endpoint (every provider endpoint when `endpoint` is null or
+//! absent) answer 503 in its provider's shape for the next `seconds`,
+//! whatever the profile; `DELETE outage` ends such outages now. All three
+//! answer `{"outages": {name: seconds_left | null, …}}`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -29,11 +36,24 @@ pub(crate) fn routes() -> Router<Sim> {
             get(list_faults).post(add_fault).delete(clear_faults),
         )
         .route("/latency", get(latency).put(set_latency))
+        .route(
+            "/outage",
+            get(list_outages).post(start_outage).delete(end_outage),
+        )
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
     let body = json!({"error": {"code": "invalid_request", "message": message.into()}});
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// An endpoint by name, or the message of a 400.
+fn parse_endpoint(name: &str) -> Result<Endpoint, String> {
+    Endpoint::parse(name).ok_or_else(|| {
+        format!(
+            "unknown endpoint {name:?}: expected transcriptions, chat_completions, text_to_speech or speech"
+        )
+    })
 }
 
 async fn stats(State(sim): State<Sim>) -> Json<Stats> {
@@ -45,7 +65,8 @@ async fn requests(State(sim): State<Sim>) -> Json<Value> {
     Json(json!({ "requests": entries }))
 }
 
-/// Zeroes counters, the request log and rate-limit windows; faults and latency stay.
+/// Zeroes every stats figure, the request log and rate-limit windows; faults,
+/// outages and latency stay.
 async fn reset(State(sim): State<Sim>) -> Json<Stats> {
     sim.state().reset();
     Json(sim.stats())
@@ -81,11 +102,9 @@ async fn add_fault(State(sim): State<Sim>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid fault: {e}")),
     };
-    let Some(endpoint) = Endpoint::parse(&request.endpoint) else {
-        return bad_request(format!(
-            "unknown endpoint {:?}: expected transcriptions, chat_completions, text_to_speech or speech",
-            request.endpoint
-        ));
+    let endpoint = match parse_endpoint(&request.endpoint) {
+        Ok(endpoint) => endpoint,
+        Err(message) => return bad_request(message),
     };
     if !(400..=599).contains(&request.status) {
         return bad_request("status must be an error status, 400 to 599");
@@ -154,4 +173,64 @@ async fn set_latency(State(sim): State<Sim>, body: Bytes) -> Response {
     }
     sim.state().set_latency(latency);
     latency_body(latency).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutageRequest {
+    #[serde(default)]
+    endpoint: Option<String>,
+    seconds: f64,
+}
+
+fn outages_body(sim: &Sim) -> Json<Value> {
+    let outages: serde_json::Map<String, Value> = sim
+        .state()
+        .outages()
+        .remaining(Instant::now())
+        .into_iter()
+        .map(|(endpoint, left)| {
+            let left = left.map_or(Value::Null, |d| json!(d.as_secs_f64()));
+            (endpoint.name().to_owned(), left)
+        })
+        .collect();
+    Json(json!({ "outages": outages }))
+}
+
+async fn list_outages(State(sim): State<Sim>) -> Json<Value> {
+    outages_body(&sim)
+}
+
+/// Starts a run-time outage on one endpoint or all four.
+async fn start_outage(State(sim): State<Sim>, body: Bytes) -> Response {
+    let request: OutageRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid outage: {e}")),
+    };
+    let endpoint = match request.endpoint.as_deref().map(parse_endpoint).transpose() {
+        Ok(endpoint) => endpoint,
+        Err(message) => return bad_request(message),
+    };
+    if !(request.seconds.is_finite() && request.seconds > 0.0) {
+        return bad_request("seconds must be a positive number");
+    }
+    let until = Duration::try_from_secs_f64(request.seconds)
+        .ok()
+        .and_then(|d| Instant::now().checked_add(d));
+    let Some(until) = until else {
+        return bad_request("seconds is too large");
+    };
+    sim.state().outages().start(endpoint, until);
+    tracing::debug!(
+        endpoint = endpoint.map_or("all", Endpoint::name),
+        seconds = request.seconds,
+        "sim outage started"
+    );
+    outages_body(&sim).into_response()
+}
+
+/// Ends every run-time outage now (the `outage` profile's is not affected).
+async fn end_outage(State(sim): State<Sim>) -> Json<Value> {
+    sim.state().outages().end();
+    outages_body(&sim)
 }

@@ -8,7 +8,8 @@
 //! `output_format`: `mp3_<rate>_<kbps>` is a run of valid silent MPEG frames,
 //! `pcm_<rate>` raw 16-bit little-endian samples, `wav_<rate>` a WAV, all
 //! lasting about 60 ms a character. The stream variant sends the same bytes
-//! in chunks without a length.
+//! in chunks without a length. Under `rate-limited`, requests beyond the
+//! configured concurrency are refused 429 `too_many_concurrent_requests`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -21,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Sim;
 use crate::content::random_id;
+use crate::dropped::dropped_connection;
 use crate::mp3::{self, Mp3Format};
 use crate::state::{Endpoint, Refusal};
 use crate::tone;
@@ -148,10 +150,10 @@ async fn handle(
     body: &Bytes,
     stream: bool,
 ) -> Response {
-    sim.state().count(Endpoint::TextToSpeech);
-    run(sim, voice_id, uri, headers, body, stream)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let _in_flight = sim.state().arrive(Endpoint::TextToSpeech);
+    match run(sim, voice_id, uri, headers, body, stream).await {
+        Ok(response) | Err(response) => response,
+    }
 }
 
 async fn run(
@@ -161,34 +163,39 @@ async fn run(
     headers: &HeaderMap,
     body: &Bytes,
     stream: bool,
-) -> Result<Response, ElevenError> {
+) -> Result<Response, Response> {
+    let fail = IntoResponse::into_response;
     let key = headers
         .get("xi-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or_default();
     if key.is_empty() {
-        return Err(detail(
+        return Err(fail(detail(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
             "Invalid API key",
-        ));
+        )));
     }
     let format = query_param(uri, "output_format").unwrap_or("mp3_44100_128");
     let output = Output::parse(format).ok_or_else(|| {
-        unprocessable(
+        fail(unprocessable(
             &["query", "output_format"],
             &format!("invalid output format {format:?}: expected mp3_<rate>_<kbps>, pcm_<rate> or wav_<rate>"),
             "value_error",
-        )
+        ))
     })?;
-    let body = json_body(headers, body)?;
-    let text = validate(&body)?;
+    let body = json_body(headers, body).map_err(fail)?;
+    let text = validate(&body).map_err(fail)?;
     let chars = text.chars().count();
     if chars > MAX_TEXT_CHARS {
         let message =
             format!("Text is too long: {chars} characters, the maximum is {MAX_TEXT_CHARS}.");
-        return Err(detail(StatusCode::BAD_REQUEST, "text_too_long", &message));
+        return Err(fail(detail(
+            StatusCode::BAD_REQUEST,
+            "text_too_long",
+            &message,
+        )));
     }
     let _grant = sim
         .state()
@@ -334,9 +341,9 @@ fn validate(body: &Map<String, Value>) -> Result<&str, ElevenError> {
     Ok(text)
 }
 
-/// Renders a gate refusal in ElevenLabs' shape.
-fn refusal(refusal: Refusal) -> ElevenError {
-    match refusal {
+/// Renders a gate refusal in ElevenLabs' shape (or drops the connection).
+fn refusal(refusal: Refusal) -> Response {
+    let error = match refusal {
         Refusal::Fault {
             status,
             retry_after,
@@ -351,8 +358,17 @@ fn refusal(refusal: Refusal) -> ElevenError {
         }
         Refusal::Outage => status_error(StatusCode::SERVICE_UNAVAILABLE),
         Refusal::Flaky(status) => status_error(status),
-        Refusal::Busy | Refusal::RateLimited { .. } => status_error(StatusCode::TOO_MANY_REQUESTS),
-    }
+        Refusal::Dropped => return dropped_connection(),
+        Refusal::Busy { limit } => detail(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_concurrent_requests",
+            &format!(
+                "Too many concurrent requests: your plan allows {limit} at a time (simulated)."
+            ),
+        ),
+        Refusal::RateLimited { .. } => status_error(StatusCode::TOO_MANY_REQUESTS),
+    };
+    error.into_response()
 }
 
 fn status_error(status: StatusCode) -> ElevenError {

@@ -5,7 +5,8 @@
 //! Every error is `{"error": {"message", "type", "code"?}}` as Groq sends it.
 //! Refusals from the gate become Groq's shapes too: 429
 //! `rate_limit_exceeded` with `retry-after` and `x-ratelimit-*-requests`,
-//! 5xx with a message that says the failure is simulated.
+//! 5xx with a message that says the failure is simulated, and the flaky
+//! profile's dropped connections as no answer at all.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -18,7 +19,9 @@ use serde_json::{Value, json};
 
 use crate::Sim;
 use crate::content::random_id;
-use crate::state::{Endpoint, RateInfo, Refusal, go_duration};
+use crate::dropped::dropped_connection;
+use crate::state::{Endpoint, Refusal};
+use crate::window::{RateInfo, go_duration};
 
 /// Speech-to-text models Groq serves.
 pub(crate) const STT_MODELS: [&str; 3] = [
@@ -194,7 +197,8 @@ pub(crate) fn rate_headers(rate: &RateInfo, request_id: &str) -> HeaderMap {
     headers
 }
 
-/// Renders a gate refusal in Groq's shape; `model` names the rate-limited model.
+/// Renders a gate refusal in Groq's shape (or drops the connection);
+/// `model` names the rate-limited model.
 pub(crate) fn refusal(refusal: Refusal, model: &str) -> Response {
     match refusal {
         Refusal::Fault {
@@ -215,6 +219,7 @@ pub(crate) fn refusal(refusal: Refusal, model: &str) -> Response {
         }
         Refusal::Outage => status_error(StatusCode::SERVICE_UNAVAILABLE).into_response(),
         Refusal::Flaky(status) => status_error(status).into_response(),
+        Refusal::Dropped => dropped_connection(),
         Refusal::RateLimited { limit, reset } => {
             let wait = go_duration(reset);
             let message = format!(
@@ -231,7 +236,7 @@ pub(crate) fn refusal(refusal: Refusal, model: &str) -> Response {
                 .header("x-ratelimit-reset-requests", &wait)
                 .into_response()
         }
-        Refusal::Busy => status_error(StatusCode::TOO_MANY_REQUESTS).into_response(),
+        Refusal::Busy { .. } => status_error(StatusCode::TOO_MANY_REQUESTS).into_response(),
     }
 }
 
@@ -336,7 +341,7 @@ async fn model(headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>
 
 /// `POST …/audio/speech`: OpenAI's text-to-speech shape.
 async fn speech(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    sim.state().count(Endpoint::Speech);
+    let _in_flight = sim.state().arrive(Endpoint::Speech);
     match speech_inner(&sim, &headers, &body).await {
         Ok(response) | Err(response) => response,
     }

@@ -8,8 +8,9 @@
 //! every header whose name contains "key" or "token" are replaced by
 //! `[redacted]`. Bodies are summarised: JSON as parsed, multipart as its text
 //! fields plus `{filename, content_type, size}` per file, anything else as
-//! `{size}`. Requests under `/__sim` are not recorded. Each request is traced
-//! at debug level only, without its body.
+//! `{size}`. A connection the flaky profile dropped is logged with
+//! `"status": null, "dropped": true`. Requests under `/__sim` are not
+//! recorded. Each request is traced at debug level only, without its body.
 
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::dropped::Dropped;
 use crate::form::{self, FieldValue};
 use crate::state::lock;
 use crate::{MAX_BODY_BYTES, Sim};
@@ -39,8 +41,13 @@ pub(crate) struct Entry {
     method: String,
     path: String,
     query: Option<String>,
-    /// `None` while the answer is still being prepared.
+    /// `None` while the answer is still being prepared, or when it was never
+    /// sent (`dropped`).
     status: Option<u16>,
+    /// The flaky profile closed the connection instead of answering; shown
+    /// only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dropped: bool,
     headers: Map<String, Value>,
     body: Value,
     at_ms: u64,
@@ -71,6 +78,12 @@ impl RequestLog {
         }
     }
 
+    fn set_dropped(&mut self, id: u64) {
+        if let Some(entry) = self.entries.iter_mut().rev().find(|e| e.id == id) {
+            entry.dropped = true;
+        }
+    }
+
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
     }
@@ -93,6 +106,7 @@ pub(crate) async fn record(State(sim): State<Sim>, req: Request, next: Next) -> 
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         status: None,
+        dropped: false,
         headers: redacted_headers(&parts.headers),
         body: Value::Null,
         at_ms: unix_ms(),
@@ -112,11 +126,17 @@ pub(crate) async fn record(State(sim): State<Sim>, req: Request, next: Next) -> 
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
-    lock(&sim.state().log).set_status(id, response.status());
+    let dropped = response.extensions().get::<Dropped>().is_some();
+    if dropped {
+        lock(&sim.state().log).set_dropped(id);
+    } else {
+        lock(&sim.state().log).set_status(id, response.status());
+    }
     tracing::debug!(
         %method,
         %path,
         status = response.status().as_u16(),
+        dropped,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sim request"
     );
@@ -242,6 +262,7 @@ mod tests {
                 path: format!("/{i}"),
                 query: None,
                 status: None,
+                dropped: false,
                 headers: Map::new(),
                 body: Value::Null,
                 at_ms: 0,

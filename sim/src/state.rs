@@ -1,17 +1,20 @@
 //! The simulator's shared state and the *gate* every provider answer passes.
 //!
-//! Counters are atomics; everything else sits behind short `std` mutexes that
-//! are never held across an `.await`. After a request is authenticated and
-//! valid, [`Inner::gate`] decides, in this order, whether it is refused:
-//! an injected fault for its endpoint (consumed one per request), the
-//! `outage` profile, the `flaky` profile's one-in-five dice, the fixed
-//! 60-second request window (`rate-limited`: 20/min transcriptions, 30/min
-//! chat), and the ElevenLabs concurrency slots (`rate-limited`: 2). A granted
+//! Counters are atomics ([`crate::stats`]); everything else sits behind short
+//! `std` mutexes that are never held across an `.await`. After a request is
+//! authenticated and valid, [`Inner::gate`] decides, in this order, whether it
+//! is refused: an injected fault for its endpoint (consumed one per request),
+//! a run-time outage (`POST /__sim/outage`), the `outage` profile (for good
+//! or for its configured span), the `flaky` profile's dice (its configured
+//! rate; then a 500, a 503 or a dropped connection, one in three each), the
+//! fixed 60-second request window (`rate-limited`: [`crate::SimLimits`]
+//! requests per minute on transcriptions and chat), and the ElevenLabs
+//! concurrency slots (`rate-limited`: `tts_concurrency`). Refusals are counted
+//! as `refused` (window, slots) or `failed` (everything else). A granted
 //! request carries the window's numbers for Groq's `x-ratelimit-*` headers
 //! and, for ElevenLabs, a slot held until the answer is built.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,8 +24,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::outage::{Outages, ProfileOutage};
 use crate::record::RequestLog;
-use crate::{Latency, Profile, RequestCounts, SimConfig, Stats};
+use crate::stats::{Counters, InFlight};
+use crate::window::{RateInfo, Windows};
+use crate::{Latency, Profile, SimConfig, SimLimits, Stats, latency};
 
 /// A provider endpoint the simulator counts and can fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +47,7 @@ impl Endpoint {
         Self::Speech,
     ];
 
-    /// The name used in stats and fault requests.
+    /// The name used in stats, fault and outage requests.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Transcriptions => "transcriptions",
@@ -55,29 +61,10 @@ impl Endpoint {
         Self::ALL.into_iter().find(|e| e.name() == name)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
-
-    /// Requests per fixed window: Groq's free tier under `rate-limited`,
-    /// otherwise a generous figure only shown in headers.
-    fn request_limit(self, rate_limited: bool) -> u64 {
-        match (self, rate_limited) {
-            (Self::Transcriptions, true) => 20,
-            (Self::ChatCompletions, true) => 30,
-            _ => 14_400,
-        }
-    }
-
-    fn token_limit(self, rate_limited: bool) -> u64 {
-        if rate_limited { 6_000 } else { 300_000 }
-    }
 }
-
-/// The length of a rate-limit window.
-pub(crate) const WINDOW: Duration = Duration::from_secs(60);
-/// ElevenLabs' free-tier concurrency under `rate-limited`.
-const TTS_CONCURRENCY: usize = 2;
 
 /// A one-shot failure queued by `POST /__sim/faults`.
 #[derive(Debug, Clone, Serialize)]
@@ -99,25 +86,24 @@ pub(crate) enum Refusal {
         retry_after: Option<f64>,
         body: Option<Value>,
     },
-    /// The `outage` profile.
+    /// The `outage` profile or a run-time outage: a 503.
     Outage,
-    /// The `flaky` profile's dice.
+    /// The `flaky` profile's dice: an error status.
     Flaky(StatusCode),
+    /// The `flaky` profile's dice: close the connection without an answer.
+    Dropped,
     /// The request window is used up.
     RateLimited { limit: u64, reset: Duration },
-    /// No ElevenLabs concurrency slot is free.
-    Busy,
+    /// No ElevenLabs concurrency slot is free; `limit` slots exist.
+    Busy { limit: u32 },
 }
 
-/// The numbers behind Groq's `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RateInfo {
-    pub limit_requests: u64,
-    pub remaining_requests: u64,
-    pub reset_requests: Duration,
-    pub limit_tokens: u64,
-    pub remaining_tokens: u64,
-    pub reset_tokens: Duration,
+impl Refusal {
+    /// Whether this is a rate-limit refusal (counted as `refused`) rather
+    /// than an injected failure (counted as `failed`).
+    fn is_rate_limit(&self) -> bool {
+        matches!(self, Self::RateLimited { .. } | Self::Busy { .. })
+    }
 }
 
 /// Permission to answer successfully.
@@ -128,40 +114,18 @@ pub(crate) struct Grant {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    requests: u64,
-    tokens: u64,
-}
-
-impl Window {
-    fn fresh(now: Instant) -> Self {
-        Self {
-            start: now,
-            requests: 0,
-            tokens: 0,
-        }
-    }
-
-    fn roll(&mut self, now: Instant) {
-        if now.duration_since(self.start) >= WINDOW {
-            *self = Self::fresh(now);
-        }
-    }
-
-    fn reset_in(&self, now: Instant) -> Duration {
-        WINDOW.saturating_sub(now.duration_since(self.start))
-    }
-}
-
 /// Everything a [`crate::Sim`] handle shares.
 pub(crate) struct Inner {
     profile: Option<Profile>,
+    limits: SimLimits,
+    /// The `flaky` profile's failure share, within `[0, 1]`.
+    flaky_rate: f64,
+    profile_outage: ProfileOutage,
     latency: Mutex<Latency>,
-    counts: [AtomicU64; 4],
+    counters: Counters,
     faults: Mutex<VecDeque<Fault>>,
-    windows: Mutex<[Window; 4]>,
+    outages: Outages,
+    windows: Mutex<Windows>,
     tts_slots: Arc<Semaphore>,
     pub(crate) log: Mutex<RequestLog>,
 }
@@ -171,16 +135,37 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A probability from a configured rate: clamped to `[0, 1]`, NaN as 0.
+fn probability(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
+}
+
 impl Inner {
     pub(crate) fn new(config: SimConfig) -> Self {
         let now = Instant::now();
+        let profile_outage = if config.profile == Some(Profile::Outage) {
+            ProfileOutage::starting(now, config.outage)
+        } else {
+            ProfileOutage::None
+        };
+        let slots = usize::try_from(config.limits.tts_concurrency)
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
         Self {
             profile: config.profile,
+            limits: config.limits,
+            flaky_rate: probability(config.flaky_rate),
+            profile_outage,
             latency: Mutex::new(config.latency),
-            counts: Default::default(),
+            counters: Counters::new(config.limits.window),
             faults: Mutex::new(VecDeque::new()),
-            windows: Mutex::new([Window::fresh(now); 4]),
-            tts_slots: Arc::new(Semaphore::new(TTS_CONCURRENCY)),
+            outages: Outages::default(),
+            windows: Mutex::new(Windows::new(now, config.limits.window)),
+            tts_slots: Arc::new(Semaphore::new(slots)),
             log: Mutex::new(RequestLog::default()),
         }
     }
@@ -189,30 +174,21 @@ impl Inner {
         self.profile
     }
 
-    /// Counts one request to `endpoint`.
-    pub(crate) fn count(&self, endpoint: Endpoint) {
-        self.counts[endpoint.index()].fetch_add(1, Ordering::Relaxed);
+    /// Counts a request to `endpoint` arriving now; it is in flight (for
+    /// `max_concurrent`) until the guard is dropped.
+    pub(crate) fn arrive(&self, endpoint: Endpoint) -> InFlight<'_> {
+        self.counters.arrive(endpoint)
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        let get = |e: Endpoint| self.counts[e.index()].load(Ordering::Relaxed);
-        let requests = RequestCounts {
-            transcriptions: get(Endpoint::Transcriptions),
-            chat_completions: get(Endpoint::ChatCompletions),
-            text_to_speech: get(Endpoint::TextToSpeech),
-            speech: get(Endpoint::Speech),
-        };
-        let total = Endpoint::ALL.into_iter().map(get).sum();
-        Stats { requests, total }
+        self.counters.snapshot()
     }
 
     /// Zeroes the counters, the request log and the rate-limit windows.
     pub(crate) fn reset(&self) {
-        for c in &self.counts {
-            c.store(0, Ordering::Relaxed);
-        }
+        self.counters.reset();
         lock(&self.log).clear();
-        *lock(&self.windows) = [Window::fresh(Instant::now()); 4];
+        *lock(&self.windows) = Windows::new(Instant::now(), self.limits.window);
     }
 
     /// The configured latencies (before the `slow` profile's floors).
@@ -224,24 +200,22 @@ impl Inner {
         *lock(&self.latency) = latency;
     }
 
-    /// How long a successful answer from `endpoint` waits.
+    /// The base wait of a successful answer from `endpoint` (with the `slow`
+    /// profile's floor, without its tail).
     pub(crate) fn latency_for(&self, endpoint: Endpoint) -> Duration {
-        let latency = self.latency();
-        let (configured, slow_floor) = match endpoint {
-            Endpoint::Transcriptions => (latency.stt, 1_500),
-            Endpoint::ChatCompletions => (latency.llm, 3_000),
-            Endpoint::TextToSpeech | Endpoint::Speech => (latency.tts, 2_000),
-        };
-        if self.profile == Some(Profile::Slow) {
-            configured.max(Duration::from_millis(slow_floor))
-        } else {
-            configured
-        }
+        latency::base(
+            self.latency(),
+            endpoint,
+            self.profile == Some(Profile::Slow),
+        )
     }
 
-    /// Waits `endpoint`'s latency.
+    /// Waits `endpoint`'s latency; under `slow`, sometimes four times as long.
     pub(crate) async fn wait(&self, endpoint: Endpoint) {
-        let delay = self.latency_for(endpoint);
+        let mut delay = self.latency_for(endpoint);
+        if self.profile == Some(Profile::Slow) {
+            delay = latency::with_tail(delay, rand::rng().random::<f64>());
+        }
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -257,6 +231,11 @@ impl Inner {
 
     pub(crate) fn clear_faults(&self) {
         lock(&self.faults).clear();
+    }
+
+    /// The run-time outages (`/__sim/outage`).
+    pub(crate) fn outages(&self) -> &Outages {
+        &self.outages
     }
 
     /// Consumes one injected failure for `endpoint`, oldest first.
@@ -276,137 +255,74 @@ impl Inner {
         Some(refusal)
     }
 
-    /// Decides whether a valid request to `endpoint` (costing `tokens`) is answered.
+    /// Decides whether a valid request to `endpoint` (costing `tokens`) is
+    /// answered, and counts a refusal as `refused` or `failed`.
     pub(crate) fn gate(&self, endpoint: Endpoint, tokens: u64) -> Result<Grant, Refusal> {
+        let decision = self.decide(endpoint, tokens);
+        if let Err(refusal) = &decision {
+            if refusal.is_rate_limit() {
+                self.counters.refused(endpoint);
+            } else {
+                self.counters.failed(endpoint);
+            }
+        }
+        decision
+    }
+
+    fn decide(&self, endpoint: Endpoint, tokens: u64) -> Result<Grant, Refusal> {
         if let Some(refusal) = self.take_fault(endpoint) {
             return Err(refusal);
         }
-        match self.profile {
-            Some(Profile::Outage) => return Err(Refusal::Outage),
-            Some(Profile::Flaky) => {
-                let mut rng = rand::rng();
-                if rng.random_ratio(1, 5) {
-                    let statuses = [
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        StatusCode::BAD_GATEWAY,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                    ];
-                    return Err(Refusal::Flaky(
-                        statuses[rng.random_range(0..statuses.len())],
-                    ));
-                }
+        let now = Instant::now();
+        if self.outages.active(endpoint, now) || self.profile_outage.active(now) {
+            return Err(Refusal::Outage);
+        }
+        if self.profile == Some(Profile::Flaky) {
+            let mut rng = rand::rng();
+            if rng.random_bool(self.flaky_rate) {
+                return Err(match rng.random_range(0..3) {
+                    0 => Refusal::Flaky(StatusCode::INTERNAL_SERVER_ERROR),
+                    1 => Refusal::Flaky(StatusCode::SERVICE_UNAVAILABLE),
+                    _ => Refusal::Dropped,
+                });
             }
-            _ => {}
         }
         let rate_limited = self.profile == Some(Profile::RateLimited);
-        let rate = self.take_window(endpoint, tokens, rate_limited)?;
+        let limits = rate_limited.then_some(&self.limits);
+        let rate = lock(&self.windows).take(endpoint, tokens, limits, now)?;
         let slot = if endpoint == Endpoint::TextToSpeech && rate_limited {
             Some(
                 Arc::clone(&self.tts_slots)
                     .try_acquire_owned()
-                    .map_err(|_| Refusal::Busy)?,
+                    .map_err(|_| Refusal::Busy {
+                        limit: self.limits.tts_concurrency,
+                    })?,
             )
         } else {
             None
         };
         Ok(Grant { rate, _slot: slot })
     }
-
-    /// Takes one request from `endpoint`'s window, or refuses when it is used up.
-    fn take_window(
-        &self,
-        endpoint: Endpoint,
-        tokens: u64,
-        rate_limited: bool,
-    ) -> Result<RateInfo, Refusal> {
-        let now = Instant::now();
-        let mut windows = lock(&self.windows);
-        let window = &mut windows[endpoint.index()];
-        window.roll(now);
-        let limit = endpoint.request_limit(rate_limited);
-        let enforced = rate_limited
-            && matches!(
-                endpoint,
-                Endpoint::Transcriptions | Endpoint::ChatCompletions
-            );
-        if enforced && window.requests >= limit {
-            return Err(Refusal::RateLimited {
-                limit,
-                reset: window.reset_in(now),
-            });
-        }
-        window.requests += 1;
-        window.tokens = window.tokens.saturating_add(tokens);
-        let limit_tokens = endpoint.token_limit(rate_limited);
-        let used_tokens = window.tokens.min(limit_tokens);
-        Ok(RateInfo {
-            limit_requests: limit,
-            remaining_requests: limit.saturating_sub(window.requests),
-            reset_requests: window.reset_in(now),
-            limit_tokens,
-            remaining_tokens: limit_tokens - used_tokens,
-            // Tokens replenish continuously over the window.
-            reset_tokens: WINDOW.mul_f64(used_tokens as f64 / limit_tokens as f64),
-        })
-    }
-}
-
-/// Formats a duration the way Groq's headers do (Go's `time.Duration`):
-/// `7.66s`, `2m59.56s`, `1h0m5s`, `120ms`, `0s`.
-pub(crate) fn go_duration(d: Duration) -> String {
-    let centis = d.as_millis().div_ceil(10);
-    if centis == 0 {
-        return "0s".to_owned();
-    }
-    if d < Duration::from_secs(1) {
-        return format!("{}ms", d.as_millis().max(1));
-    }
-    let hours = centis / 360_000;
-    let minutes = (centis / 6_000) % 60;
-    let seconds = (centis % 6_000) as f64 / 100.0;
-    let secs = format!("{seconds}s");
-    match (hours, minutes) {
-        (0, 0) => secs,
-        (0, m) => format!("{m}m{secs}"),
-        (h, m) => format!("{h}h{m}m{secs}"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::WINDOW;
 
     fn inner(profile: Option<Profile>) -> Inner {
         Inner::new(SimConfig {
-            latency: Latency::default(),
             profile,
+            ..SimConfig::default()
         })
-    }
-
-    #[test]
-    fn formats_go_durations() {
-        assert_eq!(go_duration(Duration::from_millis(7_660)), "7.66s");
-        assert_eq!(go_duration(Duration::from_millis(179_560)), "2m59.56s");
-        assert_eq!(go_duration(Duration::from_millis(120)), "120ms");
-        assert_eq!(go_duration(Duration::from_secs(3_605)), "1h0m5s");
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
     }
 
     #[test]
     fn slow_profile_raises_latency_floors() {
         let slow = inner(Some(Profile::Slow));
         assert_eq!(
-            slow.latency_for(Endpoint::Transcriptions),
-            Duration::from_millis(1_500)
-        );
-        assert_eq!(
             slow.latency_for(Endpoint::ChatCompletions),
             Duration::from_millis(3_000)
-        );
-        assert_eq!(
-            slow.latency_for(Endpoint::TextToSpeech),
-            Duration::from_millis(2_000)
         );
         slow.set_latency(Latency {
             stt: Duration::from_secs(5),
@@ -441,6 +357,8 @@ mod tests {
         ));
         assert!(sim.faults().is_empty());
         assert!(sim.gate(Endpoint::Speech, 0).is_ok());
+        assert_eq!(sim.stats().failed.speech, 2);
+        assert_eq!(sim.stats().refused.speech, 0);
     }
 
     #[test]
@@ -459,8 +377,30 @@ mod tests {
             }
             other => panic!("expected a rate limit, got {other:?}"),
         }
+        assert_eq!(sim.stats().refused.chat_completions, 1);
+        assert_eq!(sim.stats().failed.chat_completions, 0);
         // Other endpoints have their own windows.
         assert!(sim.gate(Endpoint::Transcriptions, 0).is_ok());
+    }
+
+    #[test]
+    fn concurrency_cap_follows_the_limits() {
+        let sim = Inner::new(SimConfig {
+            profile: Some(Profile::RateLimited),
+            limits: SimLimits {
+                tts_concurrency: 1,
+                ..SimLimits::default()
+            },
+            ..SimConfig::default()
+        });
+        let held = sim.gate(Endpoint::TextToSpeech, 0).expect("a slot");
+        assert!(matches!(
+            sim.gate(Endpoint::TextToSpeech, 0),
+            Err(Refusal::Busy { limit: 1 })
+        ));
+        drop(held);
+        assert!(sim.gate(Endpoint::TextToSpeech, 0).is_ok());
+        assert_eq!(sim.stats().refused.text_to_speech, 1);
     }
 
     #[test]
@@ -469,5 +409,60 @@ mod tests {
         for e in Endpoint::ALL {
             assert!(matches!(sim.gate(e, 0), Err(Refusal::Outage)));
         }
+        assert_eq!(sim.stats().failed.speech, 1);
+    }
+
+    #[test]
+    fn flaky_rates_at_the_extremes() {
+        let always = Inner::new(SimConfig {
+            profile: Some(Profile::Flaky),
+            flaky_rate: 1.0,
+            ..SimConfig::default()
+        });
+        let (mut s500, mut s503, mut dropped) = (0, 0, 0);
+        for _ in 0..300 {
+            match always.gate(Endpoint::ChatCompletions, 1) {
+                Err(Refusal::Flaky(StatusCode::INTERNAL_SERVER_ERROR)) => s500 += 1,
+                Err(Refusal::Flaky(StatusCode::SERVICE_UNAVAILABLE)) => s503 += 1,
+                Err(Refusal::Dropped) => dropped += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // About a hundred each; the standard deviation is about 8.
+        for n in [s500, s503, dropped] {
+            assert!((60..=140).contains(&n), "{s500}/{s503}/{dropped}");
+        }
+        assert_eq!(always.stats().failed.chat_completions, 300);
+        for rate in [0.0, -1.0, f64::NAN] {
+            let never = Inner::new(SimConfig {
+                profile: Some(Profile::Flaky),
+                flaky_rate: rate,
+                ..SimConfig::default()
+            });
+            for _ in 0..200 {
+                assert!(never.gate(Endpoint::Speech, 0).is_ok(), "rate {rate}");
+            }
+        }
+        // Above one is clamped to one.
+        let clamped = Inner::new(SimConfig {
+            profile: Some(Profile::Flaky),
+            flaky_rate: 7.0,
+            ..SimConfig::default()
+        });
+        assert!(clamped.gate(Endpoint::Speech, 0).is_err());
+    }
+
+    #[test]
+    fn run_time_outage_applies_under_any_profile() {
+        let sim = inner(Some(Profile::RateLimited));
+        let until = Instant::now() + Duration::from_secs(30);
+        sim.outages().start(Some(Endpoint::Speech), until);
+        assert!(matches!(
+            sim.gate(Endpoint::Speech, 0),
+            Err(Refusal::Outage)
+        ));
+        assert!(sim.gate(Endpoint::ChatCompletions, 0).is_ok());
+        sim.outages().end();
+        assert!(sim.gate(Endpoint::Speech, 0).is_ok());
     }
 }

@@ -34,7 +34,7 @@ enum Format {
 
 /// The handler.
 pub(crate) async fn transcribe(State(sim): State<Sim>, request: Request) -> Response {
-    sim.state().count(Endpoint::Transcriptions);
+    let _in_flight = sim.state().arrive(Endpoint::Transcriptions);
     match run(&sim, request).await {
         Ok(response) | Err(response) => response,
     }

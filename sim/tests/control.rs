@@ -25,7 +25,19 @@ async fn stats_count_every_request_per_endpoint() {
         .send()
         .await
         .expect("send");
-    let expected = json!({"requests": {"transcriptions": 2, "chat_completions": 1, "text_to_speech": 3, "speech": 1}, "total": 7});
+    let zero =
+        json!({"transcriptions": 0, "chat_completions": 0, "text_to_speech": 0, "speech": 0});
+    let one_each =
+        json!({"transcriptions": 1, "chat_completions": 1, "text_to_speech": 1, "speech": 1});
+    let expected = json!({
+        "requests": {"transcriptions": 2, "chat_completions": 1, "text_to_speech": 3, "speech": 1},
+        "total": 7,
+        "refused": zero,
+        "failed": zero,
+        // One request at a time, all within a minute.
+        "max_concurrent": one_each,
+        "max_in_window": {"transcriptions": 2, "chat_completions": 1, "text_to_speech": 3, "speech": 1},
+    });
     assert_eq!(sim.get_json("/__sim/stats").await, expected);
     assert_eq!(
         serde_json::to_value(sim.sim.stats()).expect("serialise"),
@@ -39,7 +51,7 @@ async fn stats_count_every_request_per_endpoint() {
         .await
         .expect("send");
     assert_eq!(reset.status(), 200);
-    assert_eq!(sim.sim.stats().total, 0);
+    assert_eq!(sim.sim.stats(), rose_sim::Stats::default());
     assert_eq!(sim.get_json("/__sim/requests").await["requests"], json!([]));
 }
 
@@ -268,14 +280,23 @@ async fn flaky_profile_fails_some_requests() {
     let sim = TestSim::with_profile(Profile::Flaky, Latency::default()).await;
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..100 {
-        let status = sim.chat(chat_body("hi")).await.status().as_u16();
-        match status {
-            200 => ok += 1,
-            500 | 502 | 503 => failed += 1,
-            other => panic!("unexpected status {other}"),
+        let sent = sim
+            .http
+            .post(sim.groq("/chat/completions"))
+            .bearer_auth(KEY)
+            .json(&chat_body("hi"))
+            .send()
+            .await;
+        match sent.map(|r| r.status().as_u16()) {
+            Ok(200) => ok += 1,
+            // A dropped connection is a transport error.
+            Ok(500 | 503) | Err(_) => failed += 1,
+            Ok(other) => panic!("unexpected status {other}"),
         }
     }
+    // One in five by default.
     assert!(failed >= 3 && ok >= 60, "ok {ok}, failed {failed}");
+    assert_eq!(sim.sim.stats().failed.chat_completions, failed);
 }
 
 #[tokio::test]

@@ -234,6 +234,7 @@ async fn concurrency_is_unlimited_without_a_profile() {
     let sim = TestSim::with(rose_sim::SimConfig {
         latency,
         profile: None,
+        ..rose_sim::SimConfig::default()
     })
     .await;
     let body = json!({"text": "Breathe."});

@@ -319,6 +319,29 @@ impl TestApp {
         }
     }
 
+    /// A `DATABASE_URL` for other processes to share this test's database
+    /// (scaled deployment: its schema), or `None` on the embedded one.
+    #[must_use]
+    pub fn database_url(&self) -> Option<String> {
+        let schema = self.schema.as_ref()?;
+        let base = database_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(format!("{base}{sep}options[search_path]={schema}"))
+    }
+
+    /// Jobs in `status`.
+    ///
+    /// # Panics
+    /// When the table cannot be read.
+    pub async fn count_jobs(&self, status: &str) -> i64 {
+        let sql = "SELECT COUNT(*) FROM voice_jobs WHERE status = $1";
+        match &self.rose.db {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).bind(status).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).bind(status).fetch_one(pool).await,
+        }
+        .expect("count jobs")
+    }
+
     /// Stops the roles and removes this test's schema and Redis keys.
     pub async fn stop(self) {
         self.shutdown.cancel();

@@ -16,7 +16,7 @@ use rose_shared::domain::VoiceTask;
 use rose_shared::queue::{Abort, Queue, StreamOptions, VOICE_QUEUE};
 use tokio_util::sync::CancellationToken;
 
-pub use pipeline::{Outcome, Pipeline};
+pub use pipeline::{Outcome, Pipeline, job_backoff};
 
 /// How a worker process runs.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub async fn run(
                 );
             }
             let backend = queue.backend::<VoiceTask>(VOICE_QUEUE, options.concurrency.min(64));
-            let worker = WorkerBuilder::new(format!("rose-{VOICE_QUEUE}"))
+            let worker = WorkerBuilder::new(options.name.clone())
                 .backend(backend)
                 .concurrency(options.concurrency)
                 .data(pipeline)

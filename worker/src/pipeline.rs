@@ -169,7 +169,7 @@ impl Pipeline {
                 return Ok(Outcome::Finished);
             }
             Err(StageError::Store(e)) => return Err(e.into()),
-            Err(failure) => failure,
+            Err(failure) => self.as_deferral(failure).await,
         };
         let config = &self.rose.config;
         let deadline =
@@ -184,10 +184,13 @@ impl Pipeline {
                 if error.is_retryable()
                     && job.counted_attempts() < i64::from(config.job_max_attempts) =>
             {
-                Some((
-                    self.backoff(job.counted_attempts(), error.retry_after),
-                    false,
-                ))
+                let wait = job_backoff(
+                    config.job_retry_base,
+                    config.job_retry_cap,
+                    job.counted_attempts(),
+                    error.retry_after,
+                );
+                Some((wait, false))
             }
             _ => None,
         };
@@ -225,16 +228,28 @@ impl Pipeline {
         }
     }
 
-    /// The wait before the job's next attempt: full jitter over
-    /// `min(cap, base · 2^(attempts-1))`, never below the provider's hint.
-    fn backoff(&self, attempts: i64, hint: Option<Duration>) -> Duration {
-        let config = &self.rose.config;
-        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-        let step = config
-            .job_retry_base
-            .saturating_mul(2u32.saturating_pow(exp))
-            .min(config.job_retry_cap);
-        jittered(step, hint.map(|h| h.min(Duration::from_secs(600))))
+    /// A transient failure that opened its provider's breaker, or failed the
+    /// half-open trial, is part of an outage: the job waits it out like any
+    /// job that meets the open breaker, without spending an attempt.
+    async fn as_deferral(&self, failure: StageError) -> StageError {
+        let StageError::Provider { stage, error } = &failure else {
+            return failure;
+        };
+        let provider = match stage {
+            Stage::Stt => Provider::Stt,
+            Stage::Llm => Provider::Llm,
+            _ => return failure,
+        };
+        if !error.is_retryable() {
+            return failure;
+        }
+        match self.rose.resilience.breakers.open_for(provider).await {
+            Some(retry_in) => StageError::Open {
+                stage: *stage,
+                retry_in,
+            },
+            None => failure,
+        }
     }
 
     async fn run_stages(&self, mut job: Job) -> Result<(), StageError> {
@@ -359,6 +374,21 @@ impl Pipeline {
     }
 }
 
+/// The wait before a job's next attempt after `attempts` counted ones: full
+/// jitter over `min(cap, base · 2^(attempts-1))`, never below the provider's
+/// hint (itself capped at 10 minutes).
+#[must_use]
+pub fn job_backoff(
+    base: Duration,
+    cap: Duration,
+    attempts: i64,
+    hint: Option<Duration>,
+) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    let step = base.saturating_mul(2u32.saturating_pow(exp)).min(cap);
+    jittered(step, hint.map(|h| h.min(Duration::from_secs(600))))
+}
+
 fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
@@ -366,6 +396,29 @@ fn elapsed_ms(started: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_backoff_doubles_is_capped_and_honours_hints() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_millis(400);
+        let mut highest = [Duration::ZERO; 5];
+        for _ in 0..2000 {
+            for (i, attempts) in (1..=5).enumerate() {
+                let d = job_backoff(base, cap, attempts, None);
+                let ceiling = (base * 2u32.pow(attempts as u32 - 1)).min(cap);
+                assert!(d <= ceiling, "attempt {attempts}: {d:?} > {ceiling:?}");
+                highest[i] = highest[i].max(d);
+            }
+        }
+        // Full jitter reaches close to each ceiling: 100, 200, 400, 400, 400 ms.
+        assert!(highest[0] > Duration::from_millis(90));
+        assert!(highest[1] > Duration::from_millis(180));
+        assert!(highest[4] > Duration::from_millis(360) && highest[4] <= cap);
+        let hinted = job_backoff(base, cap, 1, Some(Duration::from_secs(7)));
+        assert!(hinted >= Duration::from_secs(7));
+        let huge = job_backoff(base, cap, 1, Some(Duration::from_secs(86_400)));
+        assert_eq!(huge, Duration::from_secs(600), "a hint is capped");
+    }
 
     #[test]
     fn failures_map_to_stable_codes() {

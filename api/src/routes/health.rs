@@ -1,7 +1,10 @@
 //! `GET /api/health`: the database and the queue are checked for real (each
-//! bounded by a short timeout); providers are reported without spending
-//! their quota: `simulated` when the simulator answers, `disabled` when not
-//! used. 503 only when Rose cannot serve at all (database or queue down).
+//! bounded by a short timeout); providers are reported from their circuit
+//! breakers, without spending their quota: `unhealthy` while a breaker is
+//! open, `degraded` while it is half-open or counting failures, otherwise
+//! `healthy` (or `simulated` when the simulator answers); `disabled` when not
+//! used. The overall status is `degraded` when a provider is not healthy;
+//! 503 only when Rose cannot serve at all (database or queue down).
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use axum::{Json, Router};
 use rose_shared::Rose;
 use rose_shared::config::TtsProvider;
 use rose_shared::queue::Queue;
+use rose_shared::resilience::{Snapshot, State as Breaker};
 use serde_json::{Value, json};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,25 +44,45 @@ async fn check<E: std::fmt::Display>(
 }
 
 async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
-    let (database, queue) = tokio::join!(
+    let (database, queue, breakers) = tokio::join!(
         check("database", rose.store.ping()),
         check("queue", rose.queue.ping()),
+        rose.resilience.breaker_states(),
     );
-    let redis = match rose.queue {
-        Queue::Redis(_) => queue,
-        Queue::Sqlite(_) => "disabled",
-    };
-    let provider = if rose.providers.simulated {
+    let healthy = if rose.providers.simulated {
         "simulated"
     } else {
         "healthy"
     };
+    let judge = |providers: &[&str]| {
+        let states: Vec<&Snapshot> = providers.iter().filter_map(|p| breakers.get(p)).collect();
+        if states.iter().any(|s| s.state == Breaker::Open) {
+            "unhealthy"
+        } else if states
+            .iter()
+            .any(|s| s.state == Breaker::HalfOpen || s.failures > 0)
+        {
+            "degraded"
+        } else {
+            healthy
+        }
+    };
+    let redis = match rose.queue {
+        Queue::Redis(_) => queue,
+        Queue::Sqlite(_) => "disabled",
+    };
+    let groq = judge(&["stt", "llm"]);
     let elevenlabs = match rose.config.tts_provider {
-        TtsProvider::ElevenLabs => provider,
+        TtsProvider::ElevenLabs => judge(&["tts"]),
         _ => "disabled",
     };
     let status = if database == "unhealthy" || queue == "unhealthy" {
         "unhealthy"
+    } else if [groq, elevenlabs]
+        .iter()
+        .any(|s| matches!(*s, "unhealthy" | "degraded"))
+    {
+        "degraded"
     } else {
         "healthy"
     };
@@ -76,14 +100,14 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
             "queue": queue,
             "redis": redis,
             "qdrant": "disabled",
-            "groq": provider,
+            "groq": groq,
             "elevenlabs": elevenlabs,
         },
         "deployment": {
             "database": rose.store.backend(),
             "queue": rose.queue.kind(),
         },
-        "circuit_breakers": {},
+        "circuit_breakers": breakers,
     });
     (code, Json(body))
 }

@@ -190,7 +190,9 @@ impl SqliteQueue {
         let config = ApalisConfig::default()
             .queue(queue)
             .batch_size(batch_size.max(1))
-            .persist_results(false)
+            // Records each task's end (Done/Failed); without it finished
+            // tasks would stay `Running` and be resumed again at every start.
+            .persist_results(true)
             .heartbeat_interval(Duration::from_secs(10));
         SqliteStorage::new(&self.pool)
             .with_config(config)

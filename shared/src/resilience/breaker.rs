@@ -336,6 +336,17 @@ impl Breakers {
         log_transition(provider, from, to);
     }
 
+    /// Whether `provider`'s breaker stands open now (without taking a trial):
+    /// the wait until the next trial.
+    pub async fn open_for(&self, provider: Provider) -> Option<Duration> {
+        let snap = self.snapshot().await.remove(&provider)?;
+        match snap.state {
+            State::Closed => None,
+            State::Open => Some(Duration::from_millis(snap.retry_in_ms.unwrap_or(0))),
+            State::HalfOpen => Some(Duration::from_secs(1)),
+        }
+    }
+
     /// Every provider's breaker, for health and metrics.
     pub async fn snapshot(&self) -> HashMap<Provider, Snapshot> {
         let mut out = HashMap::new();

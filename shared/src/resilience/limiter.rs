@@ -1,6 +1,6 @@
 //! Rate limiting shared by every worker: per provider, a requests-per-minute
-//! budget (a sliding 60 s window: no 60 s span ever holds more than the
-//! budget) and a concurrency cap (leased slots, so a crashed worker's slot
+//! budget (a sliding window, 60 s unless tuned: no window-long span ever
+//! holds more than the budget) and a concurrency cap (leased slots, so a crashed worker's slot
 //! frees itself). A provider's own "wait" (429 + `retry-after`) pauses every
 //! worker for that long.
 //!
@@ -44,6 +44,8 @@ const MAX_NAP: Duration = Duration::from_millis(250);
 pub struct Limiter {
     limits: Arc<HashMap<Provider, Limits>>,
     lease: Duration,
+    /// The span a requests-per-minute budget applies to (a minute, unless tuned).
+    window: Duration,
     inner: Inner,
 }
 
@@ -92,7 +94,7 @@ static ACQUIRE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rpm, cap, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rpm, cap, lease, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local paused = redis.call('PTTL', KEYS[3])
 if paused > 0 then return paused end
 if cap > 0 then
@@ -100,13 +102,13 @@ if cap > 0 then
   if redis.call('ZCARD', KEYS[2]) >= cap then return -1 end
 end
 if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
   if redis.call('ZCARD', KEYS[1]) >= rpm then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return math.max(1, tonumber(oldest[2]) + 60000 - now)
+    return math.max(1, tonumber(oldest[2]) + window - now)
   end
   redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], 60000)
+  redis.call('PEXPIRE', KEYS[1], window)
 end
 if cap > 0 then
   redis.call('ZADD', KEYS[2], now + lease, ARGV[4])
@@ -120,10 +122,11 @@ return 0
 impl Limiter {
     /// An in-process limiter.
     #[must_use]
-    pub fn local(limits: HashMap<Provider, Limits>, lease: Duration) -> Self {
+    pub fn local(limits: HashMap<Provider, Limits>, lease: Duration, window: Duration) -> Self {
         Self {
             limits: Arc::new(limits),
             lease,
+            window,
             inner: Inner::Local(Arc::default(), Arc::new(Notify::new())),
         }
     }
@@ -133,6 +136,7 @@ impl Limiter {
     pub fn redis(
         limits: HashMap<Provider, Limits>,
         lease: Duration,
+        window: Duration,
         client: redis::Client,
         conn: ConnectionManager,
         prefix: &str,
@@ -140,6 +144,7 @@ impl Limiter {
         Self {
             limits: Arc::new(limits),
             lease,
+            window,
             inner: Inner::Redis(Arc::new(RedisLimiter {
                 client,
                 conn,
@@ -213,7 +218,7 @@ impl Limiter {
                     while s
                         .window
                         .front()
-                        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+                        .is_some_and(|t| now.duration_since(*t) >= self.window)
                     {
                         s.window.pop_front();
                     }
@@ -264,6 +269,7 @@ impl Limiter {
                     .arg(limits.concurrency)
                     .arg(self.lease.as_millis() as u64)
                     .arg(&token)
+                    .arg(self.window.as_millis() as u64)
                     .invoke_async(&mut redis.conn.clone())
                     .await;
                 match answer {
@@ -371,5 +377,66 @@ impl RedisLimiter {
                 }
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rpm: u32, concurrency: u32) -> Limiter {
+        Limiter::local(
+            HashMap::from([(Provider::Llm, Limits { rpm, concurrency })]),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_holds_no_more_than_the_budget() {
+        let l = limiter(3, 0);
+        let started = Instant::now();
+        for _ in 0..3 {
+            let _ = l.acquire(Provider::Llm).await;
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "within budget: no wait");
+        let _ = l.acquire(Provider::Llm).await;
+        assert!(
+            started.elapsed() >= Duration::from_secs(60),
+            "the fourth waits for the window"
+        );
+        // Other providers are not limited.
+        let before = Instant::now();
+        let _ = l.acquire(Provider::Stt).await;
+        assert_eq!(before.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_capped_and_freed_on_drop() {
+        let l = limiter(0, 2);
+        let a = l.acquire(Provider::Llm).await;
+        let _b = l.acquire(Provider::Llm).await;
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move {
+                let _c = l.acquire(Provider::Llm).await;
+                Instant::now()
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiter.is_finished(), "a third caller waits for a slot");
+        let freed_at = Instant::now();
+        drop(a);
+        let got = waiter.await.expect("join");
+        assert!(got >= freed_at);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller() {
+        let l = limiter(0, 0);
+        l.pause(Provider::Llm, Duration::from_secs(7)).await;
+        let started = Instant::now();
+        let _ = l.acquire(Provider::Llm).await;
+        assert!(started.elapsed() >= Duration::from_secs(7));
     }
 }

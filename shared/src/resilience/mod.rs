@@ -194,7 +194,11 @@ mod tests {
 
     fn resilience(tries: usize) -> Resilience {
         Resilience {
-            limiter: Limiter::local(HashMap::new(), Duration::from_secs(60)),
+            limiter: Limiter::local(
+                HashMap::new(),
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            ),
             breakers: Breakers::local(BreakerConfig::default()),
             policy: CallPolicy {
                 tries,

@@ -25,6 +25,7 @@ impl TestSim {
         Self::with(SimConfig {
             latency,
             profile: Some(profile),
+            ..SimConfig::default()
         })
         .await
     }

@@ -1,0 +1,281 @@
+//! No job lost when a worker dies: real `rose worker` and `rose serve`
+//! processes killed with SIGKILL while jobs are in flight.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rose_sim::{Latency, SimConfig};
+use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestSim, spawn_app_with};
+use serde_json::Value;
+use tokio::time::Instant;
+
+const JOBS: usize = 100;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kill9(p: &Proc) {
+    let status = Command::new("kill")
+        .args(["-KILL", &p.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn rose(args: &[&str], env: &[(&str, String)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rose"));
+    cmd.args(args)
+        .env_remove("GROQ_API_KEY")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("start rose"))
+}
+
+/// Latencies long enough that a kill lands while jobs are mid-pipeline.
+fn slow_sim() -> SimConfig {
+    SimConfig {
+        latency: Latency {
+            stt: Duration::from_millis(150),
+            llm: Duration::from_millis(250),
+            tts: Duration::from_millis(150),
+        },
+        ..SimConfig::default()
+    }
+}
+
+async fn until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_with_jobs_in_flight_loses_none_on_redis() {
+    // The api in this process; two worker processes on the same schema and prefix.
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        AppOptions {
+            no_worker: true,
+            sim: slow_sim(),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let env = vec![
+        ("DATABASE_URL", app.database_url().expect("scaled")),
+        ("REDIS_URL", rose_tests::redis_url()),
+        ("ROSE_REDIS_PREFIX", app.prefix.clone()),
+        ("ROSE_SIMULATOR_URL", app.sim.url.clone()),
+        ("ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS", "2".to_owned()),
+        ("ROSE_WORKER_CONCURRENCY", "25".to_owned()),
+    ];
+    let doomed = rose(&["worker"], &env);
+    let _survivor = rose(&["worker"], &env);
+
+    let session = app.start_session().await;
+    for _ in 0..JOBS {
+        assert_eq!(app.upload(&session, SPOKEN_WAV, None).await.status(), 202);
+    }
+    until("jobs are in flight", Duration::from_secs(30), async || {
+        app.sim.count("chat_completions") >= 10
+    })
+    .await;
+    kill9(&doomed);
+    until("all jobs succeed", Duration::from_secs(60), async || {
+        app.count_jobs("succeeded").await == JOBS as i64
+    })
+    .await;
+    assert_eq!(app.count_jobs("failed").await, 0);
+    assert_eq!(
+        app.count_rows("turns").await,
+        2 * JOBS as i64,
+        "each job's turns stored exactly once"
+    );
+    app.stop().await;
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+#[tokio::test]
+async fn rose_serve_killed_and_restarted_loses_none() {
+    let sim = TestSim::start(slow_sim()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = vec![
+        ("ROSE_DATA_DIR", dir.path().display().to_string()),
+        ("ROSE_SIMULATOR_URL", sim.url.clone()),
+        ("ROSE_WORKER_CONCURRENCY", "25".to_owned()),
+    ];
+    let serve = || rose(&["serve", "--port", &port.to_string()], &env);
+    let http = reqwest::Client::new();
+    let first = serve();
+    until("rose serve answers", Duration::from_secs(30), async || {
+        get_json(&http, &format!("{base}/api/health"))
+            .await
+            .is_some()
+    })
+    .await;
+    let session: Value = http
+        .post(format!("{base}/api/session/start"))
+        .send()
+        .await
+        .expect("session")
+        .json()
+        .await
+        .expect("json");
+    let session = session["session_id"].as_str().expect("id").to_owned();
+    let mut jobs = Vec::new();
+    for _ in 0..JOBS {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "audio",
+                reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec()).file_name("a.wav"),
+            )
+            .text("session_id", session.clone());
+        let body: Value = http
+            .post(format!("{base}/api/voice/process"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload")
+            .json()
+            .await
+            .expect("json");
+        jobs.push(body["job_id"].as_str().expect("job id").to_owned());
+    }
+    until("jobs are in flight", Duration::from_secs(30), async || {
+        sim.count("chat_completions") >= 10
+    })
+    .await;
+    kill9(&first);
+    drop(first);
+    let _second = serve();
+    until(
+        "all jobs succeed after the restart",
+        Duration::from_secs(90),
+        async || {
+            for id in &jobs {
+                let Some(job) = get_json(&http, &format!("{base}/api/jobs/{id}")).await else {
+                    return false;
+                };
+                if job["status"] != "succeeded" {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    // Each job's two turns, once: read the file the server writes.
+    let url = format!("sqlite://{}", dir.path().join("rose.db").display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the database");
+    let turns: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM turns")
+        .fetch_one(&pool)
+        .await
+        .expect("count turns");
+    assert_eq!(turns, 2 * JOBS as i64);
+}
+
+/// Two worker processes share one budget: the simulator, as strict as Groq's
+/// free tier (here with a 2 s window so the test is short), never has to
+/// refuse a request, and never sees more speech calls at once than allowed.
+#[tokio::test]
+async fn two_workers_stay_within_the_providers_limits() {
+    let window = Duration::from_secs(2);
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        AppOptions {
+            no_worker: true,
+            sim: SimConfig {
+                profile: Some(rose_sim::Profile::RateLimited),
+                limits: rose_sim::SimLimits {
+                    stt_rpm: 20,
+                    llm_rpm: 20,
+                    tts_concurrency: 2,
+                    window,
+                },
+                latency: Latency {
+                    tts: Duration::from_millis(20),
+                    ..Latency::default()
+                },
+                ..SimConfig::default()
+            },
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    // Rose's budget sits a little under the provider's, as an operator sets it.
+    let env = vec![
+        ("DATABASE_URL", app.database_url().expect("scaled")),
+        ("REDIS_URL", rose_tests::redis_url()),
+        ("ROSE_REDIS_PREFIX", app.prefix.clone()),
+        ("ROSE_SIMULATOR_URL", app.sim.url.clone()),
+        ("ROSE_WORKER_CONCURRENCY", "25".to_owned()),
+        ("ROSE_STT_RPM", "16".to_owned()),
+        ("ROSE_LLM_RPM", "16".to_owned()),
+        ("ROSE_TTS_CONCURRENCY", "2".to_owned()),
+        ("ROSE_RATE_WINDOW_MS", window.as_millis().to_string()),
+    ];
+    let _a = rose(&["worker"], &env);
+    let _b = rose(&["worker"], &env);
+    let n = 200;
+    let session = app.start_session().await;
+    for _ in 0..n {
+        assert_eq!(app.upload(&session, SPOKEN_WAV, None).await.status(), 202);
+    }
+    until("all jobs succeed", Duration::from_secs(60), async || {
+        app.count_jobs("succeeded").await == n as i64
+    })
+    .await;
+    let stats = serde_json::to_value(app.sim.sim.stats()).expect("stats");
+    for endpoint in ["transcriptions", "chat_completions", "text_to_speech"] {
+        assert_eq!(stats["refused"][endpoint], 0, "{endpoint} refused: {stats}");
+        assert_eq!(stats["failed"][endpoint], 0, "{stats}");
+    }
+    assert!(
+        stats["max_concurrent"]["text_to_speech"]
+            .as_u64()
+            .unwrap_or(99)
+            <= 2,
+        "{stats}"
+    );
+    assert!(
+        stats["max_in_window"]["transcriptions"]
+            .as_u64()
+            .unwrap_or(99)
+            <= 20,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["requests"]["transcriptions"], n,
+        "no call wasted on a refusal"
+    );
+    app.stop().await;
+}
