@@ -170,7 +170,9 @@ pub struct Config {
 
     /// `ROSE_WORKER_CONCURRENCY`: voice jobs one worker process runs at once (default 32).
     pub worker_concurrency: usize,
-    /// `ROSE_HISTORY_TURNS`: recent turns sent with each chat request (default 12).
+    /// `ROSE_HISTORY_TURNS`: at most this many turns not yet folded into the
+    /// session's summary go with each chat request (default 32: the summary
+    /// folds a session down to its last 10 once it passes 30).
     pub history_turns: usize,
     /// `ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS`: how long a silent consumer keeps a
     /// Redis job before another worker reclaims it (default 60).
@@ -401,7 +403,7 @@ impl Config {
                 .parse("LOG_FORMAT", "expected json or pretty")
                 .unwrap_or(LogFormat::Pretty),
             worker_concurrency: r.bounded("ROSE_WORKER_CONCURRENCY", 32usize, 1, 100_000),
-            history_turns: r.bounded("ROSE_HISTORY_TURNS", 12usize, 0, 200),
+            history_turns: r.bounded("ROSE_HISTORY_TURNS", 32usize, 0, 200),
             queue_visibility_timeout: Duration::from_secs(r.bounded(
                 "ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS",
                 60u64,

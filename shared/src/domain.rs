@@ -147,6 +147,10 @@ pub struct Session {
     pub created_at: i64,
     /// Unix milliseconds.
     pub last_active_at: i64,
+    /// The rolling summary of the turns up to `summarized_until`.
+    pub summary: Option<String>,
+    /// `created_at` of the last turn folded into `summary` (0: none).
+    pub summarized_until: i64,
 }
 
 /// Who spoke a turn.
@@ -240,6 +244,8 @@ pub struct Job {
     pub reply_text: Option<String>,
     /// TTS checkpoint.
     pub reply_audio_id: Option<AudioId>,
+    /// Memory checkpoint: the facts recalled for this reply.
+    pub memories: Option<Vec<String>>,
     /// Stages that fell back (e.g. `tts`).
     pub degraded: Vec<String>,
     pub error: Option<JobError>,
@@ -272,6 +278,24 @@ pub struct VoiceTask {
     /// The HTTP request that created the job, so worker logs join the api's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+}
+
+/// The `memory` queue's message: extract a fact from this job's words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryTask {
+    pub job_id: JobId,
+    /// Earlier failed runs of this task.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// The `summary` queue's message: fold this session's older turns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryTask {
+    pub session_id: SessionId,
+    /// Earlier failed runs of this task.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Unix milliseconds now.

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod memory;
 pub mod providers;
 pub mod queue;
 pub mod resilience;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 
 use crate::config::{Config, DatabaseUrl};
 use crate::events::JobEvents;
+use crate::memory::embedded::EmbeddedMemory;
+use crate::memory::qdrant::{self, QdrantMemory};
+use crate::memory::{Memory, MemoryError, MemoryStore};
 use crate::providers::{Endpoints, ProviderError, Providers};
 use crate::queue::{Queue, QueueError, RedisQueue, SqliteQueue};
 use crate::resilience::{BreakerConfig, Breakers, CallPolicy, Limiter, Resilience};
@@ -22,6 +25,8 @@ pub enum StartError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
     #[error("REDIS_URL is required with a PostgreSQL DATABASE_URL (the queue lives in Redis)")]
     NeedsRedis,
 }
@@ -36,6 +41,7 @@ pub struct Rose {
     pub events: JobEvents,
     pub providers: Providers,
     pub resilience: Resilience,
+    pub memory: Arc<Memory>,
 }
 
 impl std::fmt::Debug for Rose {
@@ -102,8 +108,20 @@ impl Rose {
         };
         let providers = Providers::new(&config, &options.endpoints, options.simulated)?;
         let resilience = resilience(&config, &queue, options.simulated);
+        let memory_store: Arc<dyn MemoryStore> = match &config.qdrant_url {
+            Some(url) => Arc::new(
+                QdrantMemory::connect(url, config.qdrant_api_key.as_ref(), qdrant::COLLECTION)
+                    .await?,
+            ),
+            None => Arc::new(EmbeddedMemory::new(db.clone())),
+        };
+        let memory = Arc::new(Memory::new(
+            memory_store,
+            config.embedding_model_dir.clone(),
+        ));
         Ok(Self {
             resilience,
+            memory,
             store: db.store(),
             config: Arc::new(config),
             db,

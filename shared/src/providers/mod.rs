@@ -45,7 +45,7 @@ impl ChatMessage {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    pub temperature: f32,
+    pub temperature: f64,
     pub max_tokens: u32,
     /// Ask for a JSON object reply.
     pub json: bool,

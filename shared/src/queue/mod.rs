@@ -26,6 +26,10 @@ pub use sqlite::SqliteQueue;
 
 /// The voice pipeline's queue.
 pub const VOICE_QUEUE: &str = "voice";
+/// Memory extraction, off the reply's path.
+pub const MEMORY_QUEUE: &str = "memory";
+/// Rolling session summaries.
+pub const SUMMARY_QUEUE: &str = "summary";
 
 /// A handler error that sends its job straight to the dead letters: the
 /// handler's policy says trying again will not help.

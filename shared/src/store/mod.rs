@@ -107,6 +107,9 @@ pub trait Store: Send + Sync + 'static {
     async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64) -> StoreResult<()>;
     /// LLM checkpoint plus the user's and Rose's turns, in one transaction.
     async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64) -> StoreResult<()>;
+    /// LLM checkpoint for a silent turn: the reply without conversation turns
+    /// (nothing was said, so nothing enters the history).
+    async fn save_silent_reply(&self, id: JobId, reply: &str) -> StoreResult<()>;
     /// TTS checkpoint: stores the reply audio; returns the audio id now on the job.
     async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId>;
     /// The job succeeded, with the stages that fell back.
@@ -122,6 +125,26 @@ pub trait Store: Send + Sync + 'static {
     /// not failed.
     async fn requeue_job(&self, id: JobId) -> StoreResult<bool>;
 
+    /// Memory checkpoint: the facts recalled for this job (first write wins).
+    async fn save_memories(&self, id: JobId, facts: &[String], memory_ms: i64) -> StoreResult<()>;
+    /// The latest `limit` turns created after `after` (unix ms), oldest first.
+    async fn turns_since(
+        &self,
+        session: SessionId,
+        after: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Turn>>;
+    /// How many turns were created after `after`.
+    async fn count_turns_since(&self, session: SessionId, after: i64) -> StoreResult<i64>;
+    /// Stores a new rolling summary covering turns up to `until`, if the
+    /// summary still covers `was` (another writer did not get there first).
+    async fn save_summary(
+        &self,
+        session: SessionId,
+        summary: &str,
+        until: i64,
+        was: i64,
+    ) -> StoreResult<bool>;
     /// The session's latest `limit` turns, oldest first.
     async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>>;
     /// A stored audio blob.

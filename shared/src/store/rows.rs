@@ -14,7 +14,7 @@ macro_rules! select_job {
             "SELECT id, session_id, status, stage, attempts, input_audio_id, transcript, \
              reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
              stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
-             callback_url, created_at, updated_at, deferrals ",
+             callback_url, created_at, updated_at, deferrals, memories ",
             $($rest),+
         )
     };
@@ -47,6 +47,7 @@ pub(super) struct JobRow {
     created_at: i64,
     updated_at: i64,
     deferrals: i64,
+    memories: Option<String>,
 }
 
 fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
@@ -68,6 +69,12 @@ impl TryFrom<JobRow> for Job {
             attempts: r.attempts,
             input_audio_id: parse::<AudioId>("audio id", &r.input_audio_id)?,
             transcript: r.transcript,
+            memories: r
+                .memories
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("memories: {e}")))?,
             reply_text: r.reply_text,
             reply_audio_id: r
                 .reply_audio_id
@@ -104,6 +111,8 @@ pub(super) struct SessionRow {
     user_id: Option<String>,
     created_at: i64,
     last_active_at: i64,
+    summary: Option<String>,
+    summarized_until: i64,
 }
 
 impl TryFrom<SessionRow> for Session {
@@ -114,6 +123,8 @@ impl TryFrom<SessionRow> for Session {
             user_id: r.user_id,
             created_at: r.created_at,
             last_active_at: r.last_active_at,
+            summary: r.summary,
+            summarized_until: r.summarized_until,
         })
     }
 }

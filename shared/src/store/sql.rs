@@ -112,6 +112,7 @@ macro_rules! sql_store {
                     transcript: None,
                     reply_text: None,
                     reply_audio_id: None,
+                    memories: None,
                     degraded: Vec::new(),
                     error: None,
                     timings: Default::default(),
@@ -143,6 +144,8 @@ macro_rules! sql_store {
                     user_id: user_id.map(str::to_owned),
                     created_at: now,
                     last_active_at: now,
+                    summary: None,
+                    summarized_until: 0,
                 };
                 sqlx::query(
                     "INSERT INTO sessions (id, user_id, created_at, last_active_at) \
@@ -158,7 +161,8 @@ macro_rules! sql_store {
 
             async fn get_session(&self, id: SessionId) -> StoreResult<Option<Session>> {
                 let row: Option<SessionRow> = sqlx::query_as(
-                    "SELECT id, user_id, created_at, last_active_at FROM sessions WHERE id = $1",
+                    "SELECT id, user_id, created_at, last_active_at, summary, summarized_until \
+                     FROM sessions WHERE id = $1",
                 )
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
@@ -174,6 +178,7 @@ macro_rules! sql_store {
                     "DELETE FROM turns WHERE session_id = $1",
                     "DELETE FROM voice_jobs WHERE session_id = $1",
                     "DELETE FROM audio WHERE session_id = $1",
+                    "DELETE FROM memories WHERE session_id = $1",
                 ] {
                     sqlx::query(statement)
                         .bind(&id)
@@ -295,6 +300,19 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn save_silent_reply(&self, id: JobId, reply: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = 0, updated_at = $3 \
+                     WHERE id = $1 AND reply_text IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(reply)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId> {
                 let now = now_ms();
                 let audio_id = AudioId::new();
@@ -387,6 +405,64 @@ macro_rules! sql_store {
                 )
                 .bind(id.to_string())
                 .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn save_memories(&self, id: JobId, facts: &[String], memory_ms: i64) -> StoreResult<()> {
+                let facts = serde_json::to_string(facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "UPDATE voice_jobs SET memories = $2, memory_ms = $3, updated_at = $4 \
+                     WHERE id = $1 AND memories IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(facts)
+                .bind(memory_ms)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn turns_since(&self, session: SessionId, after: i64, limit: usize) -> StoreResult<Vec<Turn>> {
+                let rows: Vec<TurnRow> = sqlx::query_as(
+                    "SELECT role, text, created_at FROM turns WHERE session_id = $1 AND created_at > $2 \
+                     ORDER BY created_at DESC, id DESC LIMIT $3",
+                )
+                .bind(session.to_string())
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut turns = rows
+                    .into_iter()
+                    .map(Turn::try_from)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                turns.reverse();
+                Ok(turns)
+            }
+
+            async fn count_turns_since(&self, session: SessionId, after: i64) -> StoreResult<i64> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM turns WHERE session_id = $1 AND created_at > $2",
+                )
+                .bind(session.to_string())
+                .bind(after)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(n)
+            }
+
+            async fn save_summary(&self, session: SessionId, summary: &str, until: i64, was: i64) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE sessions SET summary = $2, summarized_until = $3 \
+                     WHERE id = $1 AND summarized_until = $4",
+                )
+                .bind(session.to_string())
+                .bind(summary)
+                .bind(until)
+                .bind(was)
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() > 0)

@@ -1,0 +1,217 @@
+//! Sentence embeddings, in-process: all-MiniLM-L6-v2 on candle (384
+//! dimensions, mean pooling over real tokens, L2-normalised, so a dot
+//! product is the cosine).
+//!
+//! The model is read from `EMBEDDING_MODEL_DIR` (`model.safetensors`,
+//! `tokenizer.json`, `config.json`) or, when unset, downloaded once from the
+//! model hub into its cache. A process loads it once ([`Embedder::shared`])
+//! and embeds batches on the blocking thread pool.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig, DTYPE};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// The embedding size of all-MiniLM-L6-v2.
+pub const DIMENSIONS: usize = 384;
+/// The model on the hub, when no directory is given.
+pub const HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// The longest input the model was trained on, in tokens.
+const MAX_TOKENS: usize = 256;
+
+/// Why the model could not load or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("cannot read the embedding model in {dir}: {reason}")]
+    Load { dir: PathBuf, reason: String },
+    #[error("cannot download the embedding model: {0}")]
+    Download(String),
+    #[error("embedding failed: {0}")]
+    Run(String),
+}
+
+fn run_err(e: impl std::fmt::Display) -> EmbedError {
+    EmbedError::Run(e.to_string())
+}
+
+/// A loaded model and its tokenizer.
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Embedder(all-MiniLM-L6-v2)")
+    }
+}
+
+/// Models already loaded in this process, by directory.
+static LOADED: Mutex<Option<HashMap<PathBuf, Weak<Embedder>>>> = Mutex::new(None);
+
+impl Embedder {
+    /// Loads the model files in `dir`.
+    ///
+    /// # Errors
+    /// [`EmbedError::Load`] naming the directory and what is wrong.
+    pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        let load_err = |reason: String| EmbedError::Load {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let config: BertConfig = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| load_err(format!("config.json: {e}")))
+            .and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| load_err(format!("config.json: {e}")))
+            })?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| load_err(format!("tokenizer.json: {e}")))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..PaddingParams::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| load_err(format!("tokenizer: {e}")))?;
+        let device = Device::Cpu;
+        let weights = dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(load_err("model.safetensors is missing".to_owned()));
+        }
+        // SAFETY: the weights file is memory-mapped read-only; Rose never
+        // writes to it, and nothing else is expected to while it runs.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DTYPE, &device) }
+            .map_err(|e| load_err(format!("model.safetensors: {e}")))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load_err(format!("model: {e}")))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+        })
+    }
+
+    /// The process-wide model for `dir`: loaded once, shared by every caller.
+    ///
+    /// # Errors
+    /// See [`Embedder::load`].
+    pub fn shared(dir: &Path) -> Result<Arc<Self>, EmbedError> {
+        let mut loaded = LOADED.lock().map_err(|_| run_err("model cache poisoned"))?;
+        let cache = loaded.get_or_insert_with(HashMap::new);
+        if let Some(model) = cache.get(dir).and_then(Weak::upgrade) {
+            return Ok(model);
+        }
+        let model = Arc::new(Self::load(dir)?);
+        cache.insert(dir.to_path_buf(), Arc::downgrade(&model));
+        Ok(model)
+    }
+
+    /// Downloads the model from the hub (once; later calls hit its cache) and
+    /// returns the directory holding its files.
+    ///
+    /// # Errors
+    /// [`EmbedError::Download`] when the hub cannot be reached.
+    pub async fn download() -> Result<PathBuf, EmbedError> {
+        let api = hf_hub::api::tokio::ApiBuilder::from_env()
+            .with_progress(false)
+            .build()
+            .map_err(|e| EmbedError::Download(e.to_string()))?;
+        let repo = api.model(HUB_MODEL.to_owned());
+        let mut dir = None;
+        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+            let path = repo
+                .get(file)
+                .await
+                .map_err(|e| EmbedError::Download(format!("{file}: {e}")))?;
+            dir = path.parent().map(Path::to_path_buf);
+        }
+        dir.ok_or_else(|| EmbedError::Download("no files".to_owned()))
+    }
+
+    /// Embeds `texts` in one batch: one unit vector of [`DIMENSIONS`] each.
+    /// Runs on the calling thread (use [`embed_blocking`] from async code).
+    ///
+    /// # Errors
+    /// [`EmbedError::Run`] when tokenising or the forward pass fails.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(run_err)?;
+        let rows = encodings.len();
+        let width = encodings.first().map_or(0, |e| e.get_ids().len());
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut mask = Vec::with_capacity(rows * width);
+        for e in &encodings {
+            ids.extend(e.get_ids().iter().map(|&i| i64::from(i)));
+            mask.extend(e.get_attention_mask().iter().map(|&m| i64::from(m)));
+        }
+        let ids = Tensor::from_vec(ids, (rows, width), &self.device).map_err(run_err)?;
+        let mask = Tensor::from_vec(mask, (rows, width), &self.device).map_err(run_err)?;
+        let types = ids.zeros_like().map_err(run_err)?;
+        let hidden = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .map_err(run_err)?;
+        // Mean over the real (unpadded) tokens, then unit length.
+        let mask_f = mask
+            .to_dtype(DType::F32)
+            .map_err(run_err)?
+            .unsqueeze(2)
+            .map_err(run_err)?;
+        let summed = hidden
+            .broadcast_mul(&mask_f)
+            .map_err(run_err)?
+            .sum(1)
+            .map_err(run_err)?;
+        let counts = mask_f
+            .sum(1)
+            .map_err(run_err)?
+            .clamp(1e-9, f64::MAX)
+            .map_err(run_err)?;
+        let mean = summed.broadcast_div(&counts).map_err(run_err)?;
+        let norm = mean
+            .sqr()
+            .map_err(run_err)?
+            .sum_keepdim(1)
+            .map_err(run_err)?
+            .sqrt()
+            .map_err(run_err)?
+            .clamp(1e-12, f64::MAX)
+            .map_err(run_err)?;
+        let unit = mean.broadcast_div(&norm).map_err(run_err)?;
+        unit.to_vec2::<f32>().map_err(run_err)
+    }
+}
+
+/// Embeds on the blocking pool so the async workers keep running.
+///
+/// # Errors
+/// See [`Embedder::embed`].
+pub async fn embed_blocking(
+    embedder: Arc<Embedder>,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.embed(&refs)
+    })
+    .await
+    .map_err(run_err)?
+}
+
+/// Cosine similarity of two unit vectors.
+#[must_use]
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,254 @@
+//! The embedded memory store: vectors in the SQL database (table `memories`,
+//! little-endian `f32` blobs), exact cosine top-k computed in Rust.
+//!
+//! Each owner's vectors are cached in the process after the first search and
+//! reused while the owner's row count and newest id are unchanged (one cheap
+//! indexed query per search), so a search over thousands of memories costs a
+//! scan of memory, not of the database. Another process's recall times reach
+//! this cache on its next change; they only nudge the recency weighting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{MemoryError, MemoryStore, NewMemory, Scored, embed::cosine};
+use crate::domain::{SessionId, now_ms};
+use crate::store::Database;
+
+/// Runs the same statement on either pool.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Database::Sqlite($pool) => $body,
+            Database::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    id: String,
+    text: String,
+    created_at: i64,
+    last_recalled_at: i64,
+    vector: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct OwnerCache {
+    /// `(row count, newest id)` when loaded.
+    version: (i64, Option<String>),
+    rows: Vec<Row>,
+}
+
+/// Memories in Rose's own database.
+#[derive(Debug, Clone)]
+pub struct EmbeddedMemory {
+    db: Database,
+    cache: Arc<Mutex<HashMap<String, Arc<OwnerCache>>>>,
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|f| f.to_le_bytes()).collect()
+}
+
+fn from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+type RawRow = (String, String, i64, i64, Vec<u8>);
+
+impl EmbeddedMemory {
+    /// A store on `db` (migrated).
+    #[must_use]
+    pub fn new(db: Database) -> Self {
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    async fn version(&self, owner: &str) -> Result<(i64, Option<String>), MemoryError> {
+        let sql = "SELECT COUNT(*), MAX(id) FROM memories WHERE owner = $1";
+        Ok(on_pool!(&self.db, |pool| sqlx::query_as(sql)
+            .bind(owner)
+            .fetch_one(pool)
+            .await)?)
+    }
+
+    async fn rows(&self, owner: &str) -> Result<Arc<OwnerCache>, MemoryError> {
+        let version = self.version(owner).await?;
+        if let Ok(cache) = self.cache.lock()
+            && let Some(hit) = cache.get(owner)
+            && hit.version == version
+        {
+            return Ok(hit.clone());
+        }
+        let sql =
+            "SELECT id, text, created_at, last_recalled_at, vector FROM memories WHERE owner = $1";
+        let raw: Vec<RawRow> = on_pool!(&self.db, |pool| sqlx::query_as(sql)
+            .bind(owner)
+            .fetch_all(pool)
+            .await)?;
+        let rows = raw
+            .into_iter()
+            .map(|(id, text, created_at, last_recalled_at, vector)| Row {
+                id,
+                text,
+                created_at,
+                last_recalled_at,
+                vector: from_bytes(&vector),
+            })
+            .collect();
+        let loaded = Arc::new(OwnerCache { version, rows });
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(owner.to_owned(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// Exact top-k over one owner's vectors.
+    fn top_k(rows: &[Row], vector: &[f32], limit: usize) -> Vec<Scored> {
+        let mut scored: Vec<(f32, &Row)> = rows
+            .iter()
+            .map(|r| (cosine(&r.vector, vector), r))
+            .collect();
+        let k = limit.min(scored.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        scored.truncate(k);
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .map(|(score, r)| Scored {
+                id: r.id.clone(),
+                text: r.text.clone(),
+                score,
+                created_at: r.created_at,
+                last_recalled_at: r.last_recalled_at,
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl MemoryStore for EmbeddedMemory {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> Result<(), MemoryError> {
+        let sql = "SELECT COUNT(*) FROM memories WHERE 1 = 0";
+        let _: (i64,) = on_pool!(&self.db, |pool| sqlx::query_as(sql).fetch_one(pool).await)?;
+        Ok(())
+    }
+
+    async fn add(&self, m: NewMemory) -> Result<String, MemoryError> {
+        let id = ulid::Ulid::generate().to_string();
+        let now = now_ms();
+        let sql = "INSERT INTO memories (id, owner, session_id, text, vector, created_at, last_recalled_at, source_job) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $6, $7)";
+        on_pool!(&self.db, |pool| sqlx::query(sql)
+            .bind(&id)
+            .bind(&m.owner)
+            .bind(m.session_id.to_string())
+            .bind(&m.text)
+            .bind(to_bytes(&m.vector))
+            .bind(now)
+            .bind(&m.source_job)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(id)
+    }
+
+    async fn search(
+        &self,
+        owner: &str,
+        vector: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Scored>, MemoryError> {
+        let cache = self.rows(owner).await?;
+        Ok(Self::top_k(&cache.rows, vector, limit))
+    }
+
+    async fn touch(&self, owner: &str, ids: &[String]) -> Result<(), MemoryError> {
+        let now = now_ms();
+        for id in ids {
+            let sql = "UPDATE memories SET last_recalled_at = $3 WHERE owner = $1 AND id = $2";
+            on_pool!(&self.db, |pool| sqlx::query(sql)
+                .bind(owner)
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()))?;
+        }
+        // The cached copy follows (its version does not change on touch).
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(entry) = cache.get(owner)
+        {
+            let mut rows = entry.rows.clone();
+            for row in &mut rows {
+                if ids.contains(&row.id) {
+                    row.last_recalled_at = now;
+                }
+            }
+            let version = entry.version.clone();
+            cache.insert(owner.to_owned(), Arc::new(OwnerCache { version, rows }));
+        }
+        Ok(())
+    }
+
+    async fn delete_session(&self, session: SessionId) -> Result<u64, MemoryError> {
+        let sql = "DELETE FROM memories WHERE session_id = $1";
+        let done = on_pool!(&self.db, |pool| sqlx::query(sql)
+            .bind(session.to_string())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+
+    async fn count(&self, owner: &str) -> Result<u64, MemoryError> {
+        Ok(u64::try_from(self.version(owner).await?.0).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectors_round_trip_through_bytes() {
+        let v = vec![0.25f32, -1.5, 3.0e-7, 0.0];
+        assert_eq!(from_bytes(&to_bytes(&v)), v);
+    }
+
+    #[test]
+    fn top_k_is_exact_and_ordered() {
+        let rows: Vec<Row> = (0..50)
+            .map(|i| {
+                let angle = i as f32 / 50.0;
+                Row {
+                    id: i.to_string(),
+                    text: String::new(),
+                    created_at: 0,
+                    last_recalled_at: 0,
+                    vector: vec![angle.cos(), angle.sin()],
+                }
+            })
+            .collect();
+        let found = EmbeddedMemory::top_k(&rows, &[1.0, 0.0], 3);
+        let ids: Vec<&str> = found.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["0", "1", "2"]);
+        assert!(found[0].score >= found[1].score && found[1].score >= found[2].score);
+        assert!(EmbeddedMemory::top_k(&rows, &[1.0, 0.0], 0).is_empty());
+        assert_eq!(EmbeddedMemory::top_k(&rows[..2], &[1.0, 0.0], 10).len(), 2);
+    }
+}

@@ -1,0 +1,313 @@
+//! Memories in Qdrant: collection `long_term_memory` (384 dimensions,
+//! cosine), payload `user_id` (the owner), `session_id`, `text`,
+//! `created_at`, `last_recalled_at` (unix ms) and `source_job`, with keyword
+//! indexes on `user_id` and `session_id`. Every search is filtered by owner.
+//!
+//! [`QdrantMemory::connect`] creates the collection and indexes when missing
+//! and refuses a collection whose vectors are not 384-long, so a mismatch
+//! stops a worker at start, not mid-job.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, PointStruct, PointsIdsList,
+    QueryPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
+    vectors_config,
+};
+use qdrant_client::{Payload, Qdrant};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::{DIMENSIONS, MemoryError, MemoryStore, NewMemory, Scored};
+use crate::domain::{SessionId, now_ms};
+
+/// The collection Rose keeps memories in.
+pub const COLLECTION: &str = "long_term_memory";
+
+fn qerr(e: impl std::fmt::Display) -> MemoryError {
+    MemoryError::Qdrant(e.to_string())
+}
+
+/// A Qdrant-backed [`MemoryStore`].
+pub struct QdrantMemory {
+    client: Qdrant,
+    collection: String,
+}
+
+impl std::fmt::Debug for QdrantMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QdrantMemory")
+            .field("collection", &self.collection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A ULID as the UUID Qdrant takes for point ids.
+fn point_id(ulid: &str) -> String {
+    let n = ulid::Ulid::from_string(ulid)
+        .map(u128::from)
+        .unwrap_or_default();
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl QdrantMemory {
+    /// Connects, and makes sure the collection exists with the right shape.
+    ///
+    /// # Errors
+    /// [`MemoryError::Config`] when the collection's vectors are not
+    /// [`DIMENSIONS`]-long; [`MemoryError::Qdrant`] when Qdrant cannot be reached.
+    pub async fn connect(
+        url: &str,
+        api_key: Option<&SecretString>,
+        collection: &str,
+    ) -> Result<Self, MemoryError> {
+        let mut builder = Qdrant::from_url(url).skip_compatibility_check();
+        if let Some(key) = api_key {
+            builder = builder.api_key(key.expose_secret().to_owned());
+        }
+        let client = builder.build().map_err(qerr)?;
+        let me = Self {
+            client,
+            collection: collection.to_owned(),
+        };
+        me.ensure_collection().await?;
+        Ok(me)
+    }
+
+    async fn ensure_collection(&self) -> Result<(), MemoryError> {
+        let exists = self
+            .client
+            .collection_exists(&self.collection)
+            .await
+            .map_err(qerr)?;
+        if !exists {
+            self.client
+                .create_collection(
+                    CreateCollectionBuilder::new(&self.collection).vectors_config(
+                        VectorParamsBuilder::new(DIMENSIONS as u64, Distance::Cosine),
+                    ),
+                )
+                .await
+                .map_err(qerr)?;
+        } else {
+            let info = self
+                .client
+                .collection_info(&self.collection)
+                .await
+                .map_err(qerr)?;
+            let size = info
+                .result
+                .and_then(|r| r.config)
+                .and_then(|c| c.params)
+                .and_then(|p| p.vectors_config)
+                .and_then(|v| v.config)
+                .and_then(|c| match c {
+                    vectors_config::Config::Params(p) => Some(p.size),
+                    vectors_config::Config::ParamsMap(_) => None,
+                });
+            if size != Some(DIMENSIONS as u64) {
+                return Err(MemoryError::Config(format!(
+                    "Qdrant collection {} has vectors of size {size:?}, Rose's embeddings have {DIMENSIONS}; \
+                     point QDRANT_URL at another instance or drop the collection",
+                    self.collection
+                )));
+            }
+        }
+        for field in ["user_id", "session_id"] {
+            // Creating an index that exists is accepted by Qdrant.
+            self.client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(
+                        &self.collection,
+                        field,
+                        FieldType::Keyword,
+                    )
+                    .wait(true),
+                )
+                .await
+                .map_err(qerr)?;
+        }
+        Ok(())
+    }
+
+    fn owner_filter(owner: &str) -> Filter {
+        Filter::must([Condition::matches("user_id", owner.to_owned())])
+    }
+
+    /// The client, for snapshots.
+    #[must_use]
+    pub fn client(&self) -> &Qdrant {
+        &self.client
+    }
+}
+
+fn payload_str(payload: &HashMap<String, qdrant_client::qdrant::Value>, key: &str) -> String {
+    payload
+        .get(key)
+        .and_then(|v| v.as_str().map(ToString::to_string))
+        .unwrap_or_default()
+}
+
+fn payload_i64(payload: &HashMap<String, qdrant_client::qdrant::Value>, key: &str) -> i64 {
+    payload.get(key).and_then(|v| v.as_integer()).unwrap_or(0)
+}
+
+#[async_trait]
+impl MemoryStore for QdrantMemory {
+    fn kind(&self) -> &'static str {
+        "qdrant"
+    }
+
+    async fn ping(&self) -> Result<(), MemoryError> {
+        self.client.health_check().await.map_err(qerr)?;
+        Ok(())
+    }
+
+    async fn add(&self, m: NewMemory) -> Result<String, MemoryError> {
+        let id = point_id(&ulid::Ulid::generate().to_string());
+        let now = now_ms();
+        let payload: Payload = json!({
+            "user_id": m.owner,
+            "session_id": m.session_id.to_string(),
+            "text": m.text,
+            "created_at": now,
+            "last_recalled_at": now,
+            "source_job": m.source_job,
+        })
+        .try_into()
+        .map_err(qerr)?;
+        self.client
+            .upsert_points(
+                UpsertPointsBuilder::new(
+                    &self.collection,
+                    vec![PointStruct::new(id.clone(), m.vector, payload)],
+                )
+                .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(id)
+    }
+
+    async fn search(
+        &self,
+        owner: &str,
+        vector: &[f32],
+        limit: usize,
+    ) -> Result<Vec<Scored>, MemoryError> {
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&self.collection)
+                    .query(vector.to_vec())
+                    .filter(Self::owner_filter(owner))
+                    .limit(limit as u64)
+                    .with_payload(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(response
+            .result
+            .into_iter()
+            .map(|p| {
+                let id = p
+                    .id
+                    .and_then(|id| id.point_id_options)
+                    .map(|o| match o {
+                        qdrant_client::qdrant::point_id::PointIdOptions::Uuid(u) => u,
+                        qdrant_client::qdrant::point_id::PointIdOptions::Num(n) => n.to_string(),
+                    })
+                    .unwrap_or_default();
+                Scored {
+                    id,
+                    text: payload_str(&p.payload, "text"),
+                    score: p.score,
+                    created_at: payload_i64(&p.payload, "created_at"),
+                    last_recalled_at: payload_i64(&p.payload, "last_recalled_at"),
+                }
+            })
+            .collect())
+    }
+
+    async fn touch(&self, _owner: &str, ids: &[String]) -> Result<(), MemoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let payload: Payload = json!({"last_recalled_at": now_ms()})
+            .try_into()
+            .map_err(qerr)?;
+        self.client
+            .set_payload(
+                SetPayloadPointsBuilder::new(&self.collection, payload)
+                    .points_selector(PointsIdsList {
+                        ids: ids.iter().map(|id| id.clone().into()).collect(),
+                    })
+                    .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(())
+    }
+
+    async fn delete_session(&self, session: SessionId) -> Result<u64, MemoryError> {
+        let filter = Filter::must([Condition::matches("session_id", session.to_string())]);
+        let count = self
+            .client
+            .count(
+                CountPointsBuilder::new(&self.collection)
+                    .filter(filter.clone())
+                    .exact(true),
+            )
+            .await
+            .map_err(qerr)?
+            .result
+            .map_or(0, |r| r.count);
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(filter)
+                    .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(count)
+    }
+
+    async fn count(&self, owner: &str) -> Result<u64, MemoryError> {
+        Ok(self
+            .client
+            .count(
+                CountPointsBuilder::new(&self.collection)
+                    .filter(Self::owner_filter(owner))
+                    .exact(true),
+            )
+            .await
+            .map_err(qerr)?
+            .result
+            .map_or(0, |r| r.count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_ids_are_uuid_shaped_and_stable() {
+        let ulid = "01M8H84BCFRZDMTCZHHFKY77PS";
+        let id = point_id(ulid);
+        assert_eq!(id.len(), 36);
+        assert_eq!(id.matches('-').count(), 4);
+        assert_eq!(id, point_id(ulid));
+    }
+}
