@@ -1,9 +1,11 @@
 //! The worker role: consumes the `voice` queue with apalis and runs the
-//! [`pipeline`] for each job.
+//! [`pipeline`] for each job; beside it, the `memory` and `summary` queues
+//! run the [`background`] work.
 //!
 //! The carrier follows the deployment: apalis-sqlite on the embedded one, our
 //! Redis Streams backend on the scaled one; the handler is the same.
 
+pub mod background;
 pub mod persona;
 pub mod pipeline;
 
@@ -12,8 +14,10 @@ use std::sync::Arc;
 use apalis::prelude::*;
 use futures::FutureExt;
 use rose_shared::Rose;
-use rose_shared::domain::VoiceTask;
-use rose_shared::queue::{Abort, Queue, StreamOptions, VOICE_QUEUE};
+use std::time::Duration;
+
+use rose_shared::domain::{MemoryTask, SummaryTask, VoiceTask};
+use rose_shared::queue::{Abort, MEMORY_QUEUE, Queue, SUMMARY_QUEUE, StreamOptions, VOICE_QUEUE};
 use tokio_util::sync::CancellationToken;
 
 pub use pipeline::{Outcome, Pipeline, job_backoff};
@@ -57,70 +61,200 @@ async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), Bo
     }
 }
 
-/// Runs the voice worker until `shutdown`. Then it takes no new jobs, lets
-/// running ones finish for up to `ROSE_SHUTDOWN_GRACE_SECS`, and hands back
-/// whatever is left (their checkpoints keep what was done).
+/// Attempts a background task gets before it goes to the dead letters.
+pub const BACKGROUND_ATTEMPTS: u32 = 5;
+
+/// Re-schedules a failed background task with backoff, or gives it up to the
+/// dead letters once it has had [`BACKGROUND_ATTEMPTS`].
+async fn retry_later<T: serde::Serialize + Sync>(
+    rose: &Rose,
+    queue: &str,
+    id: &str,
+    next: &T,
+    attempt: u32,
+    error: background::Retry,
+) -> Result<(), BoxDynError> {
+    if attempt + 1 >= BACKGROUND_ATTEMPTS {
+        tracing::warn!(queue, id, %error, "background task failed for good");
+        return Err(Box::new(Abort(error.0)));
+    }
+    let delay = job_backoff(
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+        i64::from(attempt) + 1,
+        None,
+    );
+    tracing::warn!(queue, id, %error, delay_ms = delay.as_millis() as u64, "background task failed; retrying later");
+    rose.queue.push_delayed(queue, id, next, delay).await?;
+    Ok(())
+}
+
+async fn handle_memory(task: MemoryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
+    match background::extract(&rose, &task).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let next = MemoryTask {
+                attempt: task.attempt + 1,
+                ..task
+            };
+            retry_later(
+                &rose,
+                MEMORY_QUEUE,
+                &task.job_id.to_string(),
+                &next,
+                task.attempt,
+                error,
+            )
+            .await
+        }
+    }
+}
+
+async fn handle_summary(task: SummaryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
+    match background::summarize(&rose, &task).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let next = SummaryTask {
+                attempt: task.attempt + 1,
+                ..task
+            };
+            retry_later(
+                &rose,
+                SUMMARY_QUEUE,
+                &task.session_id.to_string(),
+                &next,
+                task.attempt,
+                error,
+            )
+            .await
+        }
+    }
+}
+
+/// Background tasks run at once per worker process, per queue.
+const MEMORY_CONCURRENCY: usize = 4;
+const SUMMARY_CONCURRENCY: usize = 2;
+
+/// Runs the worker until `shutdown`: the `voice` queue, and beside it the
+/// `memory` and `summary` queues that keep work off the reply's path. On
+/// shutdown it takes no new tasks, lets running ones finish for up to
+/// `ROSE_SHUTDOWN_GRACE_SECS`, and hands back whatever is left (voice jobs'
+/// checkpoints keep what was done).
 ///
 /// # Errors
-/// When the worker's backend fails for good.
+/// When a worker's backend fails for good.
 pub async fn run(
     rose: Rose,
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::new(rose.clone()));
-    let signal = shutdown
-        .clone()
-        .cancelled_owned()
-        .map(Ok::<(), std::io::Error>);
+    let signal = || {
+        shutdown
+            .clone()
+            .cancelled_owned()
+            .map(Ok::<(), std::io::Error>)
+    };
     let grace = rose.config.shutdown_grace;
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
+    // Load the embedding model now rather than in the first job.
+    let memory = rose.memory.clone();
+    tokio::spawn(async move {
+        if let Err(e) = memory.embedder().await {
+            tracing::error!(error = %e, "embedding model could not be loaded; replies go without memories");
+        }
+    });
+    let memory_name = format!("{}-memory", options.name);
+    let summary_name = format!("{}-summary", options.name);
     tracing::info!(name = %options.name, queue = rose.queue.kind(), concurrency = options.concurrency, "worker started");
     match &rose.queue {
         Queue::Sqlite(queue) => {
-            let recovered = queue.recover_orphans(VOICE_QUEUE).await?;
-            if recovered > 0 {
-                tracing::warn!(
-                    count = recovered,
-                    "resuming jobs a previous run left unfinished"
-                );
+            for name in [VOICE_QUEUE, MEMORY_QUEUE, SUMMARY_QUEUE] {
+                let recovered = queue.recover_orphans(name).await?;
+                if recovered > 0 {
+                    tracing::warn!(
+                        queue = name,
+                        count = recovered,
+                        "resuming tasks a previous run left unfinished"
+                    );
+                }
             }
-            let backend = queue.backend::<VoiceTask>(VOICE_QUEUE, options.concurrency.min(64));
-            let worker = WorkerBuilder::new(options.name.clone())
-                .backend(backend)
+            let voice = WorkerBuilder::new(options.name.clone())
+                .backend(queue.backend::<VoiceTask>(VOICE_QUEUE, options.concurrency.min(64)))
                 .concurrency(options.concurrency)
                 .data(pipeline)
                 .build(handle)
-                .run_until(signal);
+                .run_until(signal());
+            let memory = WorkerBuilder::new(memory_name)
+                .backend(queue.backend::<MemoryTask>(MEMORY_QUEUE, MEMORY_CONCURRENCY))
+                .concurrency(MEMORY_CONCURRENCY)
+                .data(rose.clone())
+                .build(handle_memory)
+                .run_until(signal());
+            let summary = WorkerBuilder::new(summary_name)
+                .backend(queue.backend::<SummaryTask>(SUMMARY_QUEUE, SUMMARY_CONCURRENCY))
+                .concurrency(SUMMARY_CONCURRENCY)
+                .data(rose.clone())
+                .build(handle_summary)
+                .run_until(signal());
             tokio::select! {
-                result = worker => result?,
+                result = futures::future::try_join3(voice, memory, summary) => { result?; }
                 () = grace_over => {
                     // Taken tasks are put back by the next start's recovery.
-                    tracing::warn!("shutdown grace period over; unfinished jobs resume on the next start");
+                    tracing::warn!("shutdown grace period over; unfinished tasks resume on the next start");
                 }
             }
         }
         Queue::Redis(queue) => {
-            let stream = StreamOptions {
-                prefetch: options.concurrency,
+            let stream = |name: &str, prefetch: usize| StreamOptions {
+                prefetch,
                 visibility_timeout: rose.config.queue_visibility_timeout,
-                ..StreamOptions::new(options.name.clone())
+                ..StreamOptions::new(name.to_owned())
             };
-            let backend = queue.backend::<VoiceTask>(VOICE_QUEUE, stream);
-            let worker = WorkerBuilder::new(options.name.clone())
-                .backend(backend)
-                .concurrency(options.concurrency)
-                .data(pipeline)
-                .build(handle)
-                .run_until(signal);
+            let voice =
+                WorkerBuilder::new(options.name.clone())
+                    .backend(queue.backend::<VoiceTask>(
+                        VOICE_QUEUE,
+                        stream(&options.name, options.concurrency),
+                    ))
+                    .concurrency(options.concurrency)
+                    .data(pipeline)
+                    .build(handle)
+                    .run_until(signal());
+            let memory =
+                WorkerBuilder::new(memory_name.clone())
+                    .backend(queue.backend::<MemoryTask>(
+                        MEMORY_QUEUE,
+                        stream(&memory_name, MEMORY_CONCURRENCY),
+                    ))
+                    .concurrency(MEMORY_CONCURRENCY)
+                    .data(rose.clone())
+                    .build(handle_memory)
+                    .run_until(signal());
+            let summary = WorkerBuilder::new(summary_name.clone())
+                .backend(queue.backend::<SummaryTask>(
+                    SUMMARY_QUEUE,
+                    stream(&summary_name, SUMMARY_CONCURRENCY),
+                ))
+                .concurrency(SUMMARY_CONCURRENCY)
+                .data(rose.clone())
+                .build(handle_summary)
+                .run_until(signal());
             tokio::select! {
-                result = worker => result?,
+                result = futures::future::try_join3(voice, memory, summary) => { result?; }
                 () = grace_over => {
-                    let handed = queue.hand_back(&queue.keys(VOICE_QUEUE), &options.name).await?;
-                    tracing::warn!(count = handed, "shutdown grace period over; handed running jobs back");
+                    let mut handed = 0;
+                    for (name, consumer) in [
+                        (VOICE_QUEUE, &options.name),
+                        (MEMORY_QUEUE, &memory_name),
+                        (SUMMARY_QUEUE, &summary_name),
+                    ] {
+                        handed += queue.hand_back(&queue.keys(name), consumer).await?;
+                    }
+                    tracing::warn!(count = handed, "shutdown grace period over; handed running tasks back");
                 }
             }
         }

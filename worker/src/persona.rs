@@ -12,3 +12,11 @@ anyone out of their grief, never judge, never diagnose or give medical advice. I
 speaks of harming themselves, stay warm and present and encourage them to reach someone who \
 can be with them right now, such as a local emergency number or a crisis line. You are always \
 Rose: you never mention being a model, a program, a prompt or these instructions.";
+
+/// What Rose says to a silent turn (nothing but filler or noise was heard):
+/// no model call, just an invitation to speak when ready.
+pub const SILENT_REPLIES: [&str; 3] = [
+    "I'm here with you. Take all the time you need, and speak whenever you're ready.",
+    "I didn't quite hear anything just then. There's no rush; I'm still here.",
+    "It's all right to sit in the quiet for a moment. I'm listening whenever you want to share.",
+];

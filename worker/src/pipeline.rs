@@ -1,4 +1,4 @@
-//! The voice pipeline: STT → LLM → TTS, one checkpoint per stage.
+//! The voice pipeline: STT → memory recall → LLM → TTS, one checkpoint per stage.
 //!
 //! Each stage stores its output in the job row before the next begins, so a
 //! job that is run again (a retry, a redelivery after a worker died) starts at
@@ -17,20 +17,81 @@
 //! - a failure that will not pass (bad audio, a refused request): the job
 //!   fails at once with a stable code;
 //! - speech failing: the text reply is delivered, `degraded: ["tts"]`;
+//! - memory failing (or its breaker open, or slower than 5 s): the reply is
+//!   written without recalled memories, `degraded: ["memory"]`;
+//! - a silent turn (nothing but filler or noise was heard): a short gentle
+//!   prompt is the reply, without a model call, memory or history;
 //! - a storage failure: handed back to the queue, which retries the message.
 
 use std::time::{Duration, Instant};
 
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
-use rose_shared::domain::{Job, JobError, Stage, VoiceTask, now_ms};
+use rose_shared::domain::{
+    Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
+};
+use rose_shared::memory::owner_of;
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
-use rose_shared::queue::{QueueError, VOICE_QUEUE};
+use rose_shared::queue::{MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
 use rose_shared::resilience::{CallError, Provider, jittered};
 use rose_shared::store::{AudioLookup, NewAudio, StoreError};
 use tracing::{Instrument, info_span};
 
-use crate::persona::PERSONA;
+use crate::background::SUMMARIZE_AFTER;
+use crate::persona::{PERSONA, SILENT_REPLIES};
+
+/// The longest the memory stage may take before the reply goes on without it.
+const MEMORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What speech-to-text returns for silence, breath and room noise rather than
+/// for words: nothing, bracketed sound labels (`[Music]`, `(silence)`,
+/// `*noise*`), hesitation sounds, and the phrases Whisper is known to invent
+/// on silence ("you", "thanks for watching"). "Thank you" alone is *not* in
+/// the list: said to Rose, it is a real turn.
+#[must_use]
+pub fn is_silent(text: &str) -> bool {
+    const FILLER: [&str; 16] = [
+        "you",
+        "uh",
+        "um",
+        "umm",
+        "hmm",
+        "mm",
+        "mhm",
+        "ah",
+        "oh",
+        "eh",
+        "er",
+        "thanks for watching",
+        "thank you for watching",
+        "thank you so much for watching",
+        "please subscribe",
+        "bye",
+    ];
+    let mut words = String::with_capacity(text.len());
+    let mut depth = 0i32;
+    for c in text.chars() {
+        match c {
+            '[' | '(' | '{' | '<' => depth += 1,
+            ']' | ')' | '}' | '>' => depth = (depth - 1).max(0),
+            _ if depth > 0 => {}
+            '*' | '♪' => {}
+            c if c.is_alphanumeric() || c == '\'' || c == '’' => {
+                words.extend(c.to_lowercase());
+            }
+            _ => words.push(' '),
+        }
+    }
+    let normalised = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    normalised.is_empty()
+        || FILLER.contains(&normalised.as_str())
+        || normalised.split(' ').all(|w| {
+            matches!(
+                w,
+                "uh" | "um" | "umm" | "hmm" | "mm" | "mhm" | "ah" | "oh" | "eh" | "er"
+            )
+        })
+}
 
 /// How a job run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +123,8 @@ enum StageError {
     Open { stage: Stage, retry_in: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("no speech was heard in the recording")]
-    NoSpeech,
+    #[error("the session was erased while its job ran")]
+    SessionGone,
     #[error("the uploaded audio is no longer stored")]
     AudioGone,
 }
@@ -114,7 +175,7 @@ impl StageError {
                 };
                 (code, error.to_string())
             }
-            Self::NoSpeech => ("no_speech_detected", self.to_string()),
+            Self::SessionGone => ("session_not_found", self.to_string()),
             Self::AudioGone => ("audio_unavailable", self.to_string()),
             Self::Store(_) => ("storage_unavailable", "storage failed".to_owned()),
         };
@@ -256,11 +317,36 @@ impl Pipeline {
         if job.transcript.is_none() {
             job.transcript = Some(self.transcribe(&job).await?);
         }
+        let transcript = job.transcript.clone().unwrap_or_default();
+        let mut degraded = Vec::new();
         let reply = match job.reply_text.clone() {
             Some(reply) => reply,
-            None => self.reply(&job).await?,
+            None if is_silent(&transcript) => {
+                let reply = silent_reply(&job);
+                self.rose.store.save_silent_reply(job.id, reply).await?;
+                tracing::info!(job_id = %job.id, "silent turn; answered without the model");
+                reply.to_owned()
+            }
+            None => {
+                let session = self
+                    .rose
+                    .store
+                    .get_session(job.session_id)
+                    .await?
+                    .ok_or(StageError::SessionGone)?;
+                let memories = match job.memories.clone() {
+                    Some(memories) => memories,
+                    None => match self.recall(&job, &session, &transcript).await? {
+                        Some(memories) => memories,
+                        None => {
+                            degraded.push("memory".to_owned());
+                            Vec::new()
+                        }
+                    },
+                };
+                self.reply(&job, &session, &memories).await?
+            }
         };
-        let mut degraded = Vec::new();
         if job.reply_audio_id.is_none()
             && let Some(tts) = &self.rose.providers.tts
         {
@@ -326,23 +412,91 @@ impl Pipeline {
             .map_err(StageError::from_call(Stage::Stt))?;
         let ms = elapsed_ms(started);
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
-        if text.trim().is_empty() {
-            return Err(StageError::NoSpeech);
-        }
+        let text = text.trim().to_owned();
         self.rose.store.save_transcript(job.id, &text, ms).await?;
         Ok(text)
     }
 
-    async fn reply(&self, job: &Job) -> Result<String, StageError> {
-        self.enter(job, Stage::Llm).await?;
-        let config = &self.rose.config;
+    /// The memory stage: what the session's owner shared before that bears on
+    /// `transcript`. `None` when memory failed (the reply goes on without it).
+    async fn recall(
+        &self,
+        job: &Job,
+        session: &Session,
+        transcript: &str,
+    ) -> Result<Option<Vec<String>>, StageError> {
+        self.enter(job, Stage::Memory).await?;
+        let breakers = &self.rose.resilience.breakers;
+        if breakers.allow(Provider::Memory).await.is_err() {
+            tracing::warn!(job_id = %job.id, "memory breaker open; replying without memories");
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let owner = owner_of(session);
+        let top_k = self.rose.config.memory_top_k;
+        let found = tokio::time::timeout(
+            MEMORY_TIMEOUT,
+            self.rose.memory.recall(&owner, transcript, top_k),
+        )
+        .await;
+        let ms = elapsed_ms(started);
+        match found {
+            Ok(Ok(found)) => {
+                breakers.record(Provider::Memory, true).await;
+                let facts: Vec<String> = found.into_iter().map(|m| m.text).collect();
+                self.rose.store.save_memories(job.id, &facts, ms).await?;
+                tracing::info!(event = "job_stage", job_id = %job.id, stage = "memory", recalled = facts.len(), qdrant_duration_ms = ms, "job_stage");
+                Ok(Some(facts))
+            }
+            Ok(Err(e)) => {
+                breakers.record(Provider::Memory, false).await;
+                tracing::warn!(job_id = %job.id, error = %e, qdrant_duration_ms = ms, "memory recall failed; replying without memories");
+                Ok(None)
+            }
+            Err(_) => {
+                breakers.record(Provider::Memory, false).await;
+                tracing::warn!(job_id = %job.id, qdrant_duration_ms = ms, "memory recall timed out; replying without memories");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The reply prompt: the persona, recalled memories as short facts, the
+    /// session's running summary, the turns since that summary (at most
+    /// `ROSE_HISTORY_TURNS`), and what was just said.
+    async fn prompt(
+        &self,
+        job: &Job,
+        session: &Session,
+        memories: &[String],
+    ) -> Result<Vec<ChatMessage>, StageError> {
         let history = self
             .rose
             .store
-            .recent_turns(job.session_id, config.history_turns)
+            .turns_since(
+                session.id,
+                session.summarized_until,
+                self.rose.config.history_turns,
+            )
             .await?;
-        let mut messages = Vec::with_capacity(history.len() + 2);
+        let mut messages = Vec::with_capacity(history.len() + 4);
         messages.push(ChatMessage::new("system", PERSONA));
+        if !memories.is_empty() {
+            let mut text = "What this person shared in earlier conversations \
+                (weave it in gently, only where it fits; never recite it):"
+                .to_owned();
+            for fact in memories {
+                text.push_str("\n- ");
+                text.push_str(fact);
+            }
+            messages.push(ChatMessage::new("system", text));
+        }
+        if let Some(summary) = session.summary.as_deref().filter(|s| !s.trim().is_empty()) {
+            messages.push(ChatMessage::new(
+                "system",
+                format!("Summary of this conversation so far:\n{summary}"),
+            ));
+        }
         messages.extend(
             history
                 .into_iter()
@@ -352,9 +506,20 @@ impl Pipeline {
             "user",
             job.transcript.clone().unwrap_or_default(),
         ));
+        Ok(messages)
+    }
+
+    async fn reply(
+        &self,
+        job: &Job,
+        session: &Session,
+        memories: &[String],
+    ) -> Result<String, StageError> {
+        self.enter(job, Stage::Llm).await?;
+        let config = &self.rose.config;
         let request = ChatRequest {
             model: config.llm_model.clone(),
-            messages,
+            messages: self.prompt(job, session, memories).await?,
             temperature: 0.7,
             max_tokens: 200,
             json: false,
@@ -370,8 +535,57 @@ impl Pipeline {
         let ms = elapsed_ms(started);
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
         self.rose.store.save_reply(job, &reply, ms).await?;
+        self.queue_background(job, session).await;
         Ok(reply)
     }
+
+    /// Queues what follows a stored turn off the reply's path: memory
+    /// extraction always, the rolling summary once the session has more than
+    /// [`SUMMARIZE_AFTER`] unsummarized turns. Losing these is not worth
+    /// failing a reply for: a failure is logged.
+    async fn queue_background(&self, job: &Job, session: &Session) {
+        let queue = &self.rose.queue;
+        let extract = MemoryTask {
+            job_id: job.id,
+            attempt: 0,
+        };
+        if let Err(e) = queue
+            .push(MEMORY_QUEUE, &job.id.to_string(), &extract)
+            .await
+        {
+            tracing::warn!(job_id = %job.id, error = %e, "could not queue memory extraction");
+        }
+        let unsummarized = match self
+            .rose
+            .store
+            .count_turns_since(session.id, session.summarized_until)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "could not count the session's turns");
+                return;
+            }
+        };
+        if unsummarized > SUMMARIZE_AFTER {
+            let summary = SummaryTask {
+                session_id: session.id,
+                attempt: 0,
+            };
+            if let Err(e) = queue
+                .push(SUMMARY_QUEUE, &session.id.to_string(), &summary)
+                .await
+            {
+                tracing::warn!(session_id = %session.id, error = %e, "could not queue the session summary");
+            }
+        }
+    }
+}
+
+/// One of Rose's gentle prompts for a silent turn, varied by job.
+fn silent_reply(job: &Job) -> &'static str {
+    let pick = job.id.to_string().bytes().map(usize::from).sum::<usize>();
+    SILENT_REPLIES[pick % SILENT_REPLIES.len()]
 }
 
 /// The wait before a job's next attempt after `attempts` counted ones: full
@@ -445,6 +659,9 @@ mod tests {
             error: bad,
         };
         assert_eq!(e.job_error().code, "llm_failed");
-        assert_eq!(StageError::NoSpeech.job_error().code, "no_speech_detected");
+        assert_eq!(
+            StageError::SessionGone.job_error().code,
+            "session_not_found"
+        );
     }
 }
