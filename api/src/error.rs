@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use rose_shared::memory::MemoryError;
 use rose_shared::queue::QueueError;
 use rose_shared::store::StoreError;
 use serde_json::json;
@@ -51,6 +52,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("queue failure")]
     Queue(#[from] QueueError),
+    #[error("memory store failure")]
+    Memory(#[from] MemoryError),
 }
 
 impl ApiError {
@@ -77,6 +80,7 @@ impl ApiError {
             Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
             Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
             Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),
+            Self::Memory(_) => (S::SERVICE_UNAVAILABLE, "memory_unavailable"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /api/health`: the database and the queue are checked for real (each
+//! `GET /api/health`: the database, the queue and vector memory are checked
+//! for real (each
 //! bounded by a short timeout); providers are reported from their circuit
 //! breakers, without spending their quota: `unhealthy` while a breaker is
 //! open, `degraded` while it is half-open or counting failures, otherwise
@@ -44,9 +45,10 @@ async fn check<E: std::fmt::Display>(
 }
 
 async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
-    let (database, queue, breakers) = tokio::join!(
+    let (database, queue, memory, breakers) = tokio::join!(
         check("database", rose.store.ping()),
         check("queue", rose.queue.ping()),
+        check("memory", rose.memory.store.ping()),
         rose.resilience.breaker_states(),
     );
     let healthy = if rose.providers.simulated {
@@ -71,6 +73,11 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
         Queue::Redis(_) => queue,
         Queue::Sqlite(_) => "disabled",
     };
+    // The embedded store lives in the database: its check is the database's.
+    let qdrant = match rose.memory.store.kind() {
+        "qdrant" => memory,
+        _ => "disabled",
+    };
     let groq = judge(&["stt", "llm"]);
     let elevenlabs = match rose.config.tts_provider {
         TtsProvider::ElevenLabs => judge(&["tts"]),
@@ -78,7 +85,7 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
     };
     let status = if database == "unhealthy" || queue == "unhealthy" {
         "unhealthy"
-    } else if [groq, elevenlabs]
+    } else if [groq, elevenlabs, qdrant, memory]
         .iter()
         .any(|s| matches!(*s, "unhealthy" | "degraded"))
     {
@@ -99,13 +106,14 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
             "database": database,
             "queue": queue,
             "redis": redis,
-            "qdrant": "disabled",
+            "qdrant": qdrant,
             "groq": groq,
             "elevenlabs": elevenlabs,
         },
         "deployment": {
             "database": rose.store.backend(),
             "queue": rose.queue.kind(),
+            "memory": rose.memory.store.kind(),
         },
         "circuit_breakers": breakers,
     });

@@ -44,8 +44,16 @@ async fn start(State(rose): State<Rose>, body: Bytes) -> ApiResult<Response> {
     Ok((StatusCode::CREATED, Json(json!({"session_id": session.id}))).into_response())
 }
 
+/// Erases the session and everything it owned. Its memories go first: when
+/// the memory store cannot be reached the answer is 503 and nothing else is
+/// touched, so the client can simply try again.
 async fn erase(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: SessionId = id.parse().map_err(|_| ApiError::SessionNotFound)?;
+    if rose.store.get_session(id).await?.is_none() {
+        return Err(ApiError::SessionNotFound);
+    }
+    let memories = rose.memory.store.delete_session(id).await?;
+    tracing::info!(session_id = %id, memories, "session erased");
     if rose.store.delete_session(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
