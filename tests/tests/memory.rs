@@ -1,0 +1,509 @@
+//! Conversation memory: the real embedding model, owner scoping in both
+//! memory stores, extraction with dedup, recall in a later session, the
+//! rolling summary, erasure and silent turns, on both deployments.
+//!
+//! The Qdrant variants run against a real Qdrant when `QDRANT_URL` is set and
+//! say they were skipped otherwise (no Qdrant runs on this machine).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rose_shared::audio::build_wav;
+use rose_shared::domain::SessionId;
+use rose_shared::memory::embed::cosine;
+use rose_shared::memory::qdrant::QdrantMemory;
+use rose_shared::memory::{DIMENSIONS, Embedder, Memory, Remembered};
+use rose_shared::queue::{MEMORY_QUEUE, SUMMARY_QUEUE};
+use rose_shared::store::Database;
+use rose_tests::{Deployment, TestApp, model_dir, spawn_app, unique};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A recording whose transcript (in the simulator) is `text`.
+fn speech(text: &str) -> Vec<u8> {
+    build_wav(16_000, &[0; 1_600], Some(text))
+}
+
+async fn say(app: &TestApp, session: &str, text: &str) -> Value {
+    let response = app.upload(session, &speech(text), None).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("json");
+    let job_id = body["job_id"].as_str().expect("job_id").to_owned();
+    let job = app.wait_for_job(&job_id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
+/// The memories section of a reply prompt, if any.
+fn recalled_in(prompt: &Value) -> Option<String> {
+    prompt["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "system")
+        .filter_map(|m| m["content"].as_str())
+        .find(|c| c.starts_with("What this person shared"))
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_real_model_ranks_meaning_over_words() {
+    let embedder = Embedder::load(&model_dir())
+        .expect("the model in EMBEDDING_MODEL_DIR (scripts/test installs it)");
+    let texts = [
+        "I lost my mother last spring",
+        "my mom died this year",
+        "the train was late",
+    ];
+    let vectors = embedder.embed(&texts).expect("embed");
+    assert_eq!(vectors.len(), 3);
+    for v in &vectors {
+        assert_eq!(v.len(), DIMENSIONS);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "L2-normalised: {norm}");
+    }
+    let (mother, mom, train) = (&vectors[0], &vectors[1], &vectors[2]);
+    let close = cosine(mother, mom);
+    assert!(
+        close > cosine(mother, train),
+        "{close} vs {}",
+        cosine(mother, train)
+    );
+    assert!(
+        close > cosine(mom, train),
+        "{close} vs {}",
+        cosine(mom, train)
+    );
+
+    // Deterministic, and a batch embeds each text as it would alone.
+    let again = embedder.embed(&texts).expect("embed again");
+    assert_eq!(again, vectors);
+    let alone = embedder.embed(&[texts[2]]).expect("embed one");
+    assert!(cosine(&alone[0], train) > 0.9999);
+}
+
+/// What user A shared is never recalled for user B.
+async fn owners_never_cross(memory: &Memory) {
+    let (anna, ben) = (unique("anna"), unique("ben"));
+    let session = SessionId::new();
+    let added = memory
+        .remember(&anna, session, "The user's mother died last spring.", None)
+        .await
+        .expect("remember");
+    assert!(matches!(added, Remembered::Added(_)), "{added:?}");
+
+    let for_anna = memory
+        .recall(&anna, "my mom passed away", 3)
+        .await
+        .expect("recall");
+    assert_eq!(for_anna.len(), 1, "{for_anna:?}");
+    assert_eq!(for_anna[0].text, "The user's mother died last spring.");
+    let for_ben = memory
+        .recall(&ben, "my mom passed away", 3)
+        .await
+        .expect("recall");
+    assert!(
+        for_ben.is_empty(),
+        "another person's memory leaked: {for_ben:?}"
+    );
+    assert_eq!(memory.store.count(&ben).await.expect("count"), 0);
+    assert_eq!(memory.store.count(&anna).await.expect("count"), 1);
+
+    // The same fact again is a duplicate of Anna's, but new for Ben.
+    let again = memory
+        .remember(&anna, session, "The user's mother died last spring.", None)
+        .await
+        .expect("remember again");
+    assert!(matches!(again, Remembered::Refreshed(_)), "{again:?}");
+    let bens = memory
+        .remember(
+            &ben,
+            SessionId::new(),
+            "The user's mother died last spring.",
+            None,
+        )
+        .await
+        .expect("remember for ben");
+    assert!(matches!(bens, Remembered::Added(_)), "{bens:?}");
+    assert_eq!(memory.store.count(&anna).await.expect("count"), 1);
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_users_apart_on_sqlite() {
+    let app = spawn_app(Deployment::Embedded).await;
+    assert_eq!(app.rose.memory.store.kind(), "embedded");
+    owners_never_cross(&app.rose.memory).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_users_apart_on_postgres() {
+    let app = spawn_app(Deployment::Scaled).await;
+    assert_eq!(app.rose.memory.store.kind(), "embedded");
+    owners_never_cross(&app.rose.memory).await;
+    app.stop().await;
+}
+
+fn qdrant_url() -> Option<String> {
+    let url = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!(
+            "skipped: QDRANT_URL not set (no Qdrant on this machine); the embedded store's tests ran instead"
+        );
+    }
+    url
+}
+
+#[tokio::test]
+async fn qdrant_store_keeps_users_apart() {
+    let Some(url) = qdrant_url() else { return };
+    let collection = unique("rose_test_memory");
+    let store = QdrantMemory::connect(&url, None, &collection)
+        .await
+        .expect("qdrant");
+    let memory = Memory::new(Arc::new(store), Some(model_dir()));
+    owners_never_cross(&memory).await;
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+}
+
+#[tokio::test]
+async fn qdrant_collection_of_the_wrong_dimension_is_refused_at_start() {
+    let Some(url) = qdrant_url() else { return };
+    let collection = unique("rose_test_wrong_dim");
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .create_collection(
+            qdrant_client::qdrant::CreateCollectionBuilder::new(&collection).vectors_config(
+                qdrant_client::qdrant::VectorParamsBuilder::new(
+                    3,
+                    qdrant_client::qdrant::Distance::Cosine,
+                ),
+            ),
+        )
+        .await
+        .expect("create collection");
+    let refused = QdrantMemory::connect(&url, None, &collection).await;
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+    let error = refused
+        .expect_err("a 3-dimensional collection must be refused")
+        .to_string();
+    assert!(error.contains("384") && error.contains('3'), "{error}");
+}
+
+/// Saying a fact twice keeps one memory; a later session of the same person
+/// recalls it in the reply prompt; another person's session does not.
+async fn extraction_dedup_and_recall(app: TestApp) {
+    let user = unique("user");
+    let first = app.start_session_for(&user).await;
+    say(&app, &first, "My name is Anna.").await;
+    app.wait_completed(MEMORY_QUEUE, 1, LIMIT).await;
+    assert_eq!(app.rose.memory.store.count(&user).await.expect("count"), 1);
+    say(&app, &first, "Hello again, my name is Anna.").await;
+    app.wait_completed(MEMORY_QUEUE, 2, LIMIT).await;
+    assert_eq!(
+        app.rose.memory.store.count(&user).await.expect("count"),
+        1,
+        "the same fact twice is one memory"
+    );
+    // The extraction asked the small model in JSON mode at a low temperature.
+    let extraction = app
+        .sim
+        .chat_requests()
+        .await
+        .into_iter()
+        .find(|b| b["response_format"]["type"] == "json_object")
+        .expect("an extraction request");
+    assert_eq!(
+        extraction["model"],
+        app.rose.config.llm_small_model.as_str()
+    );
+    assert_eq!(extraction["temperature"], 0.1);
+
+    let second = app.start_session_for(&user).await;
+    let job = say(&app, &second, "What is my name?").await;
+    let prompts = app.reply_requests().await;
+    let last = prompts.last().expect("a reply prompt");
+    let recalled = recalled_in(last)
+        .unwrap_or_else(|| panic!("memories in the second session's prompt: {last} {job}"));
+    assert!(recalled.contains("The user's name is Anna."), "{recalled}");
+    assert_eq!(job["result"]["degraded"], serde_json::json!([]));
+
+    let stranger = app.start_session_for(&unique("stranger")).await;
+    say(&app, &stranger, "What is my name?").await;
+    let prompts = app.reply_requests().await;
+    assert_eq!(recalled_in(prompts.last().expect("prompt")), None);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_extraction_dedups_and_recalls_across_sessions() {
+    extraction_dedup_and_recall(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_extraction_dedups_and_recalls_across_sessions() {
+    extraction_dedup_and_recall(spawn_app(Deployment::Scaled).await).await;
+}
+
+/// Puts `n` alternating turns into `session`, oldest first, a millisecond apart.
+async fn seed_turns(db: &Database, session: &str, n: usize) {
+    let base = chrono_ms() - 600_000;
+    for i in 0..n {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let sql = "INSERT INTO turns (id, session_id, job_id, role, text, created_at) VALUES ($1, $2, NULL, $3, $4, $5)";
+        let id = ulid::Ulid::generate().to_string();
+        let text = format!("seed message {i}");
+        let at = base + i as i64;
+        match db {
+            Database::Sqlite(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(session)
+                .bind(role)
+                .bind(text)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
+            Database::Postgres(pool) => sqlx::query(sql)
+                .bind(id)
+                .bind(session)
+                .bind(role)
+                .bind(text)
+                .bind(at)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected()),
+        }
+        .expect("seed turn");
+    }
+}
+
+fn chrono_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    i64::try_from(since.as_millis()).expect("ms")
+}
+
+/// A 40-message session triggers one summary; the next prompt holds the
+/// summary and only the last 10 messages.
+async fn rolling_summary(app: TestApp) {
+    let session = app.start_session().await;
+    seed_turns(&app.rose.db, &session, 40).await;
+    say(&app, &session, "It has been a long evening.").await;
+    app.wait_completed(SUMMARY_QUEUE, 1, LIMIT).await;
+
+    let summaries: Vec<Value> = app
+        .sim
+        .chat_requests()
+        .await
+        .into_iter()
+        .filter(|b| b["model"] == app.rose.config.llm_small_model.as_str())
+        .filter(|b| b["response_format"].is_null())
+        .collect();
+    assert_eq!(summaries.len(), 1, "one summary call");
+    let folded = summaries[0]["messages"][1]["content"]
+        .as_str()
+        .expect("summary input");
+    assert!(
+        folded.contains("seed message 0") && folded.contains("seed message 31"),
+        "{folded}"
+    );
+    assert!(
+        !folded.contains("seed message 32"),
+        "the last 10 stay verbatim: {folded}"
+    );
+
+    let id: SessionId = session.parse().expect("session id");
+    let stored = app
+        .rose
+        .store
+        .get_session(id)
+        .await
+        .expect("read")
+        .expect("session");
+    let summary = stored.summary.expect("a summary");
+    assert!(!summary.trim().is_empty());
+
+    say(&app, &session, "Thank you for listening.").await;
+    let prompts = app.reply_requests().await;
+    let messages = prompts.last().expect("prompt")["messages"]
+        .as_array()
+        .expect("messages")
+        .clone();
+    let system: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] == "system")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert!(
+        system.iter().any(|c| c.contains(summary.as_str())),
+        "the summary is in the prompt: {system:?}"
+    );
+    let history: Vec<&str> = messages
+        .iter()
+        .filter(|m| m["role"] != "system")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        history.len(),
+        11,
+        "the last 10 messages and what was just said: {history:?}"
+    );
+    assert_eq!(history[0], "seed message 32");
+    assert_eq!(history[10], "Thank you for listening.");
+    // 12 unsummarized turns now: no second summary.
+    assert_eq!(app.completed(SUMMARY_QUEUE).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_long_session_is_summarized() {
+    rolling_summary(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_long_session_is_summarized() {
+    rolling_summary(spawn_app(Deployment::Scaled).await).await;
+}
+
+/// Erasing a session removes its turns, jobs, audio and memories, and
+/// nothing of another session.
+async fn erasure(app: TestApp) {
+    let user = unique("user");
+    let other_user = unique("other");
+    let session = app.start_session_for(&user).await;
+    let other = app.start_session_for(&other_user).await;
+    let job = say(&app, &session, "My name is Clara.").await;
+    say(&app, &other, "My name is Dora.").await;
+    app.wait_completed(MEMORY_QUEUE, 2, LIMIT).await;
+    assert_eq!(app.rose.memory.store.count(&user).await.expect("count"), 1);
+
+    let response = app
+        .http
+        .delete(format!("{}/api/session/{session}", app.url))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status(), 204);
+
+    assert_eq!(app.rose.memory.store.count(&user).await.expect("count"), 0);
+    assert_eq!(
+        app.rose
+            .memory
+            .store
+            .count(&other_user)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        app.count_rows("turns").await,
+        2,
+        "only the other session's turns"
+    );
+    assert_eq!(app.count_rows("voice_jobs").await, 1);
+    assert_eq!(
+        app.count_rows("audio").await,
+        2,
+        "the other session's upload and reply"
+    );
+    assert_eq!(app.count_rows("sessions").await, 1);
+    let job_id = job["job_id"].as_str().expect("job id");
+    let gone = app
+        .http
+        .get(format!("{}/api/jobs/{job_id}", app.url))
+        .send()
+        .await
+        .expect("job");
+    assert_eq!(gone.status(), 404);
+    let audio_url = job["result"]["audio_url"].as_str().expect("audio url");
+    let gone = app
+        .http
+        .get(format!("{}{audio_url}", app.url))
+        .send()
+        .await
+        .expect("audio");
+    assert_eq!(gone.status(), 404);
+    let again = app
+        .http
+        .delete(format!("{}/api/session/{session}", app.url))
+        .send()
+        .await
+        .expect("delete again");
+    assert_eq!(again.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_erasure_removes_everything_the_session_owned() {
+    erasure(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_erasure_removes_everything_the_session_owned() {
+    erasure(spawn_app(Deployment::Scaled).await).await;
+}
+
+/// Filler is a silent turn: a gentle prompt back, no LLM call, no memory.
+async fn silent_turn(app: TestApp) {
+    let session = app.start_session().await;
+    for filler in ["you", "[Music]", "Thanks for watching!", "[BLANK_AUDIO]"] {
+        let job = say(&app, &session, filler).await;
+        let text = job["result"]["text"].as_str().expect("reply text");
+        assert!(
+            rose_worker::persona::SILENT_REPLIES.contains(&text),
+            "{filler:?} → {text}"
+        );
+    }
+    assert_eq!(
+        app.sim.count("chat_completions"),
+        0,
+        "no LLM call for silence"
+    );
+    assert_eq!(app.sim.count("transcriptions"), 4);
+    assert_eq!(app.count_rows("turns").await, 0, "silence is not a turn");
+    assert_eq!(app.completed(MEMORY_QUEUE).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_silent_turn_gets_a_gentle_prompt() {
+    silent_turn(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_silent_turn_gets_a_gentle_prompt() {
+    silent_turn(spawn_app(Deployment::Scaled).await).await;
+}
+
+/// Vector memory is in the health report, checked for real.
+#[tokio::test]
+async fn health_reports_vector_memory() {
+    let app = spawn_app(Deployment::Embedded).await;
+    let health: Value = app
+        .http
+        .get(format!("{}/api/health", app.url))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["deployment"]["memory"], "embedded", "{health}");
+    assert_eq!(health["services"]["qdrant"], "disabled", "{health}");
+    assert_eq!(health["status"], "healthy", "{health}");
+    app.stop().await;
+}
