@@ -48,7 +48,17 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
     let (database, queue, memory, breakers) = tokio::join!(
         check("database", rose.store.ping()),
         check("queue", rose.queue.ping()),
-        check("memory", rose.memory.store.ping()),
+        async {
+            let started = std::time::Instant::now();
+            let state = check("memory", rose.memory.store.ping()).await;
+            tracing::debug!(
+                store = rose.memory.store.kind(),
+                state,
+                qdrant_duration_ms = started.elapsed().as_millis() as u64,
+                "vector memory checked"
+            );
+            state
+        },
         rose.resilience.breaker_states(),
     );
     let healthy = if rose.providers.simulated {
