@@ -211,6 +211,56 @@ pub struct Config {
     /// `ROSE_SHUTDOWN_GRACE_SECS`: how long a stopping worker lets running
     /// jobs finish before handing them back (default 25).
     pub shutdown_grace: Duration,
+
+    /// The maintenance schedules (`ROSE_SCHEDULE_*`), validated cron.
+    pub schedules: Schedules,
+    /// `ROSE_STALE_JOB_SECS`: a `processing` job without progress for this
+    /// long is taken back by the reaper (default 300).
+    pub stale_job_after: Duration,
+    /// `ROSE_MEMORY_CAP_PER_USER`: memories kept per person by pruning,
+    /// the most recently recalled first (default 500).
+    pub memory_cap_per_user: usize,
+    /// `ROSE_SCHEDULER_LEASE_MS`: the scheduler leader's lease; a standby
+    /// takes over within this long after the leader dies (default 15,000).
+    pub scheduler_lease: Duration,
+}
+
+/// Cron expressions for the maintenance jobs, UTC, with seconds
+/// (`sec min hour day month weekday`); a five-field expression gets second 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedules {
+    /// `ROSE_SCHEDULE_AUDIO_CLEANUP` (hourly: `0 0 * * * *`).
+    pub audio_cleanup: String,
+    /// `ROSE_SCHEDULE_SESSION_CLEANUP` (daily 03:00: `0 0 3 * * *`).
+    pub session_cleanup: String,
+    /// `ROSE_SCHEDULE_MEMORY_PRUNING` (daily 03:30: `0 30 3 * * *`).
+    pub memory_pruning: String,
+    /// `ROSE_SCHEDULE_BACKUP` (daily 02:00: `0 0 2 * * *`).
+    pub backup: String,
+    /// `ROSE_SCHEDULE_STALE_JOBS` (every minute: `0 * * * * *`).
+    pub stale_jobs: String,
+}
+
+/// Parses a cron expression the way the scheduler runs it: seconds first
+/// (a five-field expression gets second 0), day-of-month and weekday both
+/// required when both are given.
+///
+/// # Errors
+/// The parser's reason.
+pub fn parse_cron(expression: &str) -> Result<(String, croner::Cron), String> {
+    let trimmed = expression.split_whitespace().collect::<Vec<_>>().join(" ");
+    let full = if trimmed.split(' ').count() == 5 {
+        format!("0 {trimmed}")
+    } else {
+        trimmed
+    };
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&full)
+        .map(|cron| (full, cron))
+        .map_err(|e| e.to_string())
 }
 
 /// Every problem found in the environment, reported at once.
@@ -296,6 +346,23 @@ impl Reader<'_> {
         self.raw(name)?;
         let v = self.bounded(name, 0u32, 0, 1_000_000);
         Some(v)
+    }
+
+    /// A cron expression (see [`parse_cron`]), normalised to six fields.
+    fn cron(&mut self, name: &str, default: &str) -> String {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return default.to_owned();
+        };
+        match parse_cron(&raw) {
+            Ok((full, _)) => full,
+            Err(e) => {
+                self.problems.push((
+                    name.to_owned(),
+                    format!("expected a cron expression (sec min hour day month weekday), got {raw:?} ({e})"),
+                ));
+                default.to_owned()
+            }
+        }
     }
 
     fn url(&mut self, name: &str, default: Option<&str>) -> Option<String> {
@@ -466,6 +533,26 @@ impl Config {
                 25u64,
                 0,
                 3600,
+            )),
+            schedules: Schedules {
+                audio_cleanup: r.cron("ROSE_SCHEDULE_AUDIO_CLEANUP", "0 0 * * * *"),
+                session_cleanup: r.cron("ROSE_SCHEDULE_SESSION_CLEANUP", "0 0 3 * * *"),
+                memory_pruning: r.cron("ROSE_SCHEDULE_MEMORY_PRUNING", "0 30 3 * * *"),
+                backup: r.cron("ROSE_SCHEDULE_BACKUP", "0 0 2 * * *"),
+                stale_jobs: r.cron("ROSE_SCHEDULE_STALE_JOBS", "0 * * * * *"),
+            },
+            stale_job_after: Duration::from_secs(r.bounded(
+                "ROSE_STALE_JOB_SECS",
+                300u64,
+                1,
+                604_800,
+            )),
+            memory_cap_per_user: r.bounded("ROSE_MEMORY_CAP_PER_USER", 500usize, 1, 10_000_000),
+            scheduler_lease: Duration::from_millis(r.bounded(
+                "ROSE_SCHEDULER_LEASE_MS",
+                15_000u64,
+                500,
+                600_000,
             )),
             data_dir,
         };
@@ -644,5 +731,26 @@ mod tests {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         )]));
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn schedules_are_cron_named_when_wrong() {
+        let c =
+            Config::from_map(&vars(&[("ROSE_SCHEDULE_STALE_JOBS", "*/5 * * * *")])).expect("valid");
+        assert_eq!(
+            c.schedules.stale_jobs, "0 */5 * * * *",
+            "five fields get second 0"
+        );
+        assert_eq!(c.schedules.backup, "0 0 2 * * *");
+        let err =
+            Config::from_map(&vars(&[("ROSE_SCHEDULE_BACKUP", "every night")])).expect_err("bad");
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.to_string().contains("ROSE_SCHEDULE_BACKUP"), "{err}");
+        let err = Config::from_map(&vars(&[("ROSE_SCHEDULE_AUDIO_CLEANUP", "0 61 * * * *")]))
+            .expect_err("bad");
+        assert!(
+            err.to_string().contains("ROSE_SCHEDULE_AUDIO_CLEANUP"),
+            "{err}"
+        );
     }
 }

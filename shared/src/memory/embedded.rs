@@ -218,6 +218,34 @@ impl MemoryStore for EmbeddedMemory {
     async fn count(&self, owner: &str) -> Result<u64, MemoryError> {
         Ok(u64::try_from(self.version(owner).await?.0).unwrap_or(0))
     }
+
+    async fn owners(&self) -> Result<Vec<String>, MemoryError> {
+        let sql = "SELECT DISTINCT owner FROM memories ORDER BY owner";
+        Ok(on_pool!(&self.db, |pool| sqlx::query_scalar(sql)
+            .fetch_all(pool)
+            .await)?)
+    }
+
+    async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError> {
+        let sql = "DELETE FROM memories WHERE owner = $1";
+        Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?)
+    }
+
+    async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError> {
+        let sql = "DELETE FROM memories WHERE owner = $1 AND id NOT IN \
+                   (SELECT id FROM memories WHERE owner = $1 \
+                    ORDER BY last_recalled_at DESC, id DESC LIMIT $2)";
+        Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
+            .bind(owner)
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?)
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,13 @@ pub trait MemoryStore: Send + Sync {
     async fn delete_session(&self, session: SessionId) -> Result<u64, MemoryError>;
     /// How many memories `owner` has.
     async fn count(&self, owner: &str) -> Result<u64, MemoryError>;
+    /// Every owner that has memories.
+    async fn owners(&self) -> Result<Vec<String>, MemoryError>;
+    /// Erases every memory of `owner`; returns how many.
+    async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError>;
+    /// Keeps `owner`'s `keep` most recently recalled memories and erases the
+    /// rest; returns how many went.
+    async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError>;
 }
 
 /// Re-ranks by recency: `score × max(0.98^age_days, 0.5)`, keeping the best

@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, PointStruct, PointsIdsList,
-    QueryPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder, VectorParamsBuilder,
-    vectors_config,
+    DeletePointsBuilder, Distance, FieldType, Filter, PointId, PointStruct, PointsIdsList,
+    QueryPointsBuilder, ScrollPointsBuilder, SetPayloadPointsBuilder, UpsertPointsBuilder,
+    VectorParamsBuilder, vectors_config,
 };
 use qdrant_client::{Payload, Qdrant};
 use secrecy::{ExposeSecret, SecretString};
@@ -142,6 +142,37 @@ impl QdrantMemory {
 
     fn owner_filter(owner: &str) -> Filter {
         Filter::must([Condition::matches("user_id", owner.to_owned())])
+    }
+
+    /// Every point matching `filter` (or all), as `(id, payload)`, page by page.
+    async fn scroll_all(
+        &self,
+        filter: Option<Filter>,
+    ) -> Result<Vec<(PointId, HashMap<String, qdrant_client::qdrant::Value>)>, MemoryError> {
+        let mut out = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.collection)
+                .limit(1_000)
+                .with_payload(true)
+                .with_vectors(false);
+            if let Some(f) = &filter {
+                request = request.filter(f.clone());
+            }
+            if let Some(o) = offset.take() {
+                request = request.offset(o);
+            }
+            let page = self.client.scroll(request).await.map_err(qerr)?;
+            out.extend(
+                page.result
+                    .into_iter()
+                    .filter_map(|p| Some((p.id?, p.payload))),
+            );
+            match page.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(out),
+            }
+        }
     }
 
     /// The client, for snapshots.
@@ -281,6 +312,53 @@ impl MemoryStore for QdrantMemory {
             .await
             .map_err(qerr)?;
         Ok(count)
+    }
+
+    async fn owners(&self) -> Result<Vec<String>, MemoryError> {
+        let mut owners: Vec<String> = self
+            .scroll_all(None)
+            .await?
+            .iter()
+            .map(|(_, payload)| payload_str(payload, "user_id"))
+            .filter(|o| !o.is_empty())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        Ok(owners)
+    }
+
+    async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError> {
+        let count = self.count(owner).await?;
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(Self::owner_filter(owner))
+                    .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(count)
+    }
+
+    async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError> {
+        let mut points = self.scroll_all(Some(Self::owner_filter(owner))).await?;
+        if points.len() <= keep {
+            return Ok(0);
+        }
+        points.sort_by_key(|(_, payload)| {
+            std::cmp::Reverse(payload_i64(payload, "last_recalled_at"))
+        });
+        let excess: Vec<PointId> = points.into_iter().skip(keep).map(|(id, _)| id).collect();
+        let n = excess.len() as u64;
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(PointsIdsList { ids: excess })
+                    .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(n)
     }
 
     async fn count(&self, owner: &str) -> Result<u64, MemoryError> {

@@ -13,6 +13,7 @@
 pub mod redis;
 pub mod sqlite;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -116,6 +117,41 @@ impl Queue {
         match self {
             Self::Sqlite(q) => q.push_delayed(queue, message, delay).await,
             Self::Redis(q) => q.push_delayed(queue, id, message, delay).await,
+        }
+    }
+
+    /// The ids (`job_id`, else `session_id`) of the messages `queue` still
+    /// holds: waiting, scheduled or running. `None` when the queue holds more
+    /// than can be listed at once (then nobody can tell what is missing).
+    ///
+    /// # Errors
+    /// When the carrier cannot be read.
+    pub async fn held_ids(&self, queue: &str) -> Result<Option<HashSet<String>>, QueueError> {
+        const LIMIT: usize = 10_000;
+        match self {
+            Self::Sqlite(q) => Ok(Some(
+                q.held(queue)
+                    .await?
+                    .iter()
+                    .filter_map(|m| m.get("job_id").or_else(|| m.get("session_id")))
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+            )),
+            Self::Redis(q) => {
+                let mut ids = HashSet::new();
+                for status in [
+                    ListStatus::Pending,
+                    ListStatus::Running,
+                    ListStatus::Delayed,
+                ] {
+                    let entries = q.list(queue, status, LIMIT).await?;
+                    if entries.len() >= LIMIT {
+                        return Ok(None);
+                    }
+                    ids.extend(entries.into_iter().map(|e| e.id));
+                }
+                Ok(Some(ids))
+            }
         }
     }
 

@@ -164,6 +164,23 @@ impl SqliteQueue {
         Ok(())
     }
 
+    /// The messages of `queue` still waiting, scheduled or taken, as JSON.
+    ///
+    /// # Errors
+    /// When the queue's table cannot be read.
+    pub async fn held(&self, queue: &str) -> Result<Vec<serde_json::Value>, QueueError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT job FROM Jobs WHERE job_type = $1 AND status IN ('Pending', 'Queued', 'Running')",
+        )
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|bytes| serde_json::from_slice(bytes).ok())
+            .collect())
+    }
+
     fn wake(&self, queue: &str) {
         if let Ok(mut wakers) = self.wakers.lock() {
             let slot = wakers.entry(queue.to_owned()).or_insert_with(new_slot);
