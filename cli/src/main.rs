@@ -44,6 +44,9 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
+    /// Run the maintenance scheduler (scaled deployment: DATABASE_URL,
+    /// REDIS_URL). Replicas elect one leader through Redis; each job runs once.
+    Scheduler,
     /// Apply database migrations and exit.
     Migrate,
     /// Inspect and repair the Redis queues (REDIS_URL).
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
             Command::Serve { port } => roles::serve(config, port, shutdown).await,
             Command::Api { port } => roles::api(config, port, shutdown).await,
             Command::Worker { concurrency } => roles::worker(config, concurrency, shutdown).await,
+            Command::Scheduler => roles::scheduler(config, shutdown).await,
             Command::Migrate => roles::migrate(config).await,
             Command::Queue { command } => queue::run(config, command).await,
             Command::Sim {

@@ -1,5 +1,5 @@
 //! Composition of the roles: what `rose serve`, `rose api`, `rose worker`,
-//! `rose migrate` and `rose sim` start, and how they stop.
+//! `rose scheduler`, `rose migrate` and `rose sim` start, and how they stop.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -118,6 +118,11 @@ pub async fn serve(
         worker_options,
         shutdown.clone(),
     ));
+    let scheduler = tokio::spawn(rose_scheduler::run(
+        rose.clone(),
+        rose_worker::unique_name(),
+        shutdown.clone(),
+    ));
     let mut api = tokio::spawn(rose_api::run(rose, listener, shutdown.clone()));
     // A role that stops on its own takes the process down with it, so a
     // supervisor restarts Rose instead of leaving half of it running.
@@ -133,7 +138,17 @@ pub async fn serve(
     };
     let api_result = api_result.context("api task panicked")?;
     let worker_result = worker_result.context("worker task panicked")?;
-    api_result.and(worker_result)
+    let scheduler_result = scheduler.await.context("scheduler task panicked")?;
+    api_result.and(worker_result).and(scheduler_result)
+}
+
+/// `rose scheduler`.
+pub async fn scheduler(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.require_scaled()?;
+    let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
+    let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
+    let rose = Rose::open(config, &database_url, options).await?;
+    rose_scheduler::run(rose, rose_worker::unique_name(), shutdown).await
 }
 
 /// `rose api`.
