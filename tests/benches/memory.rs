@@ -55,9 +55,14 @@ fn unit_vector(seed: u64) -> Vec<f32> {
 fn top_k(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("bench.db").display()
+    );
     let store = runtime.block_on(async {
-        let db = Database::connect(&url.parse().expect("url")).await.expect("sqlite");
+        let db = Database::connect(&url.parse().expect("url"))
+            .await
+            .expect("sqlite");
         db.migrate().await.expect("migrate");
         let store = EmbeddedMemory::new(db);
         let session = SessionId::new();
@@ -78,7 +83,10 @@ fn top_k(c: &mut Criterion) {
     let query = unit_vector(123_456_789);
     c.bench_function("embedded store top-12 over 10,000", |b| {
         b.to_async(&runtime).iter(|| async {
-            let found = store.search("bench-user", &query, 12).await.expect("search");
+            let found = store
+                .search("bench-user", &query, 12)
+                .await
+                .expect("search");
             assert_eq!(found.len(), 12);
         });
     });

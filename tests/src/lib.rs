@@ -358,6 +358,38 @@ impl TestApp {
         }
     }
 
+    /// Runs one SQL statement (test set-up: ages rows, loses messages).
+    ///
+    /// # Panics
+    /// When it fails.
+    pub async fn execute(&self, statement: &str) -> u64 {
+        let sql = sqlx::AssertSqlSafe(statement.to_owned());
+        match &self.rose.db {
+            Database::Sqlite(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Database::Postgres(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+        .expect("statement")
+    }
+
+    /// One integer from `query` (e.g. a `COUNT(*)`).
+    ///
+    /// # Panics
+    /// When the query fails.
+    pub async fn scalar(&self, query: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(query.to_owned());
+        match &self.rose.db {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("scalar query")
+    }
+
     /// Rows in one of Rose's tables.
     ///
     /// # Panics
