@@ -48,6 +48,14 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("`user_id` must be 1-200 characters")]
     InvalidUserId,
+    #[error("not found")]
+    AdminDisabled,
+    #[error("a valid `Authorization: Bearer` admin token is required")]
+    Unauthorized,
+    #[error("no such schedule")]
+    ScheduleNotFound,
+    #[error("the maintenance run failed to start")]
+    Maintenance(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
     #[error("queue failure")]
@@ -78,6 +86,10 @@ impl ApiError {
             Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),
             Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
+            Self::AdminDisabled => (S::NOT_FOUND, "not_found"),
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
+            Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
+            Self::Maintenance(_) => (S::SERVICE_UNAVAILABLE, "maintenance_unavailable"),
             Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
             Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),
             Self::Memory(_) => (S::SERVICE_UNAVAILABLE, "memory_unavailable"),

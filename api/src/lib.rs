@@ -22,6 +22,7 @@ pub fn router(rose: Rose) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::audio::router())
         .merge(routes::health::router())
+        .merge(routes::admin::router())
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)
 }

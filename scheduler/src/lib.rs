@@ -14,7 +14,7 @@ pub mod lease;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use rose_shared::Rose;
 use rose_shared::config::parse_cron;
 use rose_shared::domain::now_ms;
@@ -176,12 +176,25 @@ pub async fn run_task(
         .map(|r| r.rows_affected()))
     .context("cannot record the run's end")?;
     let event = task.event();
+    let field = |name: &str| counts.get(name).and_then(serde_json::Value::as_i64);
+    // The audio job also answers to the name older runbooks grep for.
+    let message = if task == Task::AudioCleanup {
+        "audio_cleanup cleanup_old_audio"
+    } else {
+        event
+    };
     match &detail {
-        None => {
-            tracing::info!(event, schedule = task.name(), counts = %counts_json, duration_ms, "{event}")
-        }
+        None => tracing::info!(
+            event,
+            schedule = task.name(),
+            deleted = field("deleted"),
+            count = field("count"),
+            counts = %counts_json,
+            duration_ms,
+            "{message}"
+        ),
         Some(error) => {
-            tracing::error!(event, schedule = task.name(), %error, duration_ms, "{event} failed")
+            tracing::error!(event, schedule = task.name(), %error, duration_ms, "{message} failed")
         }
     }
     Ok(Some(RunReport {
@@ -196,7 +209,10 @@ pub async fn run_task(
 }
 
 /// The tick a firing belongs to: the schedule's latest time at or before now.
-fn current_tick(cron: &croner::Cron, now: DateTime<Utc>) -> Option<i64> {
+#[must_use]
+pub fn current_tick(cron: &croner::Cron, now: DateTime<Utc>) -> Option<i64> {
+    // Whole seconds: every replica must name the same tick.
+    let now = now.with_nanosecond(0)?;
     cron.find_previous_occurrence(&now, true)
         .ok()
         .map(|t| t.timestamp_millis())
@@ -261,4 +277,30 @@ pub async fn run(rose: Rose, runner: String, shutdown: CancellationToken) -> any
     }
     tracing::info!(runner = %runner, "scheduler stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_name_the_same_tick_whenever_they_fire() {
+        let (_, every_minute) = parse_cron("0 * * * * *").expect("cron");
+        let at = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let tick = current_tick(&every_minute, at("2026-11-28T10:15:00.004Z"));
+        assert_eq!(
+            tick,
+            current_tick(&every_minute, at("2026-11-28T10:15:01.731Z"))
+        );
+        assert_eq!(tick, Some(at("2026-11-28T10:15:00Z").timestamp_millis()));
+        let (_, nightly) = parse_cron("0 0 2 * * *").expect("cron");
+        assert_eq!(
+            current_tick(&nightly, at("2026-11-28T02:00:00.250Z")),
+            Some(at("2026-11-28T02:00:00Z").timestamp_millis())
+        );
+    }
 }

@@ -413,3 +413,111 @@ async fn embedded_reaper_finishes_a_job_its_worker_lost() {
 async fn scaled_reaper_finishes_a_job_its_worker_lost() {
     reaper(spawn_app_with(Deployment::Scaled, idle()).await).await;
 }
+
+/// The schedules through the admin API: hidden without a token, refused
+/// with a wrong one, listed and run by hand with the right one.
+#[tokio::test]
+async fn admin_api_lists_and_runs_schedules() {
+    let closed = spawn_app(Deployment::Embedded).await;
+    let hidden = closed
+        .http
+        .get(format!("{}/api/admin/schedules", closed.url))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        hidden.status(),
+        404,
+        "no token configured: the routes do not exist"
+    );
+    closed.stop().await;
+
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        AppOptions {
+            env: env(&[("ROSE_ADMIN_TOKEN", "s3cret-admin-token")]),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let url = format!("{}/api/admin/schedules", app.url);
+    let anonymous = app.http.get(&url).send().await.expect("get");
+    assert_eq!(anonymous.status(), 401);
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("s3cret-admin-tokem")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), 401);
+    let body: Value = wrong.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let run = app
+        .http
+        .post(format!("{url}/stale_jobs/run"))
+        .bearer_auth("s3cret-admin-token")
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(run.status(), 200);
+    let run: Value = run.json().await.expect("json");
+    assert_eq!(run["run"]["outcome"], "ok", "{run}");
+    assert_eq!(run["run"]["counts"]["count"], 0, "{run}");
+
+    let unknown = app
+        .http
+        .post(format!("{url}/defragment/run"))
+        .bearer_auth("s3cret-admin-token")
+        .send()
+        .await
+        .expect("run");
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "schedule_not_found");
+
+    let listed: Value = app
+        .http
+        .get(&url)
+        .bearer_auth("s3cret-admin-token")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let schedules = listed["schedules"].as_array().expect("schedules");
+    let names: Vec<&str> = schedules
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for name in [
+        "audio_cleanup",
+        "session_cleanup",
+        "memory_pruning",
+        "stale_jobs",
+    ] {
+        assert!(names.contains(&name), "{listed}");
+    }
+    let stale = schedules
+        .iter()
+        .find(|s| s["name"] == "stale_jobs")
+        .expect("stale_jobs");
+    assert_eq!(stale["cron"], "0 * * * * *");
+    assert!(
+        stale["next_run"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(":00.000Z")),
+        "{stale}"
+    );
+    assert_eq!(stale["last_run"]["triggered_by"], "manual", "{stale}");
+    assert_eq!(stale["last_run"]["outcome"], "ok", "{stale}");
+    let audio = schedules
+        .iter()
+        .find(|s| s["name"] == "audio_cleanup")
+        .expect("audio_cleanup");
+    assert!(audio["last_run"].is_null(), "{audio}");
+    app.stop().await;
+}

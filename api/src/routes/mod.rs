@@ -1,5 +1,6 @@
 //! Route modules; each owns its `router()`.
 
+pub mod admin;
 pub mod audio;
 pub mod health;
 pub mod jobs;

@@ -1,0 +1,157 @@
+//! The operator API under `/api/admin`, guarded by
+//! `Authorization: Bearer $ROSE_ADMIN_TOKEN` (compared in constant time).
+//! With no token configured every admin route answers 404, as if it did not
+//! exist: an unset token never means "open".
+//!
+//! `GET /api/admin/schedules`: each maintenance schedule with its cron, last
+//! run and next run. `POST /api/admin/schedules/{name}/run`: runs one now
+//! (recorded like a scheduled run, with `triggered_by: "manual"`).
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{TimeZone, Timelike, Utc};
+use rose_scheduler::{Task, run_task};
+use rose_shared::Rose;
+use rose_shared::config::parse_cron;
+use rose_shared::store::Database;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Admin routes.
+pub fn router() -> Router<Rose> {
+    Router::new()
+        .route("/api/admin/schedules", get(schedules))
+        .route("/api/admin/schedules/{name}/run", post(run_now))
+}
+
+/// Equal length and equal bytes, without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets the request through only with the configured token.
+///
+/// # Errors
+/// [`ApiError::AdminDisabled`] with no token configured,
+/// [`ApiError::Unauthorized`] for a missing or wrong one.
+pub fn authorize(rose: &Rose, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &rose.config.admin_token else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthorized)?;
+    if same(given.as_bytes(), token.expose_secret().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn iso(ms: i64) -> Option<String> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+type RunRow = (
+    String,
+    Option<i64>,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    String,
+    String,
+    Option<String>,
+);
+
+async fn last_run(db: &Database, name: &str) -> ApiResult<Option<Value>> {
+    let sql = "SELECT id, scheduled_for, triggered_by, runner, started_at, finished_at, outcome, counts, detail \
+               FROM schedule_runs WHERE name = $1 ORDER BY started_at DESC, id DESC LIMIT 1";
+    let row: Option<RunRow> = match db {
+        Database::Sqlite(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
+        Database::Postgres(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
+    }
+    .map_err(|e| ApiError::Store(e.into()))?;
+    Ok(row.map(
+        |(
+            id,
+            scheduled_for,
+            triggered_by,
+            runner,
+            started_at,
+            finished_at,
+            outcome,
+            counts,
+            detail,
+        )| {
+            json!({
+                "id": id,
+                "scheduled_for": scheduled_for.and_then(iso),
+                "triggered_by": triggered_by,
+                "runner": runner,
+                "started_at": iso(started_at),
+                "finished_at": finished_at.and_then(iso),
+                "outcome": outcome,
+                "counts": serde_json::from_str::<Value>(&counts).unwrap_or(Value::Null),
+                "detail": detail,
+            })
+        },
+    ))
+}
+
+async fn schedules(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorize(&rose, &headers)?;
+    let now = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);
+    let mut out = Vec::with_capacity(Task::ALL.len());
+    for task in Task::ALL {
+        let cron = task.cron(&rose).to_owned();
+        let next = parse_cron(&cron)
+            .ok()
+            .and_then(|(_, c)| c.find_next_occurrence(&now, false).ok())
+            .and_then(|t| iso(t.timestamp_millis()));
+        out.push(json!({
+            "name": task.name(),
+            "cron": cron,
+            "last_run": last_run(&rose.db, task.name()).await?,
+            "next_run": next,
+        }));
+    }
+    Ok(Json(json!({ "schedules": out })))
+}
+
+async fn run_now(
+    State(rose): State<Rose>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&rose, &headers)?;
+    let task: Task = name.parse().map_err(|_| ApiError::ScheduleNotFound)?;
+    let report = run_task(&rose, task, None, "admin")
+        .await
+        .map_err(|e| ApiError::Maintenance(format!("{e:#}")))?
+        .ok_or_else(|| ApiError::Maintenance("the run was not recorded".to_owned()))?;
+    Ok(Json(json!({ "run": report })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"secret-token", b"secret-token"));
+        assert!(!same(b"secret-token", b"secret-tokem"));
+        assert!(!same(b"secret", b"secret-token"));
+        assert!(!same(b"", b"x"));
+    }
+}
