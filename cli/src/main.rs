@@ -3,6 +3,7 @@
 //! This file only parses arguments, loads configuration and starts tracing;
 //! the roles live in their libraries and are joined in [`roles`].
 
+mod backup;
 mod queue;
 mod roles;
 
@@ -53,6 +54,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,
+    },
+    /// Create, list, verify and restore database backups (BACKUP_DIR).
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// Run the provider simulator (Groq and ElevenLabs request shapes).
     Sim {
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
             Command::Scheduler => roles::scheduler(config, shutdown).await,
             Command::Migrate => roles::migrate(config).await,
             Command::Queue { command } => queue::run(config, command).await,
+            Command::Backup { command } => backup::run(config, command).await,
             Command::Sim {
                 port,
                 latency_ms,

@@ -17,6 +17,8 @@ fn rose() -> Command {
         "GROQ_API_KEY",
         "PORT",
         "ROSE_DATA_DIR",
+        "BACKUP_DIR",
+        "QDRANT_URL",
     ] {
         cmd.env_remove(var);
     }
@@ -31,6 +33,8 @@ fn every_command_has_help() {
         vec!["api", "--help"],
         vec!["worker", "--help"],
         vec!["migrate", "--help"],
+        vec!["scheduler", "--help"],
+        vec!["backup", "--help"],
         vec!["sim", "--help"],
     ] {
         let out = rose().args(&args).output().expect("run rose");
@@ -200,4 +204,78 @@ async fn serve_answers_a_voice_job_and_stops_cleanly() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[test]
+fn an_invalid_schedule_stops_rose_naming_the_variable() {
+    let out = rose()
+        .arg("migrate")
+        .env("ROSE_SCHEDULE_BACKUP", "at two every night")
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ROSE_SCHEDULE_BACKUP"), "{stderr}");
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run rose");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn backup_create_list_verify_restore_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let with_env = |cmd: &mut Command| {
+        cmd.env("ROSE_DATA_DIR", &data).env("RUST_LOG", "warn");
+    };
+    let mut migrate = rose();
+    with_env(&mut migrate);
+    run_ok(migrate.arg("migrate"));
+
+    let mut create = rose();
+    with_env(&mut create);
+    let created = run_ok(create.args(["backup", "create"]));
+    assert!(created.contains("backup created"), "{created}");
+
+    let mut list = rose();
+    with_env(&mut list);
+    let listed: Value =
+        serde_json::from_str(&run_ok(list.args(["backup", "list", "--json"]))).expect("json");
+    let files = listed.as_array().expect("array");
+    assert_eq!(files.len(), 1, "{listed}");
+    let file = files[0]["path"].as_str().expect("path").to_owned();
+    assert!(
+        file.starts_with(&data.join("backups").display().to_string()),
+        "{file}"
+    );
+
+    let mut verify = rose();
+    with_env(&mut verify);
+    run_ok(verify.args(["backup", "verify", &file]));
+
+    // A truncated copy fails verify with a non-zero exit.
+    let bytes = std::fs::read(&file).expect("read");
+    let damaged = dir.path().join("damaged.sqlite");
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).expect("write");
+    let mut bad = rose();
+    with_env(&mut bad);
+    let out = bad
+        .args(["backup", "verify"])
+        .arg(&damaged)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+
+    // Restore into the (empty) configured database.
+    let mut restore = rose();
+    with_env(&mut restore);
+    let restored = run_ok(restore.args(["backup", "restore", &file]));
+    assert!(restored.contains("0 sessions, 0 jobs"), "{restored}");
 }

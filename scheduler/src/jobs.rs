@@ -189,3 +189,29 @@ pub async fn stale_jobs(rose: &Rose) -> anyhow::Result<Counts> {
     }
     Ok(counts(json!({ "count": requeued, "stale": stale.len() })))
 }
+
+/// Backs the database up into `BACKUP_DIR` (verified, the newest
+/// `BACKUP_KEEP` kept), and snapshots Qdrant when it holds the memories.
+/// Without `pg_dump` the run is recorded as skipped, saying why.
+///
+/// # Errors
+/// When the backup cannot be written or fails verification, or the
+/// snapshot fails.
+pub async fn backup(rose: &Rose) -> anyhow::Result<Counts> {
+    use rose_shared::backup::{self, Outcome, Source};
+    let source = Source::of(&rose.config, &rose.db)?;
+    let outcome = backup::create(&source, &rose.config.backup_dir, rose.config.backup_keep).await?;
+    let snapshot = rose.memory.store.snapshot().await?;
+    Ok(match outcome {
+        Outcome::Created(report) => counts(json!({
+            "path": report.path.display().to_string(),
+            "bytes": report.bytes,
+            "verified": report.verification.ok,
+            "removed": report.removed.len(),
+            "qdrant_snapshot": snapshot,
+        })),
+        Outcome::Skipped { reason } => {
+            counts(json!({ "skipped": reason, "qdrant_snapshot": snapshot }))
+        }
+    })
+}

@@ -42,15 +42,17 @@ pub enum Task {
     AudioCleanup,
     SessionCleanup,
     MemoryPruning,
+    Backup,
     StaleJobs,
 }
 
 impl Task {
     /// Every job.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::AudioCleanup,
         Self::SessionCleanup,
         Self::MemoryPruning,
+        Self::Backup,
         Self::StaleJobs,
     ];
 
@@ -61,6 +63,7 @@ impl Task {
             Self::AudioCleanup => "audio_cleanup",
             Self::SessionCleanup => "session_cleanup",
             Self::MemoryPruning => "memory_pruning",
+            Self::Backup => "backup",
             Self::StaleJobs => "stale_jobs",
         }
     }
@@ -70,6 +73,7 @@ impl Task {
     pub fn event(self) -> &'static str {
         match self {
             Self::StaleJobs => "stale_jobs_requeued",
+            Self::Backup => "backup_created",
             other => other.name(),
         }
     }
@@ -82,6 +86,7 @@ impl Task {
             Self::AudioCleanup => &s.audio_cleanup,
             Self::SessionCleanup => &s.session_cleanup,
             Self::MemoryPruning => &s.memory_pruning,
+            Self::Backup => &s.backup,
             Self::StaleJobs => &s.stale_jobs,
         }
     }
@@ -91,6 +96,7 @@ impl Task {
             Self::AudioCleanup => jobs::audio_cleanup(rose).await,
             Self::SessionCleanup => jobs::session_cleanup(rose).await,
             Self::MemoryPruning => jobs::memory_pruning(rose).await,
+            Self::Backup => jobs::backup(rose).await,
             Self::StaleJobs => jobs::stale_jobs(rose).await,
         }
     }
@@ -160,7 +166,10 @@ pub async fn run_task(
     let result = task.execute(rose).await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (outcome, counts, detail) = match result {
-        Ok(counts) => ("ok", counts, None),
+        Ok(counts) => match counts.get("skipped").and_then(serde_json::Value::as_str) {
+            Some(reason) => ("skipped", counts.clone(), Some(reason.to_owned())),
+            None => ("ok", counts, None),
+        },
         Err(e) => ("failed", jobs::Counts::new(), Some(format!("{e:#}"))),
     };
     let counts_json = serde_json::Value::Object(counts.clone()).to_string();

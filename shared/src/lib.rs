@@ -2,6 +2,7 @@
 //! queue wiring, provider clients and telemetry.
 
 pub mod audio;
+pub mod backup;
 pub mod config;
 pub mod domain;
 pub mod events;

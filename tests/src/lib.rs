@@ -500,6 +500,18 @@ impl TestApp {
         }
     }
 
+    /// This test's PostgreSQL schema (scaled deployment).
+    #[must_use]
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The SQLite database file (embedded deployment).
+    #[must_use]
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("rose.db")
+    }
+
     /// A `DATABASE_URL` for other processes to share this test's database
     /// (scaled deployment: its schema), or `None` on the embedded one.
     #[must_use]

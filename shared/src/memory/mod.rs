@@ -105,6 +105,11 @@ pub trait MemoryStore: Send + Sync {
     /// Keeps `owner`'s `keep` most recently recalled memories and erases the
     /// rest; returns how many went.
     async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError>;
+    /// Takes a snapshot where the store keeps its own data (Qdrant); returns
+    /// its name. The embedded store lives in the database backup: `None`.
+    async fn snapshot(&self) -> Result<Option<String>, MemoryError> {
+        Ok(None)
+    }
 }
 
 /// Re-ranks by recency: `score × max(0.98^age_days, 0.5)`, keeping the best

@@ -314,6 +314,15 @@ impl MemoryStore for QdrantMemory {
         Ok(count)
     }
 
+    async fn snapshot(&self) -> Result<Option<String>, MemoryError> {
+        let made = self
+            .client
+            .create_snapshot(self.collection.as_str())
+            .await
+            .map_err(qerr)?;
+        Ok(made.snapshot_description.map(|d| d.name))
+    }
+
     async fn owners(&self) -> Result<Vec<String>, MemoryError> {
         let mut owners: Vec<String> = self
             .scroll_all(None)
