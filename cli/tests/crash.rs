@@ -279,3 +279,91 @@ async fn two_workers_stay_within_the_providers_limits() {
     );
     app.stop().await;
 }
+
+/// `(runner, tick)` of every scheduled `stale_jobs` run, oldest first.
+async fn scheduled_runs(app: &rose_tests::TestApp) -> Vec<(String, i64)> {
+    let sql = "SELECT runner, scheduled_for FROM schedule_runs \
+               WHERE name = 'stale_jobs' AND scheduled_for IS NOT NULL ORDER BY scheduled_for";
+    match &app.rose.db {
+        rose_shared::store::Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        rose_shared::store::Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+    }
+    .expect("runs")
+}
+
+/// The pid in a runner name (`host-pid-random`).
+fn pid_of(runner: &str) -> u32 {
+    let mut parts = runner.rsplitn(3, '-');
+    parts.next();
+    parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid in runner name")
+}
+
+#[tokio::test]
+async fn two_scheduler_processes_run_each_tick_once_and_survive_the_leaders_death() {
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        AppOptions {
+            no_worker: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let never = "0 0 0 1 1 *".to_owned();
+    let env = vec![
+        ("DATABASE_URL", app.database_url().expect("scaled")),
+        ("REDIS_URL", rose_tests::redis_url()),
+        ("ROSE_REDIS_PREFIX", app.prefix.clone()),
+        ("ROSE_SCHEDULE_STALE_JOBS", "* * * * * *".to_owned()),
+        ("ROSE_SCHEDULE_AUDIO_CLEANUP", never.clone()),
+        ("ROSE_SCHEDULE_SESSION_CLEANUP", never.clone()),
+        ("ROSE_SCHEDULE_MEMORY_PRUNING", never.clone()),
+        ("ROSE_SCHEDULE_BACKUP", never),
+        ("ROSE_SCHEDULER_LEASE_MS", "1500".to_owned()),
+    ];
+    let one = rose(&["scheduler"], &env);
+    let two = rose(&["scheduler"], &env);
+    until("a few ticks ran", Duration::from_secs(30), async || {
+        scheduled_runs(&app).await.len() >= 4
+    })
+    .await;
+    let before = scheduled_runs(&app).await;
+    let leader = before[0].0.clone();
+    assert!(
+        before.iter().all(|(runner, _)| *runner == leader),
+        "only the leader runs: {before:?}"
+    );
+    let leader_pid = pid_of(&leader);
+    let (doomed, _standby) = if one.0.id() == leader_pid {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    assert_eq!(doomed.0.id(), leader_pid, "the leader is one of ours");
+    kill9(&doomed);
+    let killed = std::time::Instant::now();
+    until(
+        "the standby takes over",
+        Duration::from_secs(15),
+        async || {
+            scheduled_runs(&app)
+                .await
+                .iter()
+                .any(|(runner, _)| *runner != leader)
+        },
+    )
+    .await;
+    // How soon is a figure, not an assertion (machines are noisy): the lease
+    // design bounds it by one lease period plus the next tick.
+    eprintln!(
+        "standby took over {:?} after the leader died (lease 1.5 s)",
+        killed.elapsed()
+    );
+    let after = scheduled_runs(&app).await;
+    let mut ticks: Vec<i64> = after.iter().map(|(_, t)| *t).collect();
+    ticks.dedup();
+    assert_eq!(ticks.len(), after.len(), "no tick ran twice: {after:?}");
+    app.stop().await;
+}
