@@ -367,3 +367,42 @@ async fn two_scheduler_processes_run_each_tick_once_and_survive_the_leaders_deat
     assert_eq!(ticks.len(), after.len(), "no tick ran twice: {after:?}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_from_a_worker_process_reach_the_api_stream_in_order() {
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        AppOptions {
+            no_worker: true,
+            sim: slow_sim(),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let env = vec![
+        ("DATABASE_URL", app.database_url().expect("scaled")),
+        ("REDIS_URL", rose_tests::redis_url()),
+        ("ROSE_REDIS_PREFIX", app.prefix.clone()),
+        ("ROSE_SIMULATOR_URL", app.sim.url.clone()),
+    ];
+    let _worker = rose(&["worker"], &env);
+    let session = app.start_session().await;
+    let response = app.upload(&session, SPOKEN_WAV, None).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("json");
+    let id = body["job_id"].as_str().expect("job_id").to_owned();
+    let events =
+        rose_tests::read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let order = ["queued", "stt", "memory", "llm", "tts", "succeeded"];
+    let ranks: Vec<usize> = names
+        .iter()
+        .map(|n| order.iter().position(|o| o == n).expect("a known state"))
+        .collect();
+    assert!(ranks.windows(2).all(|w| w[0] < w[1]), "in order: {names:?}");
+    for expected in ["stt", "llm", "tts", "succeeded"] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    assert_eq!(names.last(), Some(&"succeeded"));
+    app.stop().await;
+}

@@ -73,6 +73,47 @@ pub fn model_dir() -> std::path::PathBuf {
     )
 }
 
+/// Reads a Server-Sent Events stream at `url` to its end: `(event, data)`
+/// pairs in arrival order (keep-alive comments skipped).
+///
+/// # Panics
+/// When the request fails, answers other than 200, or does not end in 60 s.
+pub async fn read_events(http: &reqwest::Client, url: &str) -> Vec<(String, Value)> {
+    use futures::StreamExt as _;
+    let response = http.get(url).send().await.expect("events request");
+    assert_eq!(response.status(), 200, "events stream for {url}");
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("events chunk")));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    events.push((
+                        name,
+                        serde_json::from_str(&data).expect("event data is JSON"),
+                    ));
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the event stream ends");
+    events
+}
+
 /// A simulator on a random port.
 pub struct TestSim {
     pub url: String,

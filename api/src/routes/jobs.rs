@@ -1,13 +1,28 @@
-//! `GET /api/jobs/{id}[?wait=SECONDS]`.
+//! `GET /api/jobs/{id}[?wait=SECONDS]` and `GET /api/jobs/{id}/events`.
+//!
+//! The event stream (Server-Sent Events) sends one event per state the job
+//! is seen in — `queued`, then its stage (`stt`, `memory`, `llm`, `tts`)
+//! while processing, then `succeeded` or `failed` — each with the job JSON as
+//! data, and ends after the final one. It follows the job change
+//! notifications (Redis pub/sub on the scaled deployment, so a worker in
+//! another process is heard; in-process on the embedded one) and re-reads
+//! the row, which stays the truth: a state that lasts less than one re-read
+//! can be folded into the next. A client that connects after the job
+//! finished gets the final event at once.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures::Stream;
 use rose_shared::Rose;
-use rose_shared::domain::JobId;
+use rose_shared::domain::{Job, JobId, JobStatus};
 use serde_json::Value;
+use tokio::sync::broadcast;
 
 use crate::error::{ApiError, ApiResult};
 use crate::routes::parse_wait;
@@ -15,7 +30,9 @@ use crate::view::job_json;
 
 /// Job routes.
 pub fn router() -> Router<Rose> {
-    Router::new().route("/api/jobs/{id}", get(show))
+    Router::new()
+        .route("/api/jobs/{id}", get(show))
+        .route("/api/jobs/{id}/events", get(events))
 }
 
 /// The job; with `?wait=`, answers as soon as it is finished or the wait ends.
@@ -35,4 +52,107 @@ async fn show(
         None => rose.store.get_job(id).await?,
     };
     job.map(|j| Json(job_json(&j))).ok_or(ApiError::JobNotFound)
+}
+
+/// How often a stream re-reads its job without a notification.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// The event name for the state a job is in; `None` for the moment
+/// between a worker taking the job and its first stage (no event of its own).
+fn state_of(job: &Job) -> Option<&'static str> {
+    match (job.status, job.stage) {
+        (JobStatus::Processing, Some(stage)) => Some(stage.as_str()),
+        (JobStatus::Processing, None) => None,
+        (status, _) => Some(status.as_str()),
+    }
+}
+
+struct Follow {
+    rose: Rose,
+    id: JobId,
+    rx: broadcast::Receiver<JobId>,
+    first: Option<Job>,
+    last: Option<&'static str>,
+    done: bool,
+}
+
+impl Follow {
+    /// Waits for a notification about this job, or the periodic re-read.
+    async fn changed(&mut self) {
+        let wake = tokio::time::Instant::now() + RECHECK;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => return,
+                got = self.rx.recv() => match got {
+                    Ok(changed) if changed == self.id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(wake).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// The next event, or `None` once the final one was sent (or the job went).
+    async fn next(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let job = match self.first.take() {
+                Some(job) => job,
+                None => {
+                    self.changed().await;
+                    match self.rose.store.get_job(self.id).await {
+                        Ok(Some(job)) => job,
+                        Ok(None) => return None,
+                        Err(e) => {
+                            tracing::warn!(job_id = %self.id, error = %e, "event stream cannot read its job");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(state) = state_of(&job) else {
+                continue;
+            };
+            if self.last == Some(state) {
+                continue;
+            }
+            self.last = Some(state);
+            self.done = job.status.is_terminal();
+            return Some(
+                Event::default()
+                    .event(state)
+                    .data(job_json(&job).to_string()),
+            );
+        }
+    }
+}
+
+/// `GET /api/jobs/{id}/events`.
+async fn events(
+    State(rose): State<Rose>,
+    Path(id): Path<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let id: JobId = id.parse().map_err(|_| ApiError::JobNotFound)?;
+    // Subscribe before the first read so no change falls in between.
+    let rx = rose.events.subscribe();
+    let first = rose.store.get_job(id).await?.ok_or(ApiError::JobNotFound)?;
+    let follow = Follow {
+        rose,
+        id,
+        rx,
+        first: Some(first),
+        last: None,
+        done: false,
+    };
+    let stream = futures::stream::unfold(follow, |mut follow| async move {
+        let event = follow.next().await?;
+        Some((Ok(event), follow))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
