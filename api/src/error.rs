@@ -38,8 +38,14 @@ pub enum ApiError {
     AudioNotFound,
     #[error("this audio has expired and was erased")]
     AudioExpired,
-    #[error("`callback_url` must be an absolute http(s) URL")]
+    #[error("`callback_url` must be an absolute http(s) URL whose host resolves")]
     InvalidCallbackUrl,
+    #[error(
+        "`callback_url` points at a loopback, private, link-local or metadata address, which Rose does not call"
+    )]
+    CallbackUrlForbidden,
+    #[error("callbacks are not configured on this server (ROSE_WEBHOOK_SECRET is unset)")]
+    CallbacksNotConfigured,
     #[error("the Idempotency-Key header must be 1-255 visible ASCII characters")]
     InvalidIdempotencyKey,
     #[error("`wait` must be a number of seconds from 0 to 60")]
@@ -82,6 +88,8 @@ impl ApiError {
             Self::AudioNotFound => (S::NOT_FOUND, "audio_not_found"),
             Self::AudioExpired => (S::NOT_FOUND, "expired"),
             Self::InvalidCallbackUrl => (S::BAD_REQUEST, "invalid_callback_url"),
+            Self::CallbackUrlForbidden => (S::BAD_REQUEST, "callback_url_forbidden"),
+            Self::CallbacksNotConfigured => (S::BAD_REQUEST, "callbacks_not_configured"),
             Self::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
             Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),

@@ -7,7 +7,7 @@
 pub mod error;
 pub mod middleware;
 pub mod routes;
-pub mod view;
+pub use rose_shared::view;
 
 use axum::Router;
 use rose_shared::Rose;

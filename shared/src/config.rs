@@ -164,6 +164,12 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// `ROSE_WEBHOOK_SECRET`: `whsec_` + base64 key for signing callbacks.
     pub webhook_secret: Option<SecretString>,
+    /// `ROSE_CALLBACK_ALLOW_PRIVATE`: let callbacks reach loopback, private,
+    /// link-local and metadata addresses (local setups and tests; default false).
+    pub callback_allow_private: bool,
+    /// `ROSE_CALLBACK_RETRY_DELAYS_MS`: waits before each retry of a failed
+    /// delivery, comma-separated (default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
+    pub callback_retry_delays: Vec<Duration>,
 
     /// `LOG_FORMAT` (default `pretty`).
     pub log_format: LogFormat,
@@ -348,6 +354,46 @@ impl Reader<'_> {
         Some(v)
     }
 
+    fn flag(&mut self, name: &str) -> bool {
+        match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "0" | "no") => false,
+            Some("true" | "1" | "yes") => true,
+            Some(other) => {
+                self.problems.push((
+                    name.to_owned(),
+                    format!("expected true or false, got {other:?}"),
+                ));
+                false
+            }
+        }
+    }
+
+    /// Comma-separated milliseconds.
+    fn delays(&mut self, name: &str, default: &[u64]) -> Vec<Duration> {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return default
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect();
+        };
+        let parsed: Result<Vec<u64>, _> = raw.split(',').map(|p| p.trim().parse::<u64>()).collect();
+        match parsed {
+            Ok(list) if !list.is_empty() && list.len() <= 50 => {
+                list.into_iter().map(Duration::from_millis).collect()
+            }
+            _ => {
+                self.problems.push((
+                    name.to_owned(),
+                    format!("expected comma-separated milliseconds (at most 50), got {raw:?}"),
+                ));
+                default
+                    .iter()
+                    .map(|ms| Duration::from_millis(*ms))
+                    .collect()
+            }
+        }
+    }
+
     /// A cron expression (see [`parse_cron`]), normalised to six fields.
     fn cron(&mut self, name: &str, default: &str) -> String {
         let Some(raw) = self.raw(name).map(str::to_owned) else {
@@ -466,6 +512,11 @@ impl Config {
             backup_keep: r.bounded("BACKUP_KEEP", 7usize, 1, 10_000),
             admin_token: r.secret("ROSE_ADMIN_TOKEN"),
             webhook_secret,
+            callback_allow_private: r.flag("ROSE_CALLBACK_ALLOW_PRIVATE"),
+            callback_retry_delays: r.delays(
+                "ROSE_CALLBACK_RETRY_DELAYS_MS",
+                &[5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000],
+            ),
             log_format: r
                 .parse("LOG_FORMAT", "expected json or pretty")
                 .unwrap_or(LogFormat::Pretty),

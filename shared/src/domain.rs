@@ -261,6 +261,24 @@ pub struct Job {
     /// off because a provider's breaker was open, and every attempt before an
     /// operator revived the job.
     pub deferrals: i64,
+    /// Delivery of the finished job to `callback_url`, once it was queued.
+    pub callback: Option<CallbackState>,
+}
+
+/// Where a callback delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallbackState {
+    /// `pending`, `delivered`, `exhausted` or `gone`.
+    pub status: String,
+    pub attempts: i64,
+    /// The receiver's last HTTP status (`None`: no answer, e.g. a timeout).
+    pub last_status_code: Option<i64>,
+}
+
+/// The `callbacks` queue's message: deliver this finished job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackTask {
+    pub job_id: JobId,
 }
 
 impl Job {

@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod backup;
+pub mod callback;
 pub mod config;
 pub mod domain;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod resilience;
 pub mod rose;
 pub mod store;
 pub mod telemetry;
+pub mod view;
 pub mod webhook;
 
 pub use rose::Rose;

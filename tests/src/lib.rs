@@ -372,6 +372,31 @@ impl TestApp {
         request.send().await.expect("upload request")
     }
 
+    /// Uploads `audio` for `session` asking for a callback to `callback_url`.
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn upload_with_callback(
+        &self,
+        session: &str,
+        audio: &[u8],
+        callback_url: &str,
+    ) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "audio",
+                reqwest::multipart::Part::bytes(audio.to_vec()).file_name("speech.wav"),
+            )
+            .text("session_id", session.to_owned())
+            .text("callback_url", callback_url.to_owned());
+        self.http
+            .post(format!("{}/api/voice/process", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
     /// Polls the job (long-polling) until it is finished; panics after `limit`.
     ///
     /// # Panics

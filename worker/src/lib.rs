@@ -16,8 +16,11 @@ use futures::FutureExt;
 use rose_shared::Rose;
 use std::time::Duration;
 
-use rose_shared::domain::{MemoryTask, SummaryTask, VoiceTask};
-use rose_shared::queue::{Abort, MEMORY_QUEUE, Queue, SUMMARY_QUEUE, StreamOptions, VOICE_QUEUE};
+use rose_shared::callback::{self, Attempt};
+use rose_shared::domain::{CallbackTask, MemoryTask, SummaryTask, VoiceTask};
+use rose_shared::queue::{
+    Abort, CALLBACK_QUEUE, MEMORY_QUEUE, Queue, SUMMARY_QUEUE, StreamOptions, VOICE_QUEUE,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use pipeline::{Outcome, Pipeline, job_backoff};
@@ -131,9 +134,67 @@ async fn handle_summary(task: SummaryTask, rose: Data<Rose>) -> Result<(), BoxDy
     }
 }
 
+/// Delivers one finished job to its callback URL; a failed attempt is
+/// re-scheduled on the configured waits, then the delivery is `exhausted`.
+async fn handle_callback(task: CallbackTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
+    let Some(job) = rose.store.get_job(task.job_id).await? else {
+        return Ok(());
+    };
+    let attempts = match &job.callback {
+        Some(state) if state.status == "pending" => state.attempts + 1,
+        // Delivered, exhausted or gone already, or never asked for.
+        _ => return Ok(()),
+    };
+    let id = task.job_id;
+    match callback::deliver(&rose.config, &job).await {
+        Attempt::Delivered(code) => {
+            rose.store
+                .record_callback(id, "delivered", attempts, Some(i64::from(code)))
+                .await?;
+            tracing::info!(job_id = %id, attempts, status_code = code, "callback delivered");
+        }
+        Attempt::Gone => {
+            rose.store
+                .record_callback(id, "gone", attempts, Some(410))
+                .await?;
+            tracing::info!(job_id = %id, attempts, "callback receiver answered 410 Gone; no more attempts");
+        }
+        Attempt::Refused(reason) => {
+            rose.store
+                .record_callback(id, "exhausted", attempts, None)
+                .await?;
+            tracing::warn!(job_id = %id, %reason, "callback refused");
+        }
+        Attempt::Failed(code, reason) => {
+            let retry = usize::try_from(attempts).unwrap_or(usize::MAX);
+            let last = code.map(i64::from);
+            match callback::retry_delay(&rose.config.callback_retry_delays, retry) {
+                Some(wait) => {
+                    rose.store
+                        .record_callback(id, "pending", attempts, last)
+                        .await?;
+                    rose.queue
+                        .push_delayed(CALLBACK_QUEUE, &id.to_string(), &task, wait)
+                        .await?;
+                    tracing::warn!(job_id = %id, attempts, %reason, wait_ms = wait.as_millis() as u64, "callback failed; retrying later");
+                }
+                None => {
+                    rose.store
+                        .record_callback(id, "exhausted", attempts, last)
+                        .await?;
+                    tracing::warn!(job_id = %id, attempts, %reason, "callback failed for good");
+                }
+            }
+        }
+    }
+    rose.events.publish(id).await;
+    Ok(())
+}
+
 /// Background tasks run at once per worker process, per queue.
 const MEMORY_CONCURRENCY: usize = 4;
 const SUMMARY_CONCURRENCY: usize = 2;
+const CALLBACK_CONCURRENCY: usize = 8;
 
 /// Runs the worker until `shutdown`: the `voice` queue, and beside it the
 /// `memory` and `summary` queues that keep work off the reply's path. On
@@ -169,10 +230,11 @@ pub async fn run(
     });
     let memory_name = format!("{}-memory", options.name);
     let summary_name = format!("{}-summary", options.name);
+    let callback_name = format!("{}-callbacks", options.name);
     tracing::info!(name = %options.name, queue = rose.queue.kind(), concurrency = options.concurrency, "worker started");
     match &rose.queue {
         Queue::Sqlite(queue) => {
-            for name in [VOICE_QUEUE, MEMORY_QUEUE, SUMMARY_QUEUE] {
+            for name in [VOICE_QUEUE, MEMORY_QUEUE, SUMMARY_QUEUE, CALLBACK_QUEUE] {
                 let recovered = queue.recover_orphans(name).await?;
                 if recovered > 0 {
                     tracing::warn!(
@@ -200,8 +262,14 @@ pub async fn run(
                 .data(rose.clone())
                 .build(handle_summary)
                 .run_until(signal());
+            let callbacks = WorkerBuilder::new(callback_name)
+                .backend(queue.backend::<CallbackTask>(CALLBACK_QUEUE, CALLBACK_CONCURRENCY))
+                .concurrency(CALLBACK_CONCURRENCY)
+                .data(rose.clone())
+                .build(handle_callback)
+                .run_until(signal());
             tokio::select! {
-                result = futures::future::try_join3(voice, memory, summary) => { result?; }
+                result = futures::future::try_join4(voice, memory, summary, callbacks) => { result?; }
                 () = grace_over => {
                     // Taken tasks are put back by the next start's recovery.
                     tracing::warn!("shutdown grace period over; unfinished tasks resume on the next start");
@@ -243,14 +311,24 @@ pub async fn run(
                 .data(rose.clone())
                 .build(handle_summary)
                 .run_until(signal());
+            let callbacks = WorkerBuilder::new(callback_name.clone())
+                .backend(queue.backend::<CallbackTask>(
+                    CALLBACK_QUEUE,
+                    stream(&callback_name, CALLBACK_CONCURRENCY),
+                ))
+                .concurrency(CALLBACK_CONCURRENCY)
+                .data(rose.clone())
+                .build(handle_callback)
+                .run_until(signal());
             tokio::select! {
-                result = futures::future::try_join3(voice, memory, summary) => { result?; }
+                result = futures::future::try_join4(voice, memory, summary, callbacks) => { result?; }
                 () = grace_over => {
                     let mut handed = 0;
                     for (name, consumer) in [
                         (VOICE_QUEUE, &options.name),
                         (MEMORY_QUEUE, &memory_name),
                         (SUMMARY_QUEUE, &summary_name),
+                        (CALLBACK_QUEUE, &callback_name),
                     ] {
                         handed += queue.hand_back(&queue.keys(name), consumer).await?;
                     }

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
-    Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
+    CallbackTask, Job, JobError, JobId, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
 };
 use rose_shared::memory::owner_of;
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
-use rose_shared::queue::{MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
+use rose_shared::queue::{CALLBACK_QUEUE, MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
 use rose_shared::resilience::{CallError, Provider, jittered};
 use rose_shared::store::{AudioLookup, NewAudio, StoreError};
 use tracing::{Instrument, info_span};
@@ -227,6 +227,7 @@ impl Pipeline {
         let failure = match self.run_stages(job.clone()).await {
             Ok(()) => {
                 self.rose.events.publish(id).await;
+                self.queue_callback(id).await;
                 return Ok(Outcome::Finished);
             }
             Err(StageError::Store(e)) => return Err(e.into()),
@@ -280,6 +281,7 @@ impl Pipeline {
                 tracing::warn!(job_id = %id, code = %error.code, error = %failure, "job failed");
                 store.fail_job(id, &error).await?;
                 self.rose.events.publish(id).await;
+                self.queue_callback(id).await;
                 Ok(if give_up {
                     Outcome::GaveUp(error.message)
                 } else {
@@ -376,6 +378,28 @@ impl Pipeline {
         self.rose.store.complete_job(job.id, &degraded).await?;
         tracing::info!(job_id = %job.id, "job succeeded");
         Ok(())
+    }
+
+    /// Queues the delivery of a finished job to its `callback_url` (once).
+    /// The job's own result does not depend on it: a failure is logged.
+    async fn queue_callback(&self, id: JobId) {
+        match self.rose.store.start_callback(id).await {
+            Ok(true) => {
+                let task = CallbackTask { job_id: id };
+                if let Err(e) = self
+                    .rose
+                    .queue
+                    .push(CALLBACK_QUEUE, &id.to_string(), &task)
+                    .await
+                {
+                    tracing::warn!(job_id = %id, error = %e, "could not queue the callback delivery");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "could not mark the callback pending")
+            }
+        }
     }
 
     async fn enter(&self, job: &Job, stage: Stage) -> Result<(), StageError> {

@@ -16,6 +16,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use rose_shared::Rose;
 use rose_shared::audio::{AudioFormat, sniff};
+use rose_shared::callback::{self, UrlError};
 use rose_shared::domain::{JobError, SessionId, VoiceTask};
 use rose_shared::store::{Created, NewJob};
 
@@ -215,10 +216,18 @@ async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
     }
 
     let callback_url = upload.callback_url.filter(|s| !s.is_empty());
-    if let Some(url) = &callback_url
-        && !is_http_url(url)
-    {
-        return Err(ApiError::InvalidCallbackUrl);
+    if let Some(url) = &callback_url {
+        if !is_http_url(url) {
+            return Err(ApiError::InvalidCallbackUrl);
+        }
+        if rose.config.webhook_secret.is_none() {
+            return Err(ApiError::CallbacksNotConfigured);
+        }
+        match callback::resolve(url, rose.config.callback_allow_private).await {
+            Ok(_) => {}
+            Err(UrlError::Invalid(_)) => return Err(ApiError::InvalidCallbackUrl),
+            Err(UrlError::Forbidden(_)) => return Err(ApiError::CallbackUrlForbidden),
+        }
     }
     Ok(Accepted {
         audio,

@@ -31,6 +31,8 @@ pub const VOICE_QUEUE: &str = "voice";
 pub const MEMORY_QUEUE: &str = "memory";
 /// Rolling session summaries.
 pub const SUMMARY_QUEUE: &str = "summary";
+/// Callback deliveries.
+pub const CALLBACK_QUEUE: &str = "callbacks";
 
 /// A handler error that sends its job straight to the dead letters: the
 /// handler's policy says trying again will not help.

@@ -149,6 +149,17 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_turns(&self, session: SessionId, limit: usize) -> StoreResult<Vec<Turn>>;
     /// A stored audio blob.
     async fn get_audio(&self, id: AudioId) -> StoreResult<AudioLookup>;
+    /// Marks a finished job's callback `pending` the first time; returns
+    /// whether this call did (then the delivery is to be queued).
+    async fn start_callback(&self, id: JobId) -> StoreResult<bool>;
+    /// Records a delivery attempt's outcome.
+    async fn record_callback(
+        &self,
+        id: JobId,
+        status: &str,
+        attempts: i64,
+        last_status: Option<i64>,
+    ) -> StoreResult<()>;
 }
 
 /// An open database pool, before it is wrapped in a [`Store`].

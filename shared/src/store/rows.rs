@@ -14,7 +14,8 @@ macro_rules! select_job {
             "SELECT id, session_id, status, stage, attempts, input_audio_id, transcript, \
              reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
              stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
-             callback_url, created_at, updated_at, deferrals, memories ",
+             callback_url, created_at, updated_at, deferrals, memories, \
+             callback_status, callback_attempts, callback_last_status ",
             $($rest),+
         )
     };
@@ -48,6 +49,9 @@ pub(super) struct JobRow {
     updated_at: i64,
     deferrals: i64,
     memories: Option<String>,
+    callback_status: Option<String>,
+    callback_attempts: i64,
+    callback_last_status: Option<i64>,
 }
 
 fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
@@ -101,6 +105,13 @@ impl TryFrom<JobRow> for Job {
             created_at: r.created_at,
             updated_at: r.updated_at,
             deferrals: r.deferrals,
+            callback: r
+                .callback_status
+                .map(|status| crate::domain::CallbackState {
+                    status,
+                    attempts: r.callback_attempts,
+                    last_status_code: r.callback_last_status,
+                }),
         })
     }
 }

@@ -122,6 +122,7 @@ macro_rules! sql_store {
                     created_at: now,
                     updated_at: now,
                     deferrals: 0,
+                    callback: None,
                 })
             }
         }
@@ -483,6 +484,32 @@ macro_rules! sql_store {
                     .collect::<StoreResult<Vec<_>>>()?;
                 turns.reverse();
                 Ok(turns)
+            }
+
+            async fn start_callback(&self, id: JobId) -> StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE voice_jobs SET callback_status = 'pending' \
+                     WHERE id = $1 AND callback_url IS NOT NULL AND callback_status IS NULL \
+                     AND status IN ('succeeded', 'failed')",
+                )
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn record_callback(&self, id: JobId, status: &str, attempts: i64, last_status: Option<i64>) -> StoreResult<()> {
+                sqlx::query(
+                    "UPDATE voice_jobs SET callback_status = $2, callback_attempts = $3, \
+                     callback_last_status = $4 WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .bind(status)
+                .bind(attempts)
+                .bind(last_status)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
             }
 
             async fn get_audio(&self, id: AudioId) -> StoreResult<AudioLookup> {

@@ -1,6 +1,6 @@
 //! The JSON shapes clients read.
 
-use rose_shared::domain::{Job, JobStatus, rfc3339};
+use crate::domain::{Job, JobStatus, rfc3339};
 use serde_json::{Value, json};
 
 /// Where a client polls a job.
@@ -41,6 +41,7 @@ pub fn job_json(job: &Job) -> Value {
         "updated_at": rfc3339(job.updated_at),
         "status_url": status_url(job),
         "events_url": events_url(job),
+        "callback": job.callback,
     })
 }
 
