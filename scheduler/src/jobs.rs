@@ -2,8 +2,8 @@
 //! `schedule_runs` and logged under the job's event name).
 
 use rose_shared::Rose;
-use rose_shared::domain::{JobId, SessionId, VoiceTask, now_ms};
-use rose_shared::queue::VOICE_QUEUE;
+use rose_shared::domain::{CallbackTask, JobId, SessionId, VoiceTask, now_ms};
+use rose_shared::queue::{CALLBACK_QUEUE, VOICE_QUEUE};
 use rose_shared::store::Database;
 use serde_json::{Map, Value, json};
 
@@ -134,7 +134,8 @@ async fn owner_exists(db: &Database, owner: &str) -> anyhow::Result<bool> {
 /// holds (a push lost, a message lost with its worker). They are marked
 /// `queued` and pushed again; their checkpoints make them resume at the
 /// first unfinished stage. Jobs the queue still holds are left to it (it
-/// redelivers a dead worker's messages itself).
+/// redelivers a dead worker's messages itself). Callback deliveries still
+/// pending whose task was lost are pushed again too.
 ///
 /// # Errors
 /// When the database or the queue fails.
@@ -148,8 +149,11 @@ pub async fn stale_jobs(rose: &Rose) -> anyhow::Result<Counts> {
         .bind(BATCH)
         .fetch_all(pool)
         .await)?;
+    let callbacks = lost_callbacks(rose, cutoff).await?;
     if stale.is_empty() {
-        return Ok(counts(json!({ "count": 0, "stale": 0 })));
+        return Ok(counts(
+            json!({ "count": 0, "stale": 0, "callbacks": callbacks }),
+        ));
     }
     let Some(held) = rose.queue.held_ids(VOICE_QUEUE).await? else {
         tracing::warn!(
@@ -187,7 +191,39 @@ pub async fn stale_jobs(rose: &Rose) -> anyhow::Result<Counts> {
             .await?;
         requeued += 1;
     }
-    Ok(counts(json!({ "count": requeued, "stale": stale.len() })))
+    Ok(counts(
+        json!({ "count": requeued, "stale": stale.len(), "callbacks": callbacks }),
+    ))
+}
+
+/// Pushes again the callback deliveries still `pending` whose task the
+/// `callbacks` queue no longer holds (its push was lost with a worker).
+/// Returns how many.
+async fn lost_callbacks(rose: &Rose, cutoff: i64) -> anyhow::Result<u64> {
+    let sql = "SELECT id FROM voice_jobs WHERE callback_status = 'pending' \
+               AND updated_at < $1 ORDER BY updated_at LIMIT $2";
+    let pending: Vec<String> = on_pool!(&rose.db, |pool| sqlx::query_scalar(sql)
+        .bind(cutoff)
+        .bind(BATCH)
+        .fetch_all(pool)
+        .await)?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let Some(held) = rose.queue.held_ids(CALLBACK_QUEUE).await? else {
+        return Ok(0);
+    };
+    let mut pushed = 0;
+    for id in pending.iter().filter(|id| !held.contains(*id)) {
+        let job_id: JobId = id
+            .parse()
+            .map_err(|e| anyhow::anyhow!("job id {id:?}: {e}"))?;
+        rose.queue
+            .push(CALLBACK_QUEUE, id, &CallbackTask { job_id })
+            .await?;
+        pushed += 1;
+    }
+    Ok(pushed)
 }
 
 /// Backs the database up into `BACKUP_DIR` (verified, the newest

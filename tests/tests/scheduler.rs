@@ -520,3 +520,52 @@ async fn admin_api_lists_and_runs_schedules() {
     assert!(audio["last_run"].is_null(), "{audio}");
     app.stop().await;
 }
+
+/// A callback still `pending` whose task was lost is queued again.
+async fn reaper_requeues_lost_callbacks(app: TestApp) {
+    let session = app.start_session().await;
+    let id = submit(&app, &session, SPOKEN_WAV).await;
+    let old = now_ms() - 10 * 60_000;
+    app.execute(&format!(
+        "UPDATE voice_jobs SET status = 'succeeded', callback_url = 'http://127.0.0.1:9/hook', \
+         callback_status = 'pending', updated_at = {old} WHERE id = '{id}'"
+    ))
+    .await;
+    let held = |app: &TestApp| {
+        let queue = app.rose.queue.clone();
+        async move {
+            queue
+                .held_ids(rose_shared::queue::CALLBACK_QUEUE)
+                .await
+                .expect("held")
+                .expect("listable")
+        }
+    };
+    assert!(!held(&app).await.contains(&id));
+    let report = run_task(&app.rose, Task::StaleJobs, None, "test")
+        .await
+        .expect("run")
+        .expect("recorded");
+    assert_eq!(report.counts["callbacks"], 1, "{report:?}");
+    assert!(
+        held(&app).await.contains(&id),
+        "the delivery is queued again"
+    );
+    // Held now: a second run leaves it alone.
+    let again = run_task(&app.rose, Task::StaleJobs, None, "test")
+        .await
+        .expect("run")
+        .expect("recorded");
+    assert_eq!(again.counts["callbacks"], 0, "{again:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_reaper_requeues_lost_callbacks() {
+    reaper_requeues_lost_callbacks(spawn_app_with(Deployment::Embedded, idle()).await).await;
+}
+
+#[tokio::test]
+async fn scaled_reaper_requeues_lost_callbacks() {
+    reaper_requeues_lost_callbacks(spawn_app_with(Deployment::Scaled, idle()).await).await;
+}
