@@ -1,0 +1,17 @@
+//! Rose's integration tests in one binary: one link of the whole stack
+//! instead of one per file, which keeps builds quick and the target directory
+//! small. Each module is one area; run one with `cargo test -p rose-tests --test it pipeline::`.
+
+mod backup;
+mod bad_input;
+mod callbacks;
+mod events;
+mod memory;
+mod pipeline;
+mod queue_delay;
+mod redis_queue;
+mod resilience;
+mod resilience_redis;
+mod scheduler;
+mod sqlite_queue;
+mod store;
