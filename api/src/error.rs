@@ -13,13 +13,22 @@ use serde_json::json;
 /// Largest accepted upload.
 pub const MAX_AUDIO_BYTES: usize = 10 * 1024 * 1024;
 
+/// Longest typed message, in characters (about three minutes of speech).
+pub const MAX_TYPED_CHARS: usize = 2000;
+
 /// Everything the api can answer with besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the multipart body is malformed: {0}")]
     MalformedMultipart(String),
-    #[error("the `audio` file part is missing")]
+    #[error("send an `audio` file part, or a `text` field with typed words")]
     AudioMissing,
+    #[error("send either an `audio` file or a `text` field, not both")]
+    AudioAndText,
+    #[error("the `text` field is empty")]
+    TextEmpty,
+    #[error("the `text` field is longer than {MAX_TYPED_CHARS} characters")]
+    TextTooLong,
     #[error("the `audio` file is empty")]
     AudioEmpty,
     #[error("the audio is larger than {MAX_AUDIO_BYTES} bytes")]
@@ -79,6 +88,9 @@ impl ApiError {
             Self::MalformedMultipart(_) => (S::BAD_REQUEST, "malformed_multipart"),
             Self::AudioMissing => (S::BAD_REQUEST, "audio_missing"),
             Self::AudioEmpty => (S::BAD_REQUEST, "audio_empty"),
+            Self::AudioAndText => (S::BAD_REQUEST, "audio_and_text"),
+            Self::TextEmpty => (S::BAD_REQUEST, "text_empty"),
+            Self::TextTooLong => (S::BAD_REQUEST, "text_too_long"),
             Self::AudioTooLarge => (S::PAYLOAD_TOO_LARGE, "audio_too_large"),
             Self::UnsupportedAudioFormat => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_audio_format"),
             Self::SessionIdRequired => (S::BAD_REQUEST, "session_id_required"),

@@ -237,7 +237,8 @@ pub struct Job {
     pub status: JobStatus,
     pub stage: Option<Stage>,
     pub attempts: i64,
-    pub input_audio_id: AudioId,
+    /// The uploaded recording; `None` when the person typed instead.
+    pub input_audio_id: Option<AudioId>,
     /// STT checkpoint.
     pub transcript: Option<String>,
     /// LLM checkpoint.

@@ -410,7 +410,11 @@ impl Pipeline {
 
     async fn transcribe(&self, job: &Job) -> Result<String, StageError> {
         self.enter(job, Stage::Stt).await?;
-        let audio = match self.rose.store.get_audio(job.input_audio_id).await? {
+        // A typed job has its transcript from the start and never gets here.
+        let Some(audio_id) = job.input_audio_id else {
+            return Err(StageError::AudioGone);
+        };
+        let audio = match self.rose.store.get_audio(audio_id).await? {
             AudioLookup::Found(audio) => audio,
             AudioLookup::Expired | AudioLookup::Missing => return Err(StageError::AudioGone),
         };

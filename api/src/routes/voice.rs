@@ -1,5 +1,9 @@
 //! `POST /api/voice/process`: validate the upload, write the job, push it, answer 202.
 //!
+//! The person either speaks (an `audio` file part) or types (a `text`
+//! field, up to 2,000 characters): typed words become the job's transcript
+//! and the STT stage is skipped; everything after it is the same job.
+//!
 //! Everything is checked before anything is stored: the audio's size is
 //! counted while its part streams in (never trusting `Content-Length`), its
 //! container is told by magic bytes, and the session must exist. The job row
@@ -15,12 +19,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use rose_shared::Rose;
-use rose_shared::audio::{AudioFormat, sniff};
+use rose_shared::audio::sniff;
 use rose_shared::callback::{self, UrlError};
 use rose_shared::domain::{JobError, SessionId, VoiceTask};
-use rose_shared::store::{Created, NewJob};
+use rose_shared::store::{Created, JobInput, NewJob};
 
-use crate::error::{ApiError, ApiResult, MAX_AUDIO_BYTES};
+use crate::error::{ApiError, ApiResult, MAX_AUDIO_BYTES, MAX_TYPED_CHARS};
 use crate::middleware::RequestId;
 use crate::routes::parse_wait;
 use crate::view::{accepted_json, job_json};
@@ -42,14 +46,14 @@ pub fn router() -> Router<Rose> {
 #[derive(Debug, Default)]
 struct Upload {
     audio: Option<Vec<u8>>,
+    text: Option<String>,
     session_id: Option<String>,
     callback_url: Option<String>,
 }
 
 /// A validated upload.
 struct Accepted {
-    audio: Vec<u8>,
-    format: AudioFormat,
+    input: JobInput,
     session_id: SessionId,
     callback_url: Option<String>,
 }
@@ -70,8 +74,7 @@ async fn process(
         .store
         .create_job(NewJob {
             session_id: upload.session_id,
-            mime: upload.format.mime().to_owned(),
-            audio: upload.audio,
+            input: upload.input,
             idempotency_key,
             request_id: Some(request_id.0.clone()),
             callback_url: upload.callback_url,
@@ -175,6 +178,15 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<Upload> {
                     read_limited(&mut field, MAX_AUDIO_BYTES, || ApiError::AudioTooLarge).await?,
                 );
             }
+            Some("text") => {
+                // Four bytes per character at most in UTF-8.
+                let bytes =
+                    read_limited(&mut field, MAX_TYPED_CHARS * 4, || ApiError::TextTooLong).await?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    ApiError::MalformedMultipart("the `text` field is not UTF-8".to_owned())
+                })?;
+                upload.text = Some(text);
+            }
             Some("session_id") => upload.session_id = Some(read_text(&mut field).await?),
             Some("callback_url") => upload.callback_url = Some(read_text(&mut field).await?),
             // Unknown parts are read past (they still count toward the body limit).
@@ -184,8 +196,20 @@ async fn read_upload(mut multipart: Multipart) -> ApiResult<Upload> {
     Ok(upload)
 }
 
-async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
-    let audio = upload.audio.ok_or(ApiError::AudioMissing)?;
+/// Typed words, trimmed and held to [`MAX_TYPED_CHARS`].
+fn typed_input(text: &str) -> ApiResult<JobInput> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(ApiError::TextEmpty);
+    }
+    if text.chars().count() > MAX_TYPED_CHARS {
+        return Err(ApiError::TextTooLong);
+    }
+    Ok(JobInput::Text(text.to_owned()))
+}
+
+/// A recording, told by its magic bytes.
+fn audio_input(audio: Vec<u8>) -> ApiResult<JobInput> {
     let outcome = if audio.is_empty() {
         Err(ApiError::AudioEmpty)
     } else {
@@ -203,6 +227,19 @@ async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
         "audio_validation"
     );
     let format = outcome?;
+    Ok(JobInput::Audio {
+        bytes: audio,
+        mime: format.mime().to_owned(),
+    })
+}
+
+async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
+    let input = match (upload.audio, upload.text) {
+        (Some(_), Some(_)) => return Err(ApiError::AudioAndText),
+        (Some(audio), None) => audio_input(audio)?,
+        (None, Some(text)) => typed_input(&text)?,
+        (None, None) => return Err(ApiError::AudioMissing),
+    };
 
     let raw_session = upload
         .session_id
@@ -230,8 +267,7 @@ async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
         }
     }
     Ok(Accepted {
-        audio,
-        format,
+        input,
         session_id,
         callback_url,
     })
@@ -259,6 +295,16 @@ mod tests {
         assert!(!is_http_url("ftp://example.com"));
         assert!(!is_http_url("https:///path"));
         assert!(!is_http_url("example.com"));
+    }
+
+    #[test]
+    fn typed_words_are_trimmed_and_bounded() {
+        assert!(matches!(typed_input("  hello \n"), Ok(JobInput::Text(t)) if t == "hello"));
+        assert!(matches!(typed_input(" \n\t"), Err(ApiError::TextEmpty)));
+        let longest = "é".repeat(MAX_TYPED_CHARS);
+        assert!(typed_input(&longest).is_ok());
+        let longer = format!("{longest}x");
+        assert!(matches!(typed_input(&longer), Err(ApiError::TextTooLong)));
     }
 
     #[test]

@@ -48,11 +48,20 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub session_id: SessionId,
-    pub audio: Vec<u8>,
-    pub mime: String,
+    pub input: JobInput,
     pub idempotency_key: Option<String>,
     pub request_id: Option<String>,
     pub callback_url: Option<String>,
+}
+
+/// What the person gave: a recording, or words typed instead of spoken.
+#[derive(Debug, Clone)]
+pub enum JobInput {
+    /// A recording, stored with the job; the STT stage transcribes it.
+    Audio { bytes: Vec<u8>, mime: String },
+    /// Typed words: they are the job's transcript from the start, so the
+    /// STT stage is skipped.
+    Text(String),
 }
 
 /// Reply audio produced by the TTS stage.

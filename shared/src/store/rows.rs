@@ -71,7 +71,12 @@ impl TryFrom<JobRow> for Job {
             status: parse("job status", &r.status)?,
             stage: r.stage.as_deref().map(|s| parse("stage", s)).transpose()?,
             attempts: r.attempts,
-            input_audio_id: parse::<AudioId>("audio id", &r.input_audio_id)?,
+            // An empty id marks a typed job (the column predates typed input
+            // and SQLite cannot relax its NOT NULL in place).
+            input_audio_id: match r.input_audio_id.as_str() {
+                "" => None,
+                raw => Some(parse::<AudioId>("audio id", raw)?),
+            },
             transcript: r.transcript,
             memories: r
                 .memories

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::{PgPool, SqlitePool};
 
 use super::rows::{AudioRow, JobRow, SessionRow, TurnRow, select_job};
-use super::{AudioLookup, Created, NewAudio, NewJob, Store, StoreError, StoreResult};
+use super::{AudioLookup, Created, JobInput, NewAudio, NewJob, Store, StoreError, StoreResult};
 use crate::domain::{
     AudioId, Job, JobError, JobId, JobStatus, Role, Session, SessionId, Stage, Turn, now_ms,
 };
@@ -67,29 +67,36 @@ macro_rules! sql_store {
             async fn insert_job(&self, new: &NewJob) -> Result<Job, sqlx::Error> {
                 let now = now_ms();
                 let job_id = JobId::new();
-                let audio_id = AudioId::new();
                 let session = new.session_id.to_string();
                 let mut tx = self.pool.begin().await?;
+                let (audio_id, transcript) = match &new.input {
+                    JobInput::Audio { bytes, mime } => {
+                        let audio_id = AudioId::new();
+                        sqlx::query(
+                            "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
+                             VALUES ($1, $2, 'upload', $3, $4, $5, $6)",
+                        )
+                        .bind(audio_id.to_string())
+                        .bind(&session)
+                        .bind(mime)
+                        .bind(bytes)
+                        .bind(bytes.len() as i64)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        (Some(audio_id), None)
+                    }
+                    JobInput::Text(text) => (None, Some(text.clone())),
+                };
                 sqlx::query(
-                    "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
-                     VALUES ($1, $2, 'upload', $3, $4, $5, $6)",
-                )
-                .bind(audio_id.to_string())
-                .bind(&session)
-                .bind(&new.mime)
-                .bind(&new.audio)
-                .bind(new.audio.len() as i64)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO voice_jobs (id, session_id, status, input_audio_id, idempotency_key, \
-                     request_id, callback_url, created_at, updated_at) \
-                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $7)",
+                    "INSERT INTO voice_jobs (id, session_id, status, input_audio_id, transcript, \
+                     idempotency_key, request_id, callback_url, created_at, updated_at) \
+                     VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $8)",
                 )
                 .bind(job_id.to_string())
                 .bind(&session)
-                .bind(audio_id.to_string())
+                .bind(audio_id.map(|id| id.to_string()).unwrap_or_default())
+                .bind(&transcript)
                 .bind(&new.idempotency_key)
                 .bind(&new.request_id)
                 .bind(&new.callback_url)
@@ -109,7 +116,7 @@ macro_rules! sql_store {
                     stage: None,
                     attempts: 0,
                     input_audio_id: audio_id,
-                    transcript: None,
+                    transcript,
                     reply_text: None,
                     reply_audio_id: None,
                     memories: None,

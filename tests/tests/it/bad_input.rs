@@ -49,6 +49,24 @@ async fn bad_inputs(deployment: Deployment) {
         "audio_missing",
     )
     .await;
+    // Typed words: blank, too long, or sent along with audio.
+    let form = Form::new()
+        .text("session_id", session.clone())
+        .text("text", " \n ");
+    expect_error(post_form(&app, form).await, 400, "text_empty").await;
+    let form = Form::new()
+        .text("session_id", session.clone())
+        .text("text", "a".repeat(2001));
+    expect_error(post_form(&app, form).await, 400, "text_too_long").await;
+    let form = Form::new()
+        .text("session_id", session.clone())
+        .text("text", "x".repeat(100_000));
+    expect_error(post_form(&app, form).await, 400, "text_too_long").await;
+    let form = Form::new()
+        .part("audio", audio_part(SPOKEN_WAV.to_vec()))
+        .text("text", "hello")
+        .text("session_id", session.clone());
+    expect_error(post_form(&app, form).await, 400, "audio_and_text").await;
     // Empty audio.
     let form = Form::new()
         .part("audio", audio_part(Vec::new()))

@@ -138,6 +138,57 @@ async fn conversation_context(app: TestApp) {
     app.stop().await;
 }
 
+/// Typed words go through the same job with the STT stage skipped.
+async fn typed_round_trip(app: TestApp) {
+    let session = app.start_session().await;
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", session.clone())
+        .text("text", "  I keep setting two cups out in the morning.  ");
+    let response = app
+        .http
+        .post(format!("{}/api/voice/process?wait=30", app.url))
+        .multipart(form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.expect("json");
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let typed = "I keep setting two cups out in the morning.";
+    assert_eq!(job["result"]["transcript"], typed, "trimmed, as typed");
+    assert!(
+        job["result"]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    assert!(job["result"]["audio_url"].is_string(), "Rose still speaks");
+    assert!(job["timings_ms"].get("stt").is_none(), "{job}");
+    assert_eq!(app.sim.count("transcriptions"), 0, "no STT for typed words");
+    let replies = app.reply_requests().await;
+    assert_eq!(replies.len(), 1);
+    let messages = replies[0]["messages"].as_array().expect("messages");
+    assert_eq!(messages.last().expect("last")["content"], typed);
+    assert_eq!(app.count_rows("audio").await, 1, "only the reply audio");
+    let turns = app
+        .rose
+        .store
+        .recent_turns(session.parse().expect("session id"), 10)
+        .await
+        .expect("turns");
+    assert_eq!((turns[0].role, turns[0].text.as_str()), (Role::User, typed));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_typed_message_skips_stt() {
+    typed_round_trip(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_typed_message_skips_stt() {
+    typed_round_trip(spawn_app(Deployment::Scaled).await).await;
+}
+
 #[tokio::test]
 async fn embedded_second_turn_has_context() {
     conversation_context(spawn_app(Deployment::Embedded).await).await;

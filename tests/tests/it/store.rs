@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use rose_shared::domain::{JobError, JobStatus, Role, Stage};
-use rose_shared::store::{AudioLookup, Created, Database, NewAudio, NewJob, Store};
+use rose_shared::store::{AudioLookup, Created, Database, JobInput, NewAudio, NewJob, Store};
 use sqlx::postgres::PgConnectOptions;
 
 struct Fixture {
@@ -69,8 +69,10 @@ impl Fixture {
 fn new_job(session: rose_shared::domain::SessionId, key: Option<&str>) -> NewJob {
     NewJob {
         session_id: session,
-        audio: b"RIFF....WAVEdata".to_vec(),
-        mime: "audio/wav".to_owned(),
+        input: JobInput::Audio {
+            bytes: b"RIFF....WAVEdata".to_vec(),
+            mime: "audio/wav".to_owned(),
+        },
         idempotency_key: key.map(str::to_owned),
         request_id: Some("req-1".to_owned()),
         callback_url: None,
@@ -108,10 +110,20 @@ async fn contract(f: Fixture) {
     assert_eq!(created, Created::New);
 
     // The upload is stored with the job.
-    match store.get_audio(job.input_audio_id).await.expect("audio") {
+    let upload = job.input_audio_id.expect("an upload id");
+    match store.get_audio(upload).await.expect("audio") {
         AudioLookup::Found(audio) => assert_eq!(audio.mime, "audio/wav"),
         other => panic!("upload not found: {other:?}"),
     }
+
+    // A typed job stores no audio and starts with its transcript.
+    let mut typed = new_job(session.id, None);
+    typed.input = JobInput::Text("I miss her laugh".to_owned());
+    let (typed, _) = store.create_job(typed).await.expect("typed job");
+    assert_eq!(typed.input_audio_id, None);
+    let typed = store.get_job(typed.id).await.expect("get").expect("exists");
+    assert_eq!(typed.input_audio_id, None);
+    assert_eq!(typed.transcript.as_deref(), Some("I miss her laugh"));
 
     // Attempts and stages.
     let running = store
