@@ -23,6 +23,7 @@ pub fn router(rose: Rose) -> Router {
         .merge(routes::audio::router())
         .merge(routes::health::router())
         .merge(routes::admin::router())
+        .merge(routes::web::router())
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)
 }

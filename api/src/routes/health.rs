@@ -112,6 +112,8 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
         "status": status,
         "timestamp": rose_shared::domain::rfc3339(rose_shared::domain::now_ms()),
         "version": env!("CARGO_PKG_VERSION"),
+        // The providers are Rose's simulator, not Groq and ElevenLabs.
+        "simulated": rose.providers.simulated,
         "services": {
             "database": database,
             "queue": queue,

@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod session;
 pub mod voice;
+pub mod web;
 
 use std::collections::HashMap;
 use std::time::Duration;
