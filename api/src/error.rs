@@ -8,7 +8,20 @@ use axum::response::{IntoResponse, Response};
 use rose_shared::memory::MemoryError;
 use rose_shared::queue::QueueError;
 use rose_shared::store::StoreError;
-use serde_json::json;
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable code and a message for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code, e.g. `audio_missing`, `session_not_found`.
+    pub code: String,
+    pub message: String,
+}
 
 /// Largest accepted upload.
 pub const MAX_AUDIO_BYTES: usize = 10 * 1024 * 1024;
@@ -126,11 +139,13 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message,
+            },
+        };
+        (status, Json(body)).into_response()
     }
 }
 

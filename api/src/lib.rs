@@ -13,16 +13,25 @@ use axum::Router;
 use rose_shared::Rose;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
-/// Every route, with request ids and request logs.
-pub fn router(rose: Rose) -> Router {
-    Router::new()
+/// The `/api` routes and the OpenAPI document describing exactly them.
+pub fn api_routes() -> (Router<Rose>, OpenApi) {
+    OpenApiRouter::with_openapi(routes::openapi::base())
         .merge(routes::session::router())
         .merge(routes::voice::router())
         .merge(routes::jobs::router())
         .merge(routes::audio::router())
         .merge(routes::health::router())
         .merge(routes::admin::router())
+        .split_for_parts()
+}
+
+/// Every route, with request ids and request logs.
+pub fn router(rose: Rose) -> Router {
+    let (api, doc) = api_routes();
+    api.merge(routes::openapi::router(doc))
         .merge(routes::web::router())
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)

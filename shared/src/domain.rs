@@ -192,8 +192,9 @@ pub struct Audio {
 }
 
 /// Why a job failed: a stable code and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
+    /// Stable snake_case code, e.g. `stt_failed`, `provider_unavailable`.
     pub code: String,
     pub message: String,
 }
@@ -267,7 +268,7 @@ pub struct Job {
 }
 
 /// Where a callback delivery stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CallbackState {
     /// `pending`, `delivered`, `exhausted` or `gone`.
     pub status: String,

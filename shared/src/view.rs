@@ -1,7 +1,14 @@
-//! The JSON shapes clients read.
+//! The JSON shapes clients read, as types: the api serialises these and the
+//! OpenAPI document at `/api/openapi.json` is derived from the same types, so
+//! the two cannot drift apart.
 
-use crate::domain::{Job, JobStatus, rfc3339};
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::domain::{CallbackState, Job, JobError, JobStatus, rfc3339};
 
 /// Where a client polls a job.
 #[must_use]
@@ -15,43 +22,111 @@ pub fn events_url(job: &Job) -> String {
     format!("/api/jobs/{}/events", job.id)
 }
 
-/// The full job JSON (`GET /api/jobs/{id}`, callbacks, finished long-polls).
-///
-/// `result` is `null` until the job succeeded; URLs are relative to the api.
+/// A voice job as clients see it (`GET /api/jobs/{id}`, SSE data,
+/// callbacks, finished long-polls). URLs are relative to the api.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Job)]
+pub struct JobView {
+    /// ULID.
+    pub job_id: String,
+    pub session_id: String,
+    /// `queued`, `processing`, `succeeded` or `failed`.
+    #[schema(example = "succeeded")]
+    pub status: &'static str,
+    /// The stage running or last run: `stt`, `memory`, `llm`, `tts`.
+    pub stage: Option<&'static str>,
+    pub attempts: i64,
+    /// `null` until the job succeeded.
+    pub result: Option<JobResult>,
+    /// Set when the job failed.
+    pub error: Option<JobError>,
+    /// Milliseconds per part that ran: `queue_wait`, `stt`, `memory`, `llm`,
+    /// `tts`, `total`.
+    pub timings_ms: BTreeMap<String, i64>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    pub status_url: String,
+    pub events_url: String,
+    /// Callback delivery, when the job was submitted with `callback_url`.
+    pub callback: Option<CallbackState>,
+}
+
+/// What Rose heard and said.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobResult {
+    /// The person's words (typed words as they were sent).
+    pub transcript: Option<String>,
+    /// Rose's reply.
+    pub text: Option<String>,
+    /// Rose's spoken reply; `null` when `tts` is degraded.
+    pub audio_url: Option<String>,
+    /// Stages that fell back: `tts` (text only), `memory` (no recall).
+    pub degraded: Vec<String>,
+}
+
+/// The answer to an accepted upload (202).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Accepted)]
+pub struct AcceptedView {
+    pub job_id: String,
+    /// `queued`.
+    pub status: &'static str,
+    pub status_url: String,
+    pub events_url: String,
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> Self {
+        let result = (job.status == JobStatus::Succeeded).then(|| JobResult {
+            transcript: job.transcript.clone(),
+            text: job.reply_text.clone(),
+            audio_url: job.reply_audio_id.map(|id| format!("/api/audio/{id}")),
+            degraded: job.degraded.clone(),
+        });
+        Self {
+            job_id: job.id.to_string(),
+            session_id: job.session_id.to_string(),
+            status: job.status.as_str(),
+            stage: job.stage.map(|s| s.as_str()),
+            attempts: job.attempts,
+            result,
+            error: job.error.clone(),
+            timings_ms: job
+                .timings
+                .to_map()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            created_at: rfc3339(job.created_at),
+            updated_at: rfc3339(job.updated_at),
+            status_url: status_url(job),
+            events_url: events_url(job),
+            callback: job.callback.clone(),
+        }
+    }
+}
+
+impl From<&Job> for AcceptedView {
+    fn from(job: &Job) -> Self {
+        Self {
+            job_id: job.id.to_string(),
+            status: job.status.as_str(),
+            status_url: status_url(job),
+            events_url: events_url(job),
+        }
+    }
+}
+
+/// The full job JSON.
 #[must_use]
 pub fn job_json(job: &Job) -> Value {
-    let result = (job.status == JobStatus::Succeeded).then(|| {
-        json!({
-            "transcript": job.transcript,
-            "text": job.reply_text,
-            "audio_url": job.reply_audio_id.map(|id| format!("/api/audio/{id}")),
-            "degraded": job.degraded,
-        })
-    });
-    json!({
-        "job_id": job.id,
-        "session_id": job.session_id,
-        "status": job.status.as_str(),
-        "stage": job.stage.map(|s| s.as_str()),
-        "attempts": job.attempts,
-        "result": result,
-        "error": job.error,
-        "timings_ms": job.timings.to_map(),
-        "created_at": rfc3339(job.created_at),
-        "updated_at": rfc3339(job.updated_at),
-        "status_url": status_url(job),
-        "events_url": events_url(job),
-        "callback": job.callback,
-    })
+    serde_json::to_value(JobView::from(job)).unwrap_or(Value::Null)
 }
 
 /// The short answer to an accepted upload.
 #[must_use]
 pub fn accepted_json(job: &Job) -> Value {
-    json!({
-        "job_id": job.id,
-        "status": job.status.as_str(),
-        "status_url": status_url(job),
-        "events_url": events_url(job),
-    })
+    serde_json::to_value(AcceptedView::from(job)).unwrap_or(Value::Null)
 }

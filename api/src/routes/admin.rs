@@ -7,11 +7,10 @@
 //! run and next run. `POST /api/admin/schedules/{name}/run`: runs one now
 //! (recorded like a scheduled run, with `triggered_by: "manual"`).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{TimeZone, Timelike, Utc};
 use rose_scheduler::{Task, run_task};
 use rose_shared::Rose;
@@ -19,14 +18,16 @@ use rose_shared::config::parse_cron;
 use rose_shared::store::Database;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Admin routes.
-pub fn router() -> Router<Rose> {
-    Router::new()
-        .route("/api/admin/schedules", get(schedules))
-        .route("/api/admin/schedules/{name}/run", post(run_now))
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new()
+        .routes(routes!(schedules))
+        .routes(routes!(run_now))
 }
 
 /// Equal length and equal bytes, without stopping at the first difference.
@@ -109,6 +110,18 @@ async fn last_run(db: &Database, name: &str) -> ApiResult<Option<Value>> {
     ))
 }
 
+/// Each maintenance schedule: `name`, `cron`, `last_run`, `next_run`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/schedules",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"schedules\": [...]}`", body = serde_json::Value),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no `ROSE_ADMIN_TOKEN` is configured", body = ErrorBody),
+    )
+)]
 async fn schedules(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<Value>> {
     authorize(&rose, &headers)?;
     let now = Utc::now().with_nanosecond(0).unwrap_or_else(Utc::now);
@@ -129,6 +142,20 @@ async fn schedules(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Js
     Ok(Json(json!({ "schedules": out })))
 }
 
+/// Runs one maintenance job now, recorded like a scheduled run.
+#[utoipa::path(
+    post,
+    path = "/api/admin/schedules/{name}/run",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "`audio_cleanup`, `session_expiry`, `memory_pruning`, `backup` or `stale_job_reaper`")),
+    responses(
+        (status = 200, description = "`{\"run\": {...}}`: the recorded run", body = serde_json::Value),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`schedule_not_found`, or `not_found` without an admin token", body = ErrorBody),
+        (status = 503, description = "`maintenance_unavailable`", body = ErrorBody),
+    )
+)]
 async fn run_now(
     State(rose): State<Rose>,
     headers: HeaderMap,

@@ -1,21 +1,35 @@
 //! `GET /api/audio/{id}`: reply (and uploaded) audio, while retained.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use rose_shared::Rose;
 use rose_shared::domain::AudioId;
 use rose_shared::store::AudioLookup;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Audio routes.
-pub fn router() -> Router<Rose> {
-    Router::new().route("/api/audio/{id}", get(fetch))
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new().routes(routes!(fetch))
 }
 
+/// Rose's spoken reply (MP3 from ElevenLabs or the simulator, WAV from espeak-ng).
+#[utoipa::path(
+    get,
+    path = "/api/audio/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Audio id, from a job's `result.audio_url`")),
+    responses(
+        (status = 200, description = "The audio", content(
+            (Vec<u8> = "audio/mpeg"),
+            (Vec<u8> = "audio/wav"),
+        )),
+        (status = 404, description = "`audio_not_found`, or `expired` past `AUDIO_RETENTION_HOURS`", body = ErrorBody),
+    )
+)]
 async fn fetch(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<Response> {
     let id: AudioId = id.parse().map_err(|_| ApiError::AudioNotFound)?;
     match rose.store.get_audio(id).await? {

@@ -10,21 +10,22 @@
 use std::future::Future;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use rose_shared::Rose;
 use rose_shared::config::TtsProvider;
 use rose_shared::queue::Queue;
 use rose_shared::resilience::{Snapshot, State as Breaker};
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Health routes.
-pub fn router() -> Router<Rose> {
-    Router::new().route("/api/health", get(health))
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new().routes(routes!(health))
 }
 
 async fn check<E: std::fmt::Display>(
@@ -44,6 +45,17 @@ async fn check<E: std::fmt::Display>(
     }
 }
 
+/// `{"status", "simulated", "services": {database, queue, redis, qdrant,
+/// groq, elevenlabs}, "deployment", "circuit_breakers"}`.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Rose can serve (`healthy` or `degraded`)", body = serde_json::Value),
+        (status = 503, description = "The database or the queue is down", body = serde_json::Value),
+    )
+)]
 async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
     let (database, queue, memory, breakers) = tokio::join!(
         check("database", rose.store.ping()),

@@ -14,28 +14,44 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
-use axum::{Json, Router};
 use futures::Stream;
 use rose_shared::Rose;
 use rose_shared::domain::{Job, JobId, JobStatus};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::error::{ApiError, ApiResult};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::parse_wait;
-use crate::view::job_json;
+use crate::view::{JobView, job_json};
 
 /// Job routes.
-pub fn router() -> Router<Rose> {
-    Router::new()
-        .route("/api/jobs/{id}", get(show))
-        .route("/api/jobs/{id}/events", get(events))
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new()
+        .routes(routes!(show))
+        .routes(routes!(events))
 }
 
 /// The job; with `?wait=`, answers as soon as it is finished or the wait ends.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id"),
+        ("wait" = Option<f64>, Query, description = "Seconds (0-60) to wait for the job to finish"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "`invalid_wait`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    )
+)]
 async fn show(
     State(rose): State<Rose>,
     Path(id): Path<String>,
@@ -134,6 +150,19 @@ impl Follow {
 }
 
 /// `GET /api/jobs/{id}/events`.
+/// The job's states as Server-Sent Events: event name = state (`queued`,
+/// `stt`, `memory`, `llm`, `tts`, `succeeded`, `failed`), data = the job
+/// JSON; the stream ends after the final state.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/events",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "An event stream; each event's data is a Job", content_type = "text/event-stream", body = JobView),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+    )
+)]
 async fn events(
     State(rose): State<Rose>,
     Path(id): Path<String>,

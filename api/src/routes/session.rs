@@ -1,33 +1,52 @@
 //! `POST /api/session/start`, `DELETE /api/session/{id}`.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
 use rose_shared::Rose;
 use rose_shared::domain::SessionId;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 
 /// Session routes.
-pub fn router() -> Router<Rose> {
-    Router::new()
-        .route("/api/session/start", post(start))
-        .route("/api/session/{id}", delete(erase))
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(erase))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Who the session belongs to; without it, memories stay with the session.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
+    /// 1-200 characters: a stable id for the person across sessions.
     user_id: Option<String>,
 }
 
-/// The body is optional: empty, or `{"user_id": "..."}`.
+/// A new session.
+#[derive(Debug, Serialize, ToSchema)]
+struct Started {
+    session_id: String,
+}
+
+/// Starts a session. The body is optional: empty, or `{"user_id": "..."}`.
+#[utoipa::path(
+    post,
+    path = "/api/session/start",
+    tag = "sessions",
+    request_body(content = Option<StartBody>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Session started", body = Started),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+    )
+)]
 async fn start(State(rose): State<Rose>, body: Bytes) -> ApiResult<Response> {
     let body: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
         StartBody::default()
@@ -41,12 +60,26 @@ async fn start(State(rose): State<Rose>, body: Bytes) -> ApiResult<Response> {
         return Err(ApiError::InvalidUserId);
     }
     let session = rose.store.create_session(user_id.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(json!({"session_id": session.id}))).into_response())
+    let started = Started {
+        session_id: session.id.to_string(),
+    };
+    Ok((StatusCode::CREATED, Json(started)).into_response())
 }
 
 /// Erases the session and everything it owned. Its memories go first: when
 /// the memory store cannot be reached the answer is 503 and nothing else is
 /// touched, so the client can simply try again.
+#[utoipa::path(
+    delete,
+    path = "/api/session/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Erased with its turns, jobs, audio and memories"),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`, `memory_unavailable`", body = ErrorBody),
+    )
+)]
 async fn erase(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: SessionId = id.parse().map_err(|_| ApiError::SessionNotFound)?;
     if rose.store.get_session(id).await?.is_none() {

@@ -16,30 +16,50 @@ use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::callback::{self, UrlError};
 use rose_shared::domain::{JobError, SessionId, VoiceTask};
 use rose_shared::store::{Created, JobInput, NewJob};
 
-use crate::error::{ApiError, ApiResult, MAX_AUDIO_BYTES, MAX_TYPED_CHARS};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ApiResult, ErrorBody, MAX_AUDIO_BYTES, MAX_TYPED_CHARS};
 use crate::middleware::RequestId;
 use crate::routes::parse_wait;
-use crate::view::{accepted_json, job_json};
+use crate::view::{AcceptedView, JobView, accepted_json, job_json};
 
 /// Longest accepted text field (session id, callback URL).
 const MAX_TEXT_FIELD: usize = 2048;
 
 /// Voice routes.
-pub fn router() -> Router<Rose> {
-    Router::new().route(
-        "/api/voice/process",
+pub fn router() -> OpenApiRouter<Rose> {
+    OpenApiRouter::new()
+        .routes(routes!(process))
         // Room for the multipart framing around a maximal upload; the audio
         // part itself is held to MAX_AUDIO_BYTES while it streams.
-        post(process).layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES + 64 * 1024)),
-    )
+        .layer(DefaultBodyLimit::max(MAX_AUDIO_BYTES + 64 * 1024))
+}
+
+/// The multipart form `POST /api/voice/process` reads (documentation of
+/// the parts; they are read as they stream).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct VoiceForm {
+    /// The recording: WAV, WebM, Ogg, MP3, FLAC or MP4/M4A, up to 10 MB.
+    /// Either this or `text`.
+    #[schema(value_type = Option<String>, format = Binary)]
+    audio: Option<Vec<u8>>,
+    /// Typed words instead of a recording (up to 2,000 characters); the
+    /// STT stage is skipped.
+    text: Option<String>,
+    /// From `POST /api/session/start`.
+    session_id: String,
+    /// Receives the finished job, signed per Standard Webhooks.
+    callback_url: Option<String>,
 }
 
 /// The parts of an upload Rose reads.
@@ -58,6 +78,27 @@ struct Accepted {
     callback_url: Option<String>,
 }
 
+/// Takes a recording (or typed words), writes the job, queues it and
+/// answers at once; `?wait=` holds the answer until the job finishes.
+#[utoipa::path(
+    post,
+    path = "/api/voice/process",
+    tag = "jobs",
+    request_body(content = VoiceForm, content_type = "multipart/form-data"),
+    params(
+        ("wait" = Option<f64>, Query, description = "Seconds (0-60) to wait for the job to finish"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key in the same session returns the same job"),
+    ),
+    responses(
+        (status = 202, description = "Queued", body = AcceptedView),
+        (status = 200, description = "With `?wait=`: the job finished in time", body = JobView),
+        (status = 400, description = "`audio_missing`, `audio_and_text`, `text_empty`, `text_too_long`, `audio_empty`, `session_id_required`, `invalid_session_id`, `malformed_multipart`, `invalid_callback_url`, `callback_url_forbidden`, `callbacks_not_configured`, `invalid_idempotency_key`, `invalid_wait`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 413, description = "`audio_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_audio_format`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`, `queue_unavailable`", body = ErrorBody),
+    )
+)]
 async fn process(
     State(rose): State<Rose>,
     Query(query): Query<HashMap<String, String>>,

@@ -7,6 +7,7 @@ mod bad_input;
 mod callbacks;
 mod events;
 mod memory;
+mod openapi;
 mod pipeline;
 mod queue_delay;
 mod redis_queue;
