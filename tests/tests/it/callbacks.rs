@@ -315,3 +315,102 @@ async fn private_addresses_are_refused_unless_allowed() {
     .await;
     unsigned.stop().await;
 }
+
+/// A receiver that takes the connection and the request but never answers.
+async fn hanging_receiver() -> (String, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let accepted = Arc::new(Mutex::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            *count.lock().expect("lock") += 1;
+            held.push(socket);
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_is_cut_at_fifteen_seconds() {
+    use rose_shared::callback::{Attempt, DELIVERY_TIMEOUT, deliver};
+
+    let (url, accepted) = hanging_receiver().await;
+    // No worker: the delivery is driven here, once.
+    let mut opts = options(&[]);
+    opts.no_worker = true;
+    let app = spawn_app_with(Deployment::Embedded, opts).await;
+    let id = submit(&app, &url).await;
+    let job = app
+        .rose
+        .store
+        .get_job(id.parse().expect("job id"))
+        .await
+        .expect("get")
+        .expect("job");
+
+    let started = std::time::Instant::now();
+    let attempt = deliver(&app.rose.config, &job).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(attempt, Attempt::Failed(None, _)),
+        "a timeout is a failure without a status: {attempt:?}"
+    );
+    assert_eq!(
+        *accepted.lock().expect("lock"),
+        1,
+        "the receiver was reached"
+    );
+    assert!(
+        took >= DELIVERY_TIMEOUT - Duration::from_millis(100),
+        "cut no sooner than the bound: {took:?}"
+    );
+    assert!(
+        took < DELIVERY_TIMEOUT * 3,
+        "cut at the bound, not left hanging: {took:?}"
+    );
+    assert_eq!(DELIVERY_TIMEOUT, Duration::from_secs(15));
+    app.stop().await;
+}
+
+/// The address is checked again when the delivery runs: a host that now
+/// resolves to a loopback address is not called, and the delivery ends.
+#[tokio::test]
+async fn delivery_checks_the_address_again() {
+    use rose_shared::callback::{Attempt, deliver};
+
+    let (url, receiver) = receiver(&[200]).await;
+    // Accepted (private addresses allowed) and delivered once.
+    let app = spawn_app_with(Deployment::Embedded, options(&[])).await;
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let id = submit(&app, &by_name).await;
+    let job = settled_callback(&app, &id).await;
+    assert_eq!(job["callback"]["status"], "delivered", "{job}");
+    assert_eq!(receiver.seen.lock().expect("lock").len(), 1);
+
+    // The same job under the default policy: `localhost` resolves to
+    // loopback at delivery, so nothing is sent and no retry would help.
+    let job = app
+        .rose
+        .store
+        .get_job(id.parse().expect("job id"))
+        .await
+        .expect("get")
+        .expect("job");
+    let mut strict = (*app.rose.config).clone();
+    strict.callback_allow_private = false;
+    let attempt = deliver(&strict, &job).await;
+    assert!(
+        matches!(&attempt, Attempt::Refused(why) if why.contains("127.0.0.1") || why.contains("::1")),
+        "{attempt:?}"
+    );
+    assert_eq!(
+        receiver.seen.lock().expect("lock").len(),
+        1,
+        "the refused delivery sent nothing"
+    );
+    app.stop().await;
+}
