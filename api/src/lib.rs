@@ -28,11 +28,21 @@ pub fn api_routes() -> (Router<Rose>, OpenApi) {
         .split_for_parts()
 }
 
-/// Every route, with request ids and request logs.
+/// Every route, with request ids, request logs, a time bound, CORS for
+/// `ALLOWED_ORIGINS` and security headers on every response.
 pub fn router(rose: Rose) -> Router {
     let (api, doc) = api_routes();
-    api.merge(routes::openapi::router(doc))
-        .merge(routes::web::router())
+    let cors = middleware::cors(&rose.config.allowed_origins);
+    let timeout = rose.config.request_timeout;
+    let routes = api
+        .merge(routes::openapi::router(doc))
+        .merge(routes::web::router());
+    middleware::security_headers(routes)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(cors)
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)
 }

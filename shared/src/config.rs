@@ -171,6 +171,13 @@ pub struct Config {
     /// delivery, comma-separated (default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
     pub callback_retry_delays: Vec<Duration>,
 
+    /// `ALLOWED_ORIGINS`: comma-separated origins (`https://app.example`)
+    /// whose pages may call the api from a browser (CORS); empty: none.
+    pub allowed_origins: Vec<String>,
+    /// `ROSE_REQUEST_TIMEOUT_SECS`: an api request taking longer is answered
+    /// 408 (default 90, above the longest `?wait=` of 60).
+    pub request_timeout: Duration,
+
     /// `LOG_FORMAT` (default `pretty`).
     pub log_format: LogFormat,
 
@@ -411,6 +418,35 @@ impl Reader<'_> {
         }
     }
 
+    /// Comma-separated origins: scheme, host and optional port, no path.
+    fn origins(&mut self, name: &str) -> Vec<String> {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let origin = origin.trim_end_matches('/');
+            let valid = url::Url::parse(origin).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+            });
+            if valid {
+                out.push(origin.to_owned());
+            } else {
+                self.problems.push((
+                    name.to_owned(),
+                    format!(
+                        "expected comma-separated origins like https://app.example, got {origin:?}"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     fn url(&mut self, name: &str, default: Option<&str>) -> Option<String> {
         let value = self.raw(name).or(default)?;
         let trimmed = value.trim_end_matches('/');
@@ -517,6 +553,13 @@ impl Config {
                 "ROSE_CALLBACK_RETRY_DELAYS_MS",
                 &[5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000],
             ),
+            allowed_origins: r.origins("ALLOWED_ORIGINS"),
+            request_timeout: Duration::from_secs(r.bounded(
+                "ROSE_REQUEST_TIMEOUT_SECS",
+                90u64,
+                61,
+                3_600,
+            )),
             log_format: r
                 .parse("LOG_FORMAT", "expected json or pretty")
                 .unwrap_or(LogFormat::Pretty),
@@ -739,6 +782,23 @@ mod tests {
             assert!(line.contains(var), "{var} missing from {line}");
         }
         assert_eq!(err.problems.len(), 5);
+    }
+
+    #[test]
+    fn allowed_origins_are_checked() {
+        let c = Config::from_map(&vars(&[(
+            "ALLOWED_ORIGINS",
+            "https://app.example, http://localhost:3000/",
+        )]))
+        .expect("valid");
+        assert_eq!(
+            c.allowed_origins,
+            ["https://app.example", "http://localhost:3000"]
+        );
+        for bad in ["*", "app.example", "https://app.example/path", "ftp://x"] {
+            let err = Config::from_map(&vars(&[("ALLOWED_ORIGINS", bad)])).expect_err(bad);
+            assert!(err.to_string().contains("ALLOWED_ORIGINS"), "{bad}");
+        }
     }
 
     #[test]

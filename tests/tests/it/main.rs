@@ -14,5 +14,6 @@ mod redis_queue;
 mod resilience;
 mod resilience_redis;
 mod scheduler;
+mod security;
 mod sqlite_queue;
 mod store;
