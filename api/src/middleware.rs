@@ -45,7 +45,6 @@ pub fn security_headers<S: Clone + Send + Sync + 'static>(router: Router<S>) -> 
 
 /// CORS for the configured origins only; with none, browsers on other
 /// origins get no CORS headers and cannot read answers.
-#[must_use]
 pub fn cors(origins: &[String]) -> CorsLayer {
     let allowed: Vec<HeaderValue> = origins
         .iter()
