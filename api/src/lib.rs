@@ -36,6 +36,7 @@ pub fn router(rose: Rose) -> Router {
     let timeout = rose.config.request_timeout;
     let routes = api
         .merge(routes::openapi::router(doc))
+        .merge(routes::metrics::router())
         .merge(routes::web::router());
     middleware::security_headers(routes)
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -45,6 +46,24 @@ pub fn router(rose: Rose) -> Router {
         .layer(cors)
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)
+}
+
+/// Serves only `GET /metrics` on `listener` until `shutdown`: the
+/// `ROSE_METRICS_PORT` listener of workers and schedulers.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve_metrics(
+    rose: Rose,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "metrics listening");
+    axum::serve(listener, routes::metrics::router().with_state(rose))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
 }
 
 /// Serves the api on `listener` until `shutdown` is cancelled, then drains

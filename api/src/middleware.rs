@@ -96,6 +96,7 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    rose_shared::metrics::http_request(method.as_str(), status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             event = "request",

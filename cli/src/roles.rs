@@ -148,6 +148,7 @@ pub async fn scheduler(config: Config, shutdown: CancellationToken) -> anyhow::R
     let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;
+    metrics_listener(&rose, &shutdown).await?;
     rose_scheduler::run(rose, rose_worker::unique_name(), shutdown).await
 }
 
@@ -175,12 +176,32 @@ pub async fn worker(
     let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;
+    metrics_listener(&rose, &shutdown).await?;
     let mut worker_options = rose_worker::WorkerOptions::from_rose(&rose);
     if let Some(n) = concurrency {
         anyhow::ensure!(n > 0, "--concurrency must be at least 1");
         worker_options.concurrency = n;
     }
     rose_worker::run(rose, worker_options, shutdown).await
+}
+
+/// `GET /metrics` on `ROSE_METRICS_PORT`, when set, beside a role without
+/// an api of its own.
+async fn metrics_listener(rose: &Rose, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let Some(port) = rose.config.metrics_port else {
+        return Ok(());
+    };
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (ROSE_METRICS_PORT)"))?;
+    let (rose, token) = (rose.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = rose_api::serve_metrics(rose, listener, token).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
 }
 
 fn scaled_options(

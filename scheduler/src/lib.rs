@@ -172,6 +172,7 @@ pub async fn run_task(
         },
         Err(e) => ("failed", jobs::Counts::new(), Some(format!("{e:#}"))),
     };
+    rose_shared::metrics::scheduler_run(task.name(), outcome);
     let counts_json = serde_json::Value::Object(counts.clone()).to_string();
     let finish = "UPDATE schedule_runs SET finished_at = $2, outcome = $3, counts = $4, detail = $5 WHERE id = $1";
     on_pool!(&rose.db, |pool| sqlx::query(finish)

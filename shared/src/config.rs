@@ -174,6 +174,9 @@ pub struct Config {
     /// `ALLOWED_ORIGINS`: comma-separated origins (`https://app.example`)
     /// whose pages may call the api from a browser (CORS); empty: none.
     pub allowed_origins: Vec<String>,
+    /// `ROSE_METRICS_PORT`: where `rose worker` and `rose scheduler` serve
+    /// `GET /metrics` (off when unset; the api serves it on its own port).
+    pub metrics_port: Option<u16>,
     /// `ROSE_REQUEST_TIMEOUT_SECS`: an api request taking longer is answered
     /// 408 (default 90, above the longest `?wait=` of 60).
     pub request_timeout: Duration,
@@ -554,6 +557,10 @@ impl Config {
                 &[5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000],
             ),
             allowed_origins: r.origins("ALLOWED_ORIGINS"),
+            metrics_port: r
+                .raw("ROSE_METRICS_PORT")
+                .is_some()
+                .then(|| r.bounded("ROSE_METRICS_PORT", 0u16, 1, u16::MAX)),
             request_timeout: Duration::from_secs(r.bounded(
                 "ROSE_REQUEST_TIMEOUT_SECS",
                 90u64,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod memory;
+pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod resilience;

@@ -74,6 +74,8 @@ impl Rose {
         database_url: &DatabaseUrl,
         options: Options,
     ) -> Result<Self, StartError> {
+        // Metrics are recorded from the first request on.
+        crate::metrics::handle();
         let db = Database::connect(database_url).await?;
         Self::with_database(config, db, options).await
     }

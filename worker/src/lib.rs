@@ -146,7 +146,14 @@ async fn handle_callback(task: CallbackTask, rose: Data<Rose>) -> Result<(), Box
         _ => return Ok(()),
     };
     let id = task.job_id;
-    match callback::deliver(&rose.config, &job).await {
+    let attempt = callback::deliver(&rose.config, &job).await;
+    rose_shared::metrics::callback_delivery(match &attempt {
+        Attempt::Delivered(_) => "delivered",
+        Attempt::Gone => "gone",
+        Attempt::Refused(_) => "refused",
+        Attempt::Failed(..) => "failed",
+    });
+    match attempt {
         Attempt::Delivered(code) => {
             rose.store
                 .record_callback(id, "delivered", attempts, Some(i64::from(code)))

@@ -31,6 +31,7 @@ use rose_shared::domain::{
     CallbackTask, Job, JobError, JobId, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
 };
 use rose_shared::memory::owner_of;
+use rose_shared::metrics;
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
 use rose_shared::queue::{CALLBACK_QUEUE, MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
 use rose_shared::resilience::{CallError, Provider, jittered};
@@ -223,9 +224,15 @@ impl Pipeline {
         if job.status.is_terminal() {
             return Ok(Outcome::Finished);
         }
+        if job.attempts == 1
+            && let Some(wait) = job.timings.queue_wait
+        {
+            metrics::queue_wait(VOICE_QUEUE, ms(wait));
+        }
         self.rose.events.publish(id).await;
         let failure = match self.run_stages(job.clone()).await {
             Ok(()) => {
+                metrics::job_succeeded(VOICE_QUEUE, ms(now_ms() - job.created_at));
                 self.rose.events.publish(id).await;
                 self.queue_callback(id).await;
                 return Ok(Outcome::Finished);
@@ -261,6 +268,7 @@ impl Pipeline {
         match later {
             Some((wait, deferred)) if now_ms() + wait.as_millis() as i64 <= deadline => {
                 store.reschedule_job(id, deferred).await?;
+                metrics::job_retried(VOICE_QUEUE, deferred);
                 self.rose
                     .queue
                     .push_delayed(VOICE_QUEUE, &id.to_string(), task, wait)
@@ -280,6 +288,7 @@ impl Pipeline {
                 let error = failure.job_error();
                 tracing::warn!(job_id = %id, code = %error.code, error = %failure, "job failed");
                 store.fail_job(id, &error).await?;
+                metrics::job_failed(VOICE_QUEUE, &error.code, ms(now_ms() - job.created_at));
                 self.rose.events.publish(id).await;
                 self.queue_callback(id).await;
                 Ok(if give_up {
@@ -367,6 +376,7 @@ impl Pipeline {
                         mime: speech.mime,
                     };
                     self.rose.store.save_speech(&job, audio, ms).await?;
+                    metrics::stage("tts", started.elapsed());
                     tracing::info!(event = "job_stage", job_id = %job.id, stage = "tts", tts_duration_ms = ms, "job_stage");
                 }
                 Err(e) => {
@@ -439,6 +449,7 @@ impl Pipeline {
             .await
             .map_err(StageError::from_call(Stage::Stt))?;
         let ms = elapsed_ms(started);
+        metrics::stage("stt", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
         let text = text.trim().to_owned();
         self.rose.store.save_transcript(job.id, &text, ms).await?;
@@ -468,6 +479,7 @@ impl Pipeline {
         )
         .await;
         let ms = elapsed_ms(started);
+        metrics::stage("memory", started.elapsed());
         match found {
             Ok(Ok(found)) => {
                 breakers.record(Provider::Memory, true).await;
@@ -561,6 +573,7 @@ impl Pipeline {
             .await
             .map_err(StageError::from_call(Stage::Llm))?;
         let ms = elapsed_ms(started);
+        metrics::stage("llm", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
         self.rose.store.save_reply(job, &reply, ms).await?;
         self.queue_background(job, session).await;
@@ -629,6 +642,11 @@ pub fn job_backoff(
     let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
     let step = base.saturating_mul(2u32.saturating_pow(exp)).min(cap);
     jittered(step, hint.map(|h| h.min(Duration::from_secs(600))))
+}
+
+/// Milliseconds as a duration (negative clamps to zero).
+fn ms(millis: i64) -> Duration {
+    Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
 fn elapsed_ms(started: Instant) -> i64 {

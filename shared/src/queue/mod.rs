@@ -64,6 +64,17 @@ pub enum QueueError {
     Malformed(String),
 }
 
+/// How many messages a queue holds, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub pending: u64,
+    pub delayed: u64,
+    pub running: u64,
+    pub dead: u64,
+    /// Age of the oldest message waiting for a worker.
+    pub oldest_pending_age: Option<Duration>,
+}
+
 /// The carrier the api pushes to and workers consume from.
 #[derive(Debug, Clone)]
 pub enum Queue {
@@ -100,9 +111,11 @@ impl Queue {
         message: &T,
     ) -> Result<(), QueueError> {
         match self {
-            Self::Sqlite(q) => q.push(queue, id, message).await,
-            Self::Redis(q) => q.push(queue, id, message).await,
+            Self::Sqlite(q) => q.push(queue, id, message).await?,
+            Self::Redis(q) => q.push(queue, id, message).await?,
         }
+        crate::metrics::job_enqueued(queue);
+        Ok(())
     }
 
     /// Schedules one message to enter `queue` after `delay`.
@@ -117,9 +130,11 @@ impl Queue {
         delay: Duration,
     ) -> Result<(), QueueError> {
         match self {
-            Self::Sqlite(q) => q.push_delayed(queue, message, delay).await,
-            Self::Redis(q) => q.push_delayed(queue, id, message, delay).await,
+            Self::Sqlite(q) => q.push_delayed(queue, message, delay).await?,
+            Self::Redis(q) => q.push_delayed(queue, id, message, delay).await?,
         }
+        crate::metrics::job_enqueued(queue);
+        Ok(())
     }
 
     /// The ids (`job_id`, else `session_id`) of the messages `queue` still
@@ -153,6 +168,26 @@ impl Queue {
                     ids.extend(entries.into_iter().map(|e| e.id));
                 }
                 Ok(Some(ids))
+            }
+        }
+    }
+
+    /// How many messages `queue` holds, by state.
+    ///
+    /// # Errors
+    /// When the carrier cannot be read.
+    pub async fn depth(&self, queue: &str) -> Result<Depth, QueueError> {
+        match self {
+            Self::Sqlite(q) => q.depth(queue).await,
+            Self::Redis(q) => {
+                let s = q.stats(queue).await?;
+                Ok(Depth {
+                    pending: s.pending,
+                    delayed: s.delayed,
+                    running: s.running,
+                    dead: s.dead,
+                    oldest_pending_age: s.oldest_pending_age_ms.map(Duration::from_millis),
+                })
             }
         }
     }

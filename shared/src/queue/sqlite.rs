@@ -21,7 +21,7 @@ use futures::channel::mpsc;
 use serde::Serialize;
 use sqlx::SqlitePool;
 
-use super::QueueError;
+use super::{Depth, QueueError};
 
 /// How often an idle embedded worker looks for rows no in-process push announced.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
@@ -179,6 +179,45 @@ impl SqliteQueue {
             .iter()
             .filter_map(|bytes| serde_json::from_slice(bytes).ok())
             .collect())
+    }
+
+    /// Counts of `queue`'s messages by state, from apalis' `Jobs` table.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn depth(&self, queue: &str) -> Result<Depth, QueueError> {
+        let now = chrono::Utc::now().timestamp();
+        // pending, delayed, running, dead, oldest pending run_at.
+        type Counts = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let row: Counts = sqlx::query_as(
+                "SELECT \
+                   SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at <= $2 THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN status IN ('Pending', 'Queued') AND run_at > $2 THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN status = 'Running' THEN 1 ELSE 0 END), \
+                   SUM(CASE WHEN status IN ('Failed', 'Killed') THEN 1 ELSE 0 END), \
+                   MIN(CASE WHEN status IN ('Pending', 'Queued') AND run_at <= $2 THEN run_at END) \
+                 FROM Jobs WHERE job_type = $1",
+            )
+            .bind(queue)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        let count = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+        Ok(Depth {
+            pending: count(row.0),
+            delayed: count(row.1),
+            running: count(row.2),
+            dead: count(row.3),
+            oldest_pending_age: row
+                .4
+                .map(|at| Duration::from_secs(u64::try_from(now - at).unwrap_or(0))),
+        })
     }
 
     fn wake(&self, queue: &str) {

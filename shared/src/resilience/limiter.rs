@@ -170,6 +170,7 @@ impl Limiter {
             let wait = match self.try_acquire(provider, limits).await {
                 Ok(permit) => {
                     if logged {
+                        crate::metrics::rate_limit_wait(provider.as_str(), started.elapsed());
                         tracing::info!(
                             event = "rate_limited",
                             provider = provider.as_str(),

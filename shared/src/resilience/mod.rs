@@ -138,11 +138,13 @@ impl Resilience {
             drop(permit);
             let error = match result {
                 Ok(value) => {
+                    crate::metrics::provider_request(provider.as_str(), Some(200));
                     self.breakers.record(provider, true).await;
                     return Ok(value);
                 }
                 Err(e) => e,
             };
+            crate::metrics::provider_request(provider.as_str(), error.status);
             let hint = error.retry_after;
             let wait_for_slot = error.code.as_deref() == Some("too_many_concurrent_requests");
             match error.kind {
@@ -171,6 +173,7 @@ impl Resilience {
                 wait_ms = wait.as_millis() as u64,
                 "provider call failed; retrying"
             );
+            crate::metrics::provider_retry(provider.as_str());
             tokio::time::sleep(wait).await;
         }
     }
