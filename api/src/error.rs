@@ -82,6 +82,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("no such schedule")]
     ScheduleNotFound,
+    #[error("this job has not failed; only failed (dead) jobs are retried")]
+    JobNotFailed,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     #[error("the maintenance run failed to start")]
     Maintenance(String),
     #[error("storage failure")]
@@ -122,6 +126,8 @@ impl ApiError {
             Self::AdminDisabled => (S::NOT_FOUND, "not_found"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
+            Self::JobNotFailed => (S::CONFLICT, "job_not_failed"),
+            Self::InvalidQuery(_) => (S::BAD_REQUEST, "invalid_query"),
             Self::Maintenance(_) => (S::SERVICE_UNAVAILABLE, "maintenance_unavailable"),
             Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
             Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),

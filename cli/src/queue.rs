@@ -1,14 +1,17 @@
-//! `rose queue …`: inspection and repair of the Redis queues.
+//! `rose queue …`: inspection and repair of the queues, on Redis or on the
+//! embedded database (see `rose_shared::queue::admin`).
 //!
 //! Tables for people by default, `--json` for scripts. Reviving a dead voice
-//! job also puts its row back to `queued` (when `DATABASE_URL` is set), so
+//! job also puts its row back to `queued` (when the rows are reachable), so
 //! the pipeline runs it again from its first unfinished stage.
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use rose_shared::config::Config;
-use rose_shared::domain::{JobId, now_ms};
-use rose_shared::queue::{ListStatus, QueueEntry, QueueStats, RedisQueue, VOICE_QUEUE};
+use rose_shared::domain::now_ms;
+use rose_shared::queue::admin::Admin;
+use rose_shared::queue::{
+    ListStatus, Queue, QueueEntry, QueueStats, RedisQueue, SqliteQueue, VOICE_QUEUE,
+};
 use rose_shared::store::Database;
 
 /// The `rose queue` subcommands.
@@ -50,23 +53,41 @@ pub enum QueueCommand {
     },
 }
 
-/// Runs one `rose queue` command.
+/// Runs one `rose queue` command: on Redis when `REDIS_URL` is set (the
+/// job rows too when `DATABASE_URL` is), else on the embedded database.
 ///
 /// # Errors
-/// When Redis (or the database, for revived voice jobs) cannot be reached,
-/// or the arguments name something that does not exist.
+/// When the queue (or the database) cannot be reached, or the arguments
+/// name something that does not exist or cannot be done.
 pub async fn run(config: Config, command: QueueCommand) -> anyhow::Result<()> {
-    let url = config
-        .redis_url
-        .clone()
-        .context("REDIS_URL is required: rose queue inspects the Redis queue")?;
-    let queue = RedisQueue::connect(&url, &config.redis_prefix).await?;
+    let (queue, db) = match &config.redis_url {
+        Some(url) => {
+            let queue = RedisQueue::connect(url, &config.redis_prefix).await?;
+            let db = match &config.database_url {
+                Some(url) => Some(Database::connect(url).await?),
+                None => None,
+            };
+            (Queue::Redis(queue), db)
+        }
+        None => {
+            let url = config.embedded_database_url();
+            let db = Database::connect(&url).await?;
+            let Database::Sqlite(pool) = &db else {
+                anyhow::bail!(
+                    "REDIS_URL is required with a PostgreSQL DATABASE_URL: the queue is in Redis"
+                );
+            };
+            let queue = Queue::Sqlite(SqliteQueue::new(pool.clone()));
+            (queue, Some(db))
+        }
+    };
+    let admin = Admin {
+        queue: &queue,
+        db: db.as_ref(),
+    };
     match command {
         QueueCommand::Stats { json } => {
-            let mut all = Vec::new();
-            for name in queue.queue_names().await? {
-                all.push(queue.stats(&name).await?);
-            }
+            let all = admin.stats().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
@@ -79,7 +100,7 @@ pub async fn run(config: Config, command: QueueCommand) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            let entries = queue.list(&name, status, limit).await?;
+            let entries = admin.list(&name, status, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -87,13 +108,7 @@ pub async fn run(config: Config, command: QueueCommand) -> anyhow::Result<()> {
             }
         }
         QueueCommand::Retry { id } => {
-            let revived = queue
-                .revive(&id)
-                .await?
-                .with_context(|| format!("no dead job {id} in any queue"))?;
-            if revived == VOICE_QUEUE {
-                requeue_row(&config, &id).await?;
-            }
+            let revived = admin.retry(&id).await?;
             println!("revived {id} into {revived}");
         }
         QueueCommand::RetryAll {
@@ -104,40 +119,23 @@ pub async fn run(config: Config, command: QueueCommand) -> anyhow::Result<()> {
                 status == "dead",
                 "--status must be dead (only dead jobs are retried)"
             );
-            let dead = queue.list(&name, ListStatus::Dead, 10_000).await?;
-            let count = queue.revive_all(&name).await?;
-            if name == VOICE_QUEUE {
-                for entry in dead {
-                    requeue_row(&config, &entry.id).await?;
-                }
-            }
+            let count = admin.retry_all(&name).await?;
             println!("revived {count} jobs into {name}");
         }
         QueueCommand::Purge {
             status,
             queue: name,
         } => {
-            if status == "done" {
+            let count = admin.purge(&name, &status).await?;
+            if status == "done" && matches!(queue, Queue::Redis(_)) {
                 println!(
                     "purged 0 jobs: finished jobs leave Redis as soon as they are acknowledged"
                 );
-                return Ok(());
+            } else {
+                println!("purged {count} {status} jobs from {name}");
             }
-            let status: ListStatus = status.parse().map_err(anyhow::Error::msg)?;
-            let count = queue.purge(&name, status).await?;
-            println!("purged {count} {} jobs from {name}", status.as_str());
         }
     }
-    Ok(())
-}
-
-/// Puts a failed voice job's row back to `queued`, when the database is configured.
-async fn requeue_row(config: &Config, id: &str) -> anyhow::Result<()> {
-    let (Some(url), Ok(job_id)) = (&config.database_url, id.parse::<JobId>()) else {
-        return Ok(());
-    };
-    let db = Database::connect(url).await?;
-    db.store().requeue_job(job_id).await?;
     Ok(())
 }
 

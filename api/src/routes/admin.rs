@@ -6,18 +6,29 @@
 //! `GET /api/admin/schedules`: each maintenance schedule with its cron, last
 //! run and next run. `POST /api/admin/schedules/{name}/run`: runs one now
 //! (recorded like a scheduled run, with `triggered_by: "manual"`).
+//!
+//! `GET /api/admin/queues`: counts per queue (`rose queue stats`).
+//! `GET /api/admin/jobs?status=&limit=&cursor=`: job rows, newest first,
+//! paged by `next_cursor`. `POST /api/admin/jobs/{id}/retry`: revives a
+//! failed job (`rose queue retry`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use chrono::{TimeZone, Timelike, Utc};
 use rose_scheduler::{Task, run_task};
 use rose_shared::Rose;
 use rose_shared::config::parse_cron;
+use rose_shared::domain::JobId;
+use rose_shared::queue::admin::{Admin, AdminError};
 use rose_shared::store::Database;
+use rose_shared::view::job_json;
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -28,6 +39,164 @@ pub fn router() -> OpenApiRouter<Rose> {
     OpenApiRouter::new()
         .routes(routes!(schedules))
         .routes(routes!(run_now))
+        .routes(routes!(queues))
+        .routes(routes!(jobs))
+        .routes(routes!(retry_job))
+}
+
+fn admin(rose: &Rose) -> Admin<'_> {
+    Admin {
+        queue: &rose.queue,
+        db: Some(&rose.db),
+    }
+}
+
+fn admin_error(e: AdminError) -> ApiError {
+    match e {
+        AdminError::NotFound(_) => ApiError::JobNotFound,
+        AdminError::NotFailed(_) => ApiError::JobNotFailed,
+        AdminError::Invalid(m) => ApiError::InvalidQuery(m),
+        AdminError::Queue(e) => ApiError::Queue(e),
+        AdminError::Store(e) => ApiError::Store(e),
+    }
+}
+
+/// Counts per queue: pending, delayed, running, dead, oldest pending age.
+#[utoipa::path(
+    get,
+    path = "/api/admin/queues",
+    tag = "admin",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "`{\"queues\": [...]}`", body = serde_json::Value),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no `ROSE_ADMIN_TOKEN` is configured", body = ErrorBody),
+    )
+)]
+async fn queues(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorize(&rose, &headers)?;
+    let stats = admin(&rose).stats().await.map_err(admin_error)?;
+    Ok(Json(json!({ "queues": stats })))
+}
+
+/// The `?status=&limit=&cursor=` of the jobs listing.
+#[derive(Debug, Deserialize, IntoParams)]
+struct JobsQuery {
+    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent.
+    status: Option<String>,
+    /// 1-200 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Job rows, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/admin/jobs",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(JobsQuery),
+    responses(
+        (status = 200, description = "`{\"jobs\": [Job...], \"next_cursor\"}`", body = serde_json::Value),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no `ROSE_ADMIN_TOKEN` is configured", body = ErrorBody),
+    )
+)]
+async fn jobs(
+    State(rose): State<Rose>,
+    headers: HeaderMap,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    authorize(&rose, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some("dead") => Some("failed"),
+        Some(s @ ("queued" | "processing" | "succeeded" | "failed")) => Some(s),
+        Some(other) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "status {other:?}: expected queued, processing, succeeded, failed or dead"
+            )));
+        }
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::InvalidQuery("limit must be 1 to 200".to_owned()));
+    }
+    let cursor = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            c.parse::<JobId>()
+                .map_err(|_| ApiError::InvalidQuery("cursor is not a job id".to_owned()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    // ULIDs sort by creation: the id is the page key.
+    let sql = "SELECT id FROM voice_jobs WHERE ($1 IS NULL OR status = $1) \
+               AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3";
+    let ids: Vec<String> = match &rose.db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar(sql)
+                .bind(status)
+                .bind(&cursor)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar(sql)
+                .bind(status)
+                .bind(&cursor)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(|e| ApiError::Store(e.into()))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Ok(id) = id.parse::<JobId>()
+            && let Some(job) = rose.store.get_job(id).await?
+        {
+            out.push(job_json(&job));
+        }
+    }
+    let next_cursor = (ids.len() == limit as usize)
+        .then(|| ids.last().cloned())
+        .flatten();
+    Ok(Json(json!({ "jobs": out, "next_cursor": next_cursor })))
+}
+
+/// Revives a failed job: its row goes back to `queued` and it is pushed
+/// again, resuming at its first unfinished stage.
+#[utoipa::path(
+    post,
+    path = "/api/admin/jobs/{id}/retry",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "`{\"job_id\", \"queue\"}`", body = serde_json::Value),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`, or `not_found` without an admin token", body = ErrorBody),
+        (status = 409, description = "`job_not_failed`", body = ErrorBody),
+    )
+)]
+async fn retry_job(
+    State(rose): State<Rose>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    authorize(&rose, &headers)?;
+    let job_id: JobId = id.parse().map_err(|_| ApiError::JobNotFound)?;
+    let queue = admin(&rose)
+        .retry(&job_id.to_string())
+        .await
+        .map_err(admin_error)?;
+    tracing::info!(job_id = %job_id, queue, "job revived by an operator");
+    Ok(Json(json!({ "job_id": job_id, "queue": queue })))
 }
 
 /// Equal length and equal bytes, without stopping at the first difference.

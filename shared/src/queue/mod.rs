@@ -10,6 +10,7 @@
 //! request id for log correlation). The database row is the truth; it is always
 //! written before the push.
 
+pub mod admin;
 pub mod redis;
 pub mod sqlite;
 

@@ -6,6 +6,7 @@ mod backup;
 mod bad_input;
 mod callbacks;
 mod events;
+mod fuzz;
 mod memory;
 mod openapi;
 mod pipeline;

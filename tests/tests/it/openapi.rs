@@ -57,6 +57,9 @@ async fn the_document_covers_every_route_and_matches_real_answers() {
         "GET /api/health",
         "GET /api/admin/schedules",
         "POST /api/admin/schedules/{name}/run",
+        "GET /api/admin/queues",
+        "GET /api/admin/jobs",
+        "POST /api/admin/jobs/{id}/retry",
     ]
     .into_iter()
     .map(str::to_owned)
