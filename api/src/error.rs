@@ -23,6 +23,11 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// Whole seconds to wait, rounded up, at least 1 (`Retry-After`).
+fn retry_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
+}
+
 /// Largest accepted upload.
 pub const MAX_AUDIO_BYTES: usize = 10 * 1024 * 1024;
 
@@ -86,6 +91,10 @@ pub enum ApiError {
     JobNotFailed,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("too many requests; try again in {} s", retry_secs(*.0))]
+    RateLimited(std::time::Duration),
+    #[error("this session already has {0} jobs in flight; wait for one to finish")]
+    SessionBusy(u32),
     #[error("the maintenance run failed to start")]
     Maintenance(String),
     #[error("storage failure")]
@@ -128,6 +137,8 @@ impl ApiError {
             Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
             Self::JobNotFailed => (S::CONFLICT, "job_not_failed"),
             Self::InvalidQuery(_) => (S::BAD_REQUEST, "invalid_query"),
+            Self::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::SessionBusy(_) => (S::TOO_MANY_REQUESTS, "session_busy"),
             Self::Maintenance(_) => (S::SERVICE_UNAVAILABLE, "maintenance_unavailable"),
             Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
             Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),
@@ -145,13 +156,24 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
+        let retry_after = match &self {
+            Self::RateLimited(wait) => Some(retry_secs(*wait)),
+            Self::SessionBusy(_) => Some(1),
+            _ => None,
+        };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

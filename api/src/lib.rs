@@ -37,13 +37,17 @@ pub fn router(rose: Rose) -> Router {
     let routes = api
         .merge(routes::openapi::router(doc))
         .merge(routes::metrics::router())
-        .merge(routes::web::router());
-    middleware::security_headers(routes)
+        .merge(routes::web::router())
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            rose.clone(),
+            middleware::rate_limit,
+        ))
+        .layer(cors);
+    middleware::security_headers(routes)
         .layer(axum::middleware::from_fn(middleware::request_context))
         .with_state(rose)
 }
@@ -78,7 +82,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
-    axum::serve(listener, router(rose))
+    let app = router(rose).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())

@@ -6,14 +6,20 @@
 
 use std::time::Instant;
 
+use std::net::SocketAddr;
+
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::Response;
+use rose_shared::Rose;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument;
+
+use crate::error::ApiError;
 
 /// Headers every response carries unless the route set its own (the web
 /// client sets a CSP that lets it load itself and play recorded audio).
@@ -80,6 +86,56 @@ fn acceptable(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
+
+/// The client's address: the peer, or the first `X-Forwarded-For` entry
+/// when Rose is told to trust it.
+fn client_address(request: &Request, trust_forwarded: bool) -> String {
+    if trust_forwarded
+        && let Some(first) = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| v.parse::<std::net::IpAddr>().is_ok())
+    {
+        return first.to_owned();
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+}
+
+/// Per-client request limits: voice jobs and other requests have their own
+/// budgets per minute; health checks, metrics and CORS preflights are free.
+pub async fn rate_limit(State(rose): State<Rose>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if matches!(path, "/api/health" | "/metrics") || request.method() == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let voice = request.method() == Method::POST && path == "/api/voice/process";
+    let (class, limit) = if voice {
+        ("voice", rose.config.rate_limit_voice)
+    } else {
+        ("other", rose.config.rate_limit_other)
+    };
+    let client = client_address(&request, rose.config.trust_forwarded_for);
+    match rose
+        .requests
+        .check(&format!("{client}:{class}"), limit, RATE_WINDOW)
+        .await
+    {
+        Ok(()) => next.run(request).await,
+        Err(wait) => {
+            tracing::warn!(client = %client, class, wait_ms = wait.as_millis() as u64, "request rate limited");
+            ApiError::RateLimited(wait).into_response()
+        }
+    }
+}
+
+/// The window the per-minute limits count over.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Assigns the request id, runs the request in its span, logs the outcome.
 pub async fn request_context(mut request: Request, next: Next) -> Response {

@@ -81,6 +81,9 @@ async function startSession() {
   sessionStorage.setItem("rose.session", sessionId);
 }
 
+/** A failure whose message is already worded for the person. */
+class GentleError extends Error {}
+
 /** Sends one job (audio or typed words); starts a new session if the old one is gone. */
 async function submit(fill) {
   for (let tries = 0; tries < 2; tries += 1) {
@@ -90,6 +93,12 @@ async function submit(fill) {
     const response = await fetch("/api/voice/process", { method: "POST", body });
     const json = await response.json().catch(() => ({}));
     if (response.status === 202 || response.ok) return json;
+    if (response.status === 429) {
+      const wait = Number(response.headers.get("retry-after")) || 5;
+      throw new GentleError(
+        `Rose is still with your last words. Please give her about ${wait} seconds, then try again.`,
+      );
+    }
     if (json?.error?.code === "session_not_found" && tries === 0) {
       await startSession();
       continue;
@@ -191,7 +200,7 @@ async function run(fill, yourWords) {
     await present(job);
   } catch (error) {
     console.error(error);
-    showNotice(GENTLE_FAILURE);
+    showNotice(error instanceof GentleError ? error.message : GENTLE_FAILURE);
     setState("idle");
   } finally {
     busy = false;

@@ -174,6 +174,18 @@ pub struct Config {
     /// `ALLOWED_ORIGINS`: comma-separated origins (`https://app.example`)
     /// whose pages may call the api from a browser (CORS); empty: none.
     pub allowed_origins: Vec<String>,
+    /// `ROSE_RATE_LIMIT_VOICE_PER_MIN`: voice jobs one client address may
+    /// submit per minute (default 10; 0: no limit).
+    pub rate_limit_voice: u32,
+    /// `ROSE_RATE_LIMIT_PER_MIN`: other api requests per client address per
+    /// minute (default 60; 0: no limit). Health and metrics are not counted.
+    pub rate_limit_other: u32,
+    /// `ROSE_SESSION_MAX_IN_FLIGHT`: a session's jobs queued or processing at
+    /// once (default 2; 0: no limit).
+    pub session_max_in_flight: u32,
+    /// `ROSE_TRUST_FORWARDED_FOR`: the client address is the first one in
+    /// `X-Forwarded-For` (behind a proxy you run; default false: the peer).
+    pub trust_forwarded_for: bool,
     /// `ROSE_METRICS_PORT`: where `rose worker` and `rose scheduler` serve
     /// `GET /metrics` (off when unset; the api serves it on its own port).
     pub metrics_port: Option<u16>,
@@ -557,6 +569,10 @@ impl Config {
                 &[5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000],
             ),
             allowed_origins: r.origins("ALLOWED_ORIGINS"),
+            rate_limit_voice: r.bounded("ROSE_RATE_LIMIT_VOICE_PER_MIN", 10u32, 0, 1_000_000),
+            rate_limit_other: r.bounded("ROSE_RATE_LIMIT_PER_MIN", 60u32, 0, 1_000_000),
+            session_max_in_flight: r.bounded("ROSE_SESSION_MAX_IN_FLIGHT", 2u32, 0, 100_000),
+            trust_forwarded_for: r.flag("ROSE_TRUST_FORWARDED_FOR"),
             metrics_port: r
                 .raw("ROSE_METRICS_PORT")
                 .is_some()

@@ -1,6 +1,7 @@
 //! The library every Rose role uses: configuration, domain types, storage,
 //! queue wiring, provider clients and telemetry.
 
+pub mod abuse;
 pub mod audio;
 pub mod backup;
 pub mod callback;

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::abuse::RequestLimiter;
 use crate::config::{Config, DatabaseUrl};
 use crate::events::JobEvents;
 use crate::memory::embedded::EmbeddedMemory;
@@ -42,6 +43,8 @@ pub struct Rose {
     pub providers: Providers,
     pub resilience: Resilience,
     pub memory: Arc<Memory>,
+    /// Per-client request limits (shared through Redis when the queue is).
+    pub requests: RequestLimiter,
 }
 
 impl std::fmt::Debug for Rose {
@@ -110,6 +113,10 @@ impl Rose {
         };
         let providers = Providers::new(&config, &options.endpoints, options.simulated)?;
         let resilience = resilience(&config, &queue, options.simulated);
+        let requests = match &queue {
+            Queue::Redis(redis) => RequestLimiter::redis(redis.connection(), redis.prefix()),
+            Queue::Sqlite(_) => RequestLimiter::local(),
+        };
         let memory_store: Arc<dyn MemoryStore> = match &config.qdrant_url {
             Some(url) => Arc::new(
                 QdrantMemory::connect(url, config.qdrant_api_key.as_ref(), qdrant::COLLECTION)
@@ -122,6 +129,7 @@ impl Rose {
             config.embedding_model_dir.clone(),
         ));
         Ok(Self {
+            requests,
             resilience,
             memory,
             store: db.store(),

@@ -224,6 +224,11 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
         ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "20".to_owned()),
         ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "200".to_owned()),
         ("ROSE_JOB_MAX_ATTEMPTS".to_owned(), "3".to_owned()),
+        // Every test client is 127.0.0.1: abuse limits are off unless a
+        // test studies them.
+        ("ROSE_RATE_LIMIT_VOICE_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_RATE_LIMIT_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_SESSION_MAX_IN_FLIGHT".to_owned(), "0".to_owned()),
         (
             "EMBEDDING_MODEL_DIR".to_owned(),
             model_dir().display().to_string(),

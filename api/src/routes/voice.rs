@@ -21,7 +21,7 @@ use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::callback::{self, UrlError};
 use rose_shared::domain::{JobError, SessionId, VoiceTask};
-use rose_shared::store::{Created, JobInput, NewJob};
+use rose_shared::store::{Created, JobInput, NewJob, StoreError};
 
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -95,6 +95,7 @@ struct Accepted {
         (status = 400, description = "`audio_missing`, `audio_and_text`, `text_empty`, `text_too_long`, `audio_empty`, `session_id_required`, `invalid_session_id`, `malformed_multipart`, `invalid_callback_url`, `callback_url_forbidden`, `callbacks_not_configured`, `invalid_idempotency_key`, `invalid_wait`", body = ErrorBody),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 413, description = "`audio_too_large`", body = ErrorBody),
+        (status = 429, description = "`rate_limited` (per client address), `session_busy` (jobs in flight); with `Retry-After`", body = ErrorBody),
         (status = 415, description = "`unsupported_audio_format`", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`, `queue_unavailable`", body = ErrorBody),
     )
@@ -119,8 +120,13 @@ async fn process(
             idempotency_key,
             request_id: Some(request_id.0.clone()),
             callback_url: upload.callback_url,
+            max_in_flight: Some(rose.config.session_max_in_flight),
         })
-        .await?;
+        .await
+        .map_err(|e| match e {
+            StoreError::SessionBusy(cap) => ApiError::SessionBusy(cap),
+            e => ApiError::Store(e),
+        })?;
     if created == Created::New {
         let task = VoiceTask {
             job_id: job.id,

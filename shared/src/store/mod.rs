@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The session already has as many jobs in flight as it may.
+    #[error("the session has {0} jobs queued or processing already")]
+    SessionBusy(u32),
 }
 
 /// Result alias for storage calls.
@@ -52,6 +55,10 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub request_id: Option<String>,
     pub callback_url: Option<String>,
+    /// Refuse the job ([`StoreError::SessionBusy`]) when the session has
+    /// this many jobs queued or processing; a replay of an idempotency key
+    /// is never refused.
+    pub max_in_flight: Option<u32>,
 }
 
 /// What the person gave: a recording, or words typed instead of spoken.

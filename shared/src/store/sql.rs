@@ -207,6 +207,18 @@ macro_rules! sql_store {
                 {
                     return Ok((job, Created::Existing));
                 }
+                if let Some(cap) = new.max_in_flight.filter(|c| *c > 0) {
+                    let active: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM voice_jobs WHERE session_id = $1 \
+                         AND status IN ('queued', 'processing')",
+                    )
+                    .bind(new.session_id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+                    if active >= i64::from(cap) {
+                        return Err(StoreError::SessionBusy(cap));
+                    }
+                }
                 match self.insert_job(&new).await {
                     Ok(job) => Ok((job, Created::New)),
                     // A concurrent request with the same key won the race.

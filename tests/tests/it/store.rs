@@ -76,6 +76,7 @@ fn new_job(session: rose_shared::domain::SessionId, key: Option<&str>) -> NewJob
         idempotency_key: key.map(str::to_owned),
         request_id: Some("req-1".to_owned()),
         callback_url: None,
+        max_in_flight: None,
     }
 }
 
@@ -115,6 +116,19 @@ async fn contract(f: Fixture) {
         AudioLookup::Found(audio) => assert_eq!(audio.mime, "audio/wav"),
         other => panic!("upload not found: {other:?}"),
     }
+
+    // The in-flight cap: `job` and `other` are queued, so a third is refused
+    // at a cap of 2, while a replay of a used key still answers.
+    let mut capped = new_job(session.id, None);
+    capped.max_in_flight = Some(2);
+    assert!(matches!(
+        store.create_job(capped).await,
+        Err(rose_shared::store::StoreError::SessionBusy(2))
+    ));
+    let mut replay = new_job(session.id, Some("k1"));
+    replay.max_in_flight = Some(2);
+    let (replayed, created) = store.create_job(replay).await.expect("replay");
+    assert_eq!((replayed.id, created), (job.id, Created::Existing));
 
     // A typed job stores no audio and starts with its transcript.
     let mut typed = new_job(session.id, None);
