@@ -52,6 +52,41 @@ pub fn router(rose: Rose) -> Router {
         .with_state(rose)
 }
 
+/// A session counts as active when it was used in the last 15 minutes.
+const ACTIVE_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// Logs `active_sessions` (and sets its gauge) once a minute.
+async fn report_active_sessions(rose: Rose, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let since = rose_shared::domain::now_ms() - ACTIVE_WINDOW_MS;
+        let sql = "SELECT COUNT(*) FROM sessions WHERE last_active_at >= $1";
+        let counted: Result<i64, sqlx::Error> = match &rose.db {
+            rose_shared::store::Database::Sqlite(pool) => {
+                sqlx::query_scalar(sql).bind(since).fetch_one(pool).await
+            }
+            rose_shared::store::Database::Postgres(pool) => {
+                sqlx::query_scalar(sql).bind(since).fetch_one(pool).await
+            }
+        };
+        match counted {
+            Ok(n) => {
+                rose_shared::metrics::active_sessions(n);
+                tracing::info!(
+                    event = "active_sessions",
+                    active_sessions = n,
+                    "active_sessions"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count active sessions"),
+        }
+    }
+}
+
 /// Serves only `GET /metrics` on `listener` until `shutdown`: the
 /// `ROSE_METRICS_PORT` listener of workers and schedulers.
 ///
@@ -82,6 +117,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
+    tokio::spawn(report_active_sessions(rose.clone(), shutdown.clone()));
     let app = router(rose).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

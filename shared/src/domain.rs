@@ -1,6 +1,10 @@
 //! Domain types: identifiers parsed once at the edge, and the rows clients read.
 //!
-//! Every identifier is a ULID (sortable by creation time, URL-safe). A job's
+//! Every identifier is a ULID in form (26 URL-safe characters). Job ids are
+//! time-ordered ULIDs (48 bits of time, 80 random), so job listings page by
+//! id; session and audio ids — what gives access to a person's conversation
+//! and voice — are 128 random bits from the operating system's CSPRNG-seeded
+//! generator, as unguessable as a UUIDv4 and more. A job's
 //! stage outputs (`transcript`, `reply_text`, `reply_audio_id`) are its
 //! checkpoints: a re-run job starts at the first one that is missing.
 
@@ -11,18 +15,28 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
+/// A fresh time-ordered ULID.
+fn time_ordered() -> Ulid {
+    Ulid::generate()
+}
+
+/// 128 random bits in ULID form.
+fn random() -> Ulid {
+    Ulid::from(rand::random::<u128>())
+}
+
 macro_rules! ulid_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $make:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub Ulid);
 
         impl $name {
-            /// A fresh, time-ordered id.
+            /// A fresh id.
             #[must_use]
             pub fn new() -> Self {
-                Self(Ulid::generate())
+                Self($make())
             }
         }
 
@@ -48,16 +62,19 @@ macro_rules! ulid_id {
 }
 
 ulid_id!(
-    /// A voice job.
-    JobId
+    /// A voice job (time-ordered).
+    JobId,
+    time_ordered
 );
 ulid_id!(
-    /// A conversation session.
-    SessionId
+    /// A conversation session (128 random bits).
+    SessionId,
+    random
 );
 ulid_id!(
-    /// A stored audio blob (an upload or a reply).
-    AudioId
+    /// A stored audio blob, an upload or a reply (128 random bits).
+    AudioId,
+    random
 );
 
 /// Where a job is in its life.
@@ -342,6 +359,23 @@ mod tests {
         assert_eq!(id.to_string().parse::<JobId>().ok(), Some(id));
         assert!("not-a-ulid".parse::<SessionId>().is_err());
         assert!("".parse::<SessionId>().is_err());
+    }
+
+    #[test]
+    fn access_ids_carry_no_clock() {
+        // Time-ordered ULIDs made together share their 48-bit time prefix;
+        // session and audio ids share nothing but chance.
+        let sessions: Vec<u128> = (0..64).map(|_| SessionId::new().0.0).collect();
+        let audio: Vec<u128> = (0..64).map(|_| AudioId::new().0.0).collect();
+        for ids in [&sessions, &audio] {
+            let high: std::collections::HashSet<u128> = ids.iter().map(|v| v >> 80).collect();
+            assert!(high.len() > 60, "the top 48 bits vary: {}", high.len());
+            let s = SessionId(Ulid::from(ids[0]));
+            assert_eq!(s.to_string().parse::<SessionId>().ok(), Some(s));
+        }
+        let jobs: std::collections::HashSet<u128> =
+            (0..64).map(|_| JobId::new().0.0 >> 80).collect();
+        assert!(jobs.len() <= 2, "job ids stay time-ordered");
     }
 
     #[test]

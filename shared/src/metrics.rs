@@ -24,6 +24,7 @@
 //! | `rose_circuit_breaker_state` | gauge | `provider` (0 closed, 1 half-open, 2 open) |
 //! | `rose_callback_deliveries_total` | counter | `outcome` (`delivered`, `failed`, `gone`, `refused`) |
 //! | `rose_scheduler_runs_total` | counter | `name`, `outcome` |
+//! | `rose_active_sessions` | gauge | (sessions used in the last 15 minutes, per api process's last count) |
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -178,6 +179,11 @@ pub fn breaker_state(provider: &'static str, state: u8) {
 /// One callback delivery attempt's outcome.
 pub fn callback_delivery(outcome: &'static str) {
     counter!("rose_callback_deliveries_total", "outcome" => outcome).increment(1);
+}
+
+/// Sessions used in the last 15 minutes.
+pub fn active_sessions(count: i64) {
+    gauge!("rose_active_sessions").set(count as f64);
 }
 
 /// One maintenance run's outcome.
