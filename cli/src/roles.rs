@@ -104,14 +104,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let database_url = config.embedded_database_url();
     prepare_data_dir(&database_url, &config)?;
-    let listener = bind(&config, port).await?;
     let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
     let options = Options {
         endpoints,
         simulated,
         migrate: true,
     };
+    // Listen only once the database is migrated and every connection holds.
     let rose = Rose::open(config, &database_url, options).await?;
+    let listener = bind(&rose.config, port).await?;
+    log_start("serve", &rose);
     let worker_options = rose_worker::WorkerOptions::from_rose(&rose);
     let mut worker = tokio::spawn(rose_worker::run(
         rose.clone(),
@@ -148,6 +150,7 @@ pub async fn scheduler(config: Config, shutdown: CancellationToken) -> anyhow::R
     let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;
+    log_start("scheduler", &rose);
     metrics_listener(&rose, &shutdown).await?;
     rose_scheduler::run(rose, rose_worker::unique_name(), shutdown).await
 }
@@ -159,10 +162,11 @@ pub async fn api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.require_scaled()?;
-    let listener = bind(&config, port).await?;
     let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;
+    let listener = bind(&rose.config, port).await?;
+    log_start("api", &rose);
     rose_api::run(rose, listener, shutdown).await
 }
 
@@ -176,6 +180,7 @@ pub async fn worker(
     let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;
+    log_start("worker", &rose);
     metrics_listener(&rose, &shutdown).await?;
     let mut worker_options = rose_worker::WorkerOptions::from_rose(&rose);
     if let Some(n) = concurrency {
@@ -183,6 +188,26 @@ pub async fn worker(
         worker_options.concurrency = n;
     }
     rose_worker::run(rose, worker_options, shutdown).await
+}
+
+/// One line saying what this process is and what it is connected to.
+fn log_start(role: &'static str, rose: &Rose) {
+    let providers = if rose.providers.simulated {
+        "simulated"
+    } else {
+        "groq"
+    };
+    tracing::info!(
+        event = "start",
+        role,
+        version = env!("CARGO_PKG_VERSION"),
+        database = rose.store.backend(),
+        queue = rose.queue.kind(),
+        memory = rose.memory.store.kind(),
+        providers,
+        tts = ?rose.config.tts_provider,
+        "rose started"
+    );
 }
 
 /// `GET /metrics` on `ROSE_METRICS_PORT`, when set, beside a role without

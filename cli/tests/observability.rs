@@ -211,6 +211,15 @@ async fn metrics_move_with_the_jobs_and_logs_carry_request_ids_but_no_words() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     assert!(lines.len() > 10, "the run logged: {text}");
+    let start = lines
+        .iter()
+        .find(|l| l["event"] == "start")
+        .unwrap_or_else(|| panic!("a start line: {text}"));
+    assert_eq!(start["role"], "serve");
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["database"], "sqlite");
+    assert_eq!(start["queue"], "sqlite");
+    assert_eq!(start["providers"], "simulated");
     for (request_id, job) in &jobs {
         let id = job["job_id"].as_str().expect("job id");
         let of_job: Vec<&Value> = lines
