@@ -122,6 +122,7 @@ async fn round_trip(deployment: Deployment) {
         stats = voice(&json_of(&rose_queue(&app, &["stats", "--json"]).await));
     }
     assert_eq!(stats["dead"], 1, "{stats}");
+    assert_eq!(stats["completed"], 2, "{stats}");
     assert_eq!(stats["pending"], 0, "{stats}");
     let table = rose_queue(&app, &["stats"]).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("voice"));
@@ -187,7 +188,8 @@ async fn round_trip(deployment: Deployment) {
         stats = voice(&json_of(&rose_queue(&app, &["stats", "--json"]).await));
     }
     assert_eq!(stats["dead"], 0, "{stats}");
-    assert!(stats["completed"].as_u64() >= Some(3), "{stats}");
+    assert_eq!(stats["completed"], 3, "three jobs, each completed once: {stats}");
+    assert_eq!(stats["pending"], 0, "{stats}");
     app.stop().await;
 }
 
