@@ -4,6 +4,7 @@
 //! the roles live in their libraries and are joined in [`roles`].
 
 mod backup;
+mod loadtest;
 mod queue;
 mod roles;
 
@@ -50,7 +51,10 @@ enum Command {
     Scheduler,
     /// Apply database migrations and exit.
     Migrate,
-    /// Inspect and repair the Redis queues (REDIS_URL).
+    /// Drive N voice jobs through a running api, C in flight; prints
+    /// throughput, latency percentiles, the stages and Rose's own overhead.
+    Loadtest(loadtest::LoadtestArgs),
+    /// Inspect and repair the queues (REDIS_URL, else the embedded database).
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
             Command::Scheduler => roles::scheduler(config, shutdown).await,
             Command::Migrate => roles::migrate(config).await,
             Command::Queue { command } => queue::run(config, command).await,
+            Command::Loadtest(args) => loadtest::run(args).await,
             Command::Backup { command } => backup::run(config, command).await,
             Command::Sim {
                 port,

@@ -188,7 +188,10 @@ async fn round_trip(deployment: Deployment) {
         stats = voice(&json_of(&rose_queue(&app, &["stats", "--json"]).await));
     }
     assert_eq!(stats["dead"], 0, "{stats}");
-    assert_eq!(stats["completed"], 3, "three jobs, each completed once: {stats}");
+    assert_eq!(
+        stats["completed"], 3,
+        "three jobs, each completed once: {stats}"
+    );
     assert_eq!(stats["pending"], 0, "{stats}");
     app.stop().await;
 }

@@ -1,0 +1,336 @@
+//! `rose loadtest`: drives N voice jobs through a running api, C in flight,
+//! and reports what a person would feel and what Rose itself adds.
+//!
+//! Each job is one `POST /api/voice/process?wait=60` (then `GET
+//! /api/jobs/{id}?wait=60` until it ends), so the client sees the end of
+//! every job as soon as the api does. Sessions: one per lane, so the
+//! per-session in-flight cap never holds a lane back. Figures:
+//! - throughput: finished jobs per second of wall time;
+//! - end to end: from the upload's first byte to the finished job, client side;
+//! - upload: the `POST` until its answer when the job was still running
+//!   (how long accepting a job takes);
+//! - stages and queue wait: the jobs' own `timings_ms`;
+//! - Rose's overhead: the job's `total` minus its provider time (`stt` +
+//!   `llm` + `tts`); memory recall (local embedding and search) is Rose's own
+//!   work and counts as overhead.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+/// The recording sent when `--audio` is not given.
+const DEFAULT_AUDIO: &[u8] = include_bytes!("../../tests/fixtures/spoken.wav");
+
+/// `rose loadtest` arguments.
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// The api to drive.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Voice jobs to submit.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: u64,
+    /// Jobs kept in flight.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    concurrency: u64,
+    /// The recording to upload (default: a short spoken WAV).
+    #[arg(long)]
+    audio: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one job came to.
+#[derive(Debug)]
+struct Outcome {
+    /// Upload to finished job, client side.
+    end_to_end: Duration,
+    /// The `POST` alone, when it answered 202 (`None` when it waited the job out).
+    upload: Option<Duration>,
+    job: Result<Value, String>,
+}
+
+/// Runs the load test and prints its report.
+///
+/// # Errors
+/// When the api cannot be reached or the audio file read; failed jobs are
+/// reported, not errors.
+pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    let audio: Arc<[u8]> = match &args.audio {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .into(),
+        None => DEFAULT_AUDIO.into(),
+    };
+    let base = args.url.trim_end_matches('/').to_owned();
+    let lanes = args.concurrency.min(args.jobs);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::try_from(lanes).unwrap_or(usize::MAX))
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    http.get(format!("{base}/api/health"))
+        .send()
+        .await
+        .with_context(|| format!("the api at {base} does not answer"))?;
+
+    let mut sessions = Vec::new();
+    for _ in 0..lanes {
+        let response = http
+            .post(format!("{base}/api/session/start"))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "session start answered {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        sessions.push(
+            body["session_id"]
+                .as_str()
+                .context("session start answered without session_id")?
+                .to_owned(),
+        );
+    }
+
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(args.jobs), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} {pos}/{len} jobs [{bar:30}] {per_sec} eta {eta} {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    };
+
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut lanes_set = JoinSet::new();
+    for session in sessions {
+        let (http, base, audio, next, bar) = (
+            http.clone(),
+            base.clone(),
+            Arc::clone(&audio),
+            Arc::clone(&next),
+            bar.clone(),
+        );
+        let total = args.jobs;
+        lanes_set.spawn(async move {
+            let mut outcomes = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let outcome = one_job(&http, &base, &session, &audio).await;
+                if outcome.job.is_err() {
+                    bar.set_message("(failures)");
+                }
+                bar.inc(1);
+                outcomes.push(outcome);
+            }
+            outcomes
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(lane) = lanes_set.join_next().await {
+        outcomes.extend(lane.context("a load lane panicked")?);
+    }
+    let wall = started.elapsed();
+    bar.finish_and_clear();
+
+    let report = report(&outcomes, wall, args.concurrency);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]) -> Outcome {
+    let started = Instant::now();
+    let form = Form::new()
+        .part("audio", Part::bytes(audio.to_vec()).file_name("speech.wav"))
+        .text("session_id", session.to_owned());
+    let result = async {
+        let response = http
+            .post(format!("{base}/api/voice/process?wait=60"))
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| format!("upload: {e}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| format!("upload: {e}"))?;
+        let upload = (status == 202).then(|| started.elapsed());
+        if !status.is_success() {
+            return Err(body["error"]["code"]
+                .as_str()
+                .map_or_else(|| format!("http_{}", status.as_u16()), str::to_owned));
+        }
+        let mut job = body;
+        while !matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+            let id = job["job_id"].as_str().ok_or("no job_id")?.to_owned();
+            job = http
+                .get(format!("{base}/api/jobs/{id}?wait=60"))
+                .send()
+                .await
+                .map_err(|e| format!("poll: {e}"))?
+                .json()
+                .await
+                .map_err(|e| format!("poll: {e}"))?;
+        }
+        Ok((job, upload))
+    }
+    .await;
+    let end_to_end = started.elapsed();
+    match result {
+        Ok((job, upload)) if job["status"] == "succeeded" => Outcome {
+            end_to_end,
+            upload,
+            job: Ok(job),
+        },
+        Ok((job, upload)) => Outcome {
+            end_to_end,
+            upload,
+            job: Err(job["error"]["code"].as_str().unwrap_or("failed").to_owned()),
+        },
+        Err(code) => Outcome {
+            end_to_end,
+            upload: None,
+            job: Err(code),
+        },
+    }
+}
+
+/// p50, p95, p99 and max of `values` in ms (empty: nulls).
+fn percentiles(mut values: Vec<f64>) -> Value {
+    if values.is_empty() {
+        return json!({"p50": null, "p95": null, "p99": null, "max": null, "count": 0});
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        let rank = (q * values.len() as f64).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
+    };
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    json!({
+        "p50": round(at(0.50)),
+        "p95": round(at(0.95)),
+        "p99": round(at(0.99)),
+        "max": round(at(1.0)),
+        "count": values.len(),
+    })
+}
+
+fn report(outcomes: &[Outcome], wall: Duration, concurrency: u64) -> Value {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ok: Vec<&Value> = outcomes
+        .iter()
+        .filter_map(|o| o.job.as_ref().ok())
+        .collect();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    for o in outcomes {
+        if let Err(code) = &o.job {
+            *failures.entry(code.clone()).or_default() += 1;
+        }
+    }
+    let timing = |part: &str| -> Vec<f64> {
+        ok.iter()
+            .filter_map(|j| j["timings_ms"][part].as_f64())
+            .collect()
+    };
+    let mut stages = serde_json::Map::new();
+    for part in ["queue_wait", "stt", "memory", "llm", "tts", "total"] {
+        stages.insert(part.to_owned(), percentiles(timing(part)));
+    }
+    let overhead: Vec<f64> = ok
+        .iter()
+        .filter_map(|j| {
+            let t = &j["timings_ms"];
+            let provider: f64 = ["stt", "llm", "tts"]
+                .iter()
+                .filter_map(|p| t[*p].as_f64())
+                .sum();
+            t["total"].as_f64().map(|total| (total - provider).max(0.0))
+        })
+        .collect();
+    json!({
+        "jobs": outcomes.len(),
+        "succeeded": ok.len(),
+        "failed": outcomes.len() - ok.len(),
+        "failures": failures,
+        "concurrency": concurrency,
+        "wall_secs": (wall.as_secs_f64() * 1000.0).round() / 1000.0,
+        "throughput_jobs_per_sec": ((ok.len() as f64 / wall.as_secs_f64().max(1e-9)) * 100.0).round() / 100.0,
+        "end_to_end_ms": percentiles(outcomes.iter().filter(|o| o.job.is_ok()).map(|o| ms(o.end_to_end)).collect()),
+        "upload_ms": percentiles(outcomes.iter().filter_map(|o| o.upload).map(ms).collect()),
+        "stages_ms": stages,
+        "overhead_ms": percentiles(overhead),
+    })
+}
+
+fn print_report(r: &Value) {
+    let row = |name: &str, p: &Value| {
+        let f = |k: &str| {
+            p[k].as_f64()
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+        };
+        println!(
+            "  {name:<14} {:>9} {:>9} {:>9} {:>9}",
+            f("p50"),
+            f("p95"),
+            f("p99"),
+            f("max")
+        );
+    };
+    println!(
+        "{} jobs, {} succeeded, {} failed in {:.2} s at concurrency {}: {} jobs/s",
+        r["jobs"],
+        r["succeeded"],
+        r["failed"],
+        r["wall_secs"].as_f64().unwrap_or(0.0),
+        r["concurrency"],
+        r["throughput_jobs_per_sec"]
+    );
+    println!(
+        "  {:<14} {:>9} {:>9} {:>9} {:>9}",
+        "ms", "p50", "p95", "p99", "max"
+    );
+    row("end to end", &r["end_to_end_ms"]);
+    row("upload (202)", &r["upload_ms"]);
+    for part in ["queue_wait", "stt", "memory", "llm", "tts", "total"] {
+        row(part, &r["stages_ms"][part]);
+    }
+    row("rose overhead", &r["overhead_ms"]);
+    if let Some(failures) = r["failures"].as_object()
+        && !failures.is_empty()
+    {
+        println!("failures by code:");
+        for (code, n) in failures {
+            println!("  {code}: {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let p = percentiles((1..=100).map(f64::from).collect());
+        assert_eq!(p["p50"], 50.0);
+        assert_eq!(p["p95"], 95.0);
+        assert_eq!(p["p99"], 99.0);
+        assert_eq!(p["max"], 100.0);
+        assert!(percentiles(Vec::new())["p50"].is_null());
+    }
+}

@@ -1,0 +1,101 @@
+//! `rose loadtest` against a real `rose serve`: the smoke test CI runs.
+//! It asserts only that every job succeeds and the report is complete;
+//! timing targets live in BENCHMARKS.md, never here.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ROSE: &str = env!("CARGO_BIN_EXE_rose");
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn fifty_jobs_all_succeed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let _server = Server(
+        Command::new(ROSE)
+            .args(["serve", "--port", &port.to_string()])
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("GROQ_API_KEY")
+            .env("ROSE_DATA_DIR", dir.path())
+            .env("ROSE_RATE_LIMIT_VOICE_PER_MIN", "0")
+            .env("ROSE_RATE_LIMIT_PER_MIN", "0")
+            .env("ROSE_SESSION_MAX_IN_FLIGHT", "0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rose serve"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while reqwest::get(format!("{url}/api/health")).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rose serve did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::process::Command::new(ROSE)
+        .args([
+            "loadtest",
+            "--url",
+            &url,
+            "--jobs",
+            "50",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("run rose loadtest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["jobs"], 50, "{report}");
+    assert_eq!(report["succeeded"], 50, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    for part in ["queue_wait", "stt", "llm", "tts", "total"] {
+        assert_eq!(report["stages_ms"][part]["count"], 50, "{part}: {report}");
+    }
+    assert_eq!(report["end_to_end_ms"]["count"], 50);
+    assert_eq!(report["overhead_ms"]["count"], 50);
+
+    // Against nothing: a clear error, not a hang.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let out = tokio::process::Command::new(ROSE)
+        .args([
+            "loadtest",
+            "--url",
+            &format!("http://127.0.0.1:{dead}"),
+            "--jobs",
+            "1",
+        ])
+        .output()
+        .await
+        .expect("run rose loadtest");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not answer"));
+}
