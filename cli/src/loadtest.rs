@@ -1,14 +1,13 @@
 //! `rose loadtest`: drives N voice jobs through a running api, C in flight,
 //! and reports what a person would feel and what Rose itself adds.
 //!
-//! Each job is one `POST /api/voice/process?wait=60` (then `GET
-//! /api/jobs/{id}?wait=60` until it ends), so the client sees the end of
+//! Each job is one `POST /api/voice/process` (answered 202 at once), then
+//! `GET /api/jobs/{id}?wait=60` until it ends, so the client sees the end of
 //! every job as soon as the api does. Sessions: one per lane, so the
 //! per-session in-flight cap never holds a lane back. Figures:
 //! - throughput: finished jobs per second of wall time;
 //! - end to end: from the upload's first byte to the finished job, client side;
-//! - upload: the `POST` until its answer when the job was still running
-//!   (how long accepting a job takes);
+//! - upload: the `POST` until its 202 (how long accepting a job takes);
 //! - stages and queue wait: the jobs' own `timings_ms`;
 //! - Rose's overhead: the job's `total` minus its provider time (`stt` +
 //!   `llm` + `tts`); memory recall (local embedding and search) is Rose's own
@@ -54,7 +53,7 @@ pub struct LoadtestArgs {
 struct Outcome {
     /// Upload to finished job, client side.
     end_to_end: Duration,
-    /// The `POST` alone, when it answered 202 (`None` when it waited the job out).
+    /// The `POST` alone, until its 202.
     upload: Option<Duration>,
     job: Result<Value, String>,
 }
@@ -162,7 +161,7 @@ async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]
         .text("session_id", session.to_owned());
     let result = async {
         let response = http
-            .post(format!("{base}/api/voice/process?wait=60"))
+            .post(format!("{base}/api/voice/process"))
             .multipart(form)
             .send()
             .await

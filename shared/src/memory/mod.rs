@@ -215,10 +215,7 @@ impl Memory {
     /// When the model cannot be loaded or run.
     pub async fn embed_one(&self, text: &str) -> Result<Vec<f32>, MemoryError> {
         let embedder = self.embedder().await?;
-        let mut vectors = embed::embed_blocking(embedder, vec![text.to_owned()]).await?;
-        vectors
-            .pop()
-            .ok_or_else(|| EmbedError::Run("no vector".to_owned()).into())
+        Ok(embedder.embed_batched(text.to_owned()).await?)
     }
 
     /// What `owner` shared that bears on `text`: at most `top_k`, re-ranked by

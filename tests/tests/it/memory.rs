@@ -83,6 +83,28 @@ fn the_real_model_ranks_meaning_over_words() {
     assert!(cosine(&alone[0], train) > 0.9999);
 }
 
+/// Concurrent callers share batches and each gets its own text's vector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batcher_answers_each_caller_with_its_own_vector() {
+    let embedder = Embedder::shared(&model_dir()).expect("the model");
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("sentence {i}: {}", "we planted a tree for him ".repeat(i % 5 + 1)))
+        .collect();
+    let mut calls = tokio::task::JoinSet::new();
+    for (i, text) in texts.iter().enumerate() {
+        let (embedder, text) = (embedder.clone(), text.clone());
+        calls.spawn(async move { (i, embedder.embed_batched(text).await.expect("batched")) });
+    }
+    let mut seen = 0;
+    while let Some(joined) = calls.join_next().await {
+        let (i, vector) = joined.expect("task");
+        let alone = embedder.embed(&[texts[i].as_str()]).expect("alone");
+        assert!(cosine(&vector, &alone[0]) > 0.9999, "text {i}");
+        seen += 1;
+    }
+    assert_eq!(seen, 40);
+}
+
 /// What user A shared is never recalled for user B.
 async fn owners_never_cross(memory: &Memory) {
     let (anna, ben) = (unique("anna"), unique("ben"));
