@@ -272,7 +272,9 @@ fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
             }
             Ok(_) => {
                 for queued in batch {
-                    let _ = queued.reply.send(Err(run_err("a vector per text was expected")));
+                    let _ = queued
+                        .reply
+                        .send(Err(run_err("a vector per text was expected")));
                 }
             }
             Err(e) => {

@@ -88,7 +88,12 @@ fn the_real_model_ranks_meaning_over_words() {
 async fn the_batcher_answers_each_caller_with_its_own_vector() {
     let embedder = Embedder::shared(&model_dir()).expect("the model");
     let texts: Vec<String> = (0..40)
-        .map(|i| format!("sentence {i}: {}", "we planted a tree for him ".repeat(i % 5 + 1)))
+        .map(|i| {
+            format!(
+                "sentence {i}: {}",
+                "we planted a tree for him ".repeat(i % 5 + 1)
+            )
+        })
         .collect();
     let mut calls = tokio::task::JoinSet::new();
     for (i, text) in texts.iter().enumerate() {
