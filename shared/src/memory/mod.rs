@@ -219,7 +219,8 @@ impl Memory {
     }
 
     /// What `owner` shared that bears on `text`: at most `top_k`, re-ranked by
-    /// recency, marked recalled.
+    /// recency, marked recalled. A person with no memories yet (a first
+    /// conversation) costs one count, not a run of the model.
     ///
     /// # Errors
     /// When embedding or the store fails.
@@ -229,6 +230,9 @@ impl Memory {
         text: &str,
         top_k: usize,
     ) -> Result<Vec<Scored>, MemoryError> {
+        if self.store.count(owner).await? == 0 {
+            return Ok(Vec::new());
+        }
         let vector = self.embed_one(text).await?;
         let started = std::time::Instant::now();
         // Fetch more than needed so recency can reorder.
