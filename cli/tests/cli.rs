@@ -1,9 +1,9 @@
 //! The `rose` binary as a user runs it.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rose_tests::process::{Proc, free_port};
 use serde_json::Value;
 
 const ROSE: &str = env!("CARGO_BIN_EXE_rose");
@@ -87,28 +87,12 @@ fn migrate_creates_the_embedded_database() {
     assert!(dir.path().join("rose.db").exists());
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// `rose serve`, then the README's curl flow, then a clean SIGTERM.
 #[tokio::test]
 async fn serve_answers_a_voice_job_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut server = Server(
+    let mut server = Proc(
         rose()
             .args(["serve", "--port", &port.to_string()])
             .env("ROSE_DATA_DIR", dir.path())

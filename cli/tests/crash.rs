@@ -1,25 +1,16 @@
 //! No job lost when a worker dies: real `rose worker` and `rose serve`
 //! processes killed with SIGKILL while jobs are in flight.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rose_sim::{Latency, SimConfig};
+use rose_tests::process::{Proc, free_port};
 use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestSim, spawn_app_with};
 use serde_json::Value;
 use tokio::time::Instant;
 
 const JOBS: usize = 100;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn kill9(p: &Proc) {
     let status = Command::new("kill")
@@ -111,13 +102,6 @@ async fn a_worker_killed_with_jobs_in_flight_loses_none_on_redis() {
         "each job's turns stored exactly once"
     );
     app.stop().await;
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {

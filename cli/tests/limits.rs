@@ -2,29 +2,12 @@
 //! one Redis, a per-session cap on jobs in flight, `429` with `Retry-After`.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use reqwest::multipart::{Form, Part};
+use rose_tests::process::{Proc, free_port, wait_for_api};
 use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, spawn_app_with};
 use serde_json::Value;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn form(session: &str) -> Form {
     Form::new()
@@ -82,14 +65,7 @@ async fn two_api_processes_share_one_budget_per_client() {
     }
     let http = reqwest::Client::new();
     for base in &bases {
-        let started = Instant::now();
-        while http.get(format!("{base}/api/health")).send().await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{base} did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_api(&http, base).await;
     }
     let session = app.start_session().await;
 

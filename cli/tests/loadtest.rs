@@ -2,31 +2,18 @@
 //! It asserts only that every job succeeds and the report is complete;
 //! timing targets live in BENCHMARKS.md, never here.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use rose_tests::process::{Proc, free_port, wait_for_api};
 use serde_json::Value;
 
 const ROSE: &str = env!("CARGO_BIN_EXE_rose");
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn fifty_jobs_all_succeed() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    let _server = Server(
+    let port = free_port();
+    let _server = Proc(
         Command::new(ROSE)
             .args(["serve", "--port", &port.to_string()])
             .env_remove("DATABASE_URL")
@@ -43,14 +30,7 @@ async fn fifty_jobs_all_succeed() {
             .expect("start rose serve"),
     );
     let url = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{url}/api/health")).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "rose serve did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_api(&reqwest::Client::new(), &url).await;
     let out = tokio::process::Command::new(ROSE)
         .args([
             "loadtest",
@@ -81,10 +61,7 @@ async fn fifty_jobs_all_succeed() {
     assert_eq!(report["overhead_ms"]["count"], 50);
 
     // Against nothing: a clear error, not a hang.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let dead = free_port();
     let out = tokio::process::Command::new(ROSE)
         .args([
             "loadtest",

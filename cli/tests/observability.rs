@@ -3,32 +3,16 @@
 //! the client sent, and no words of the conversation in any log line.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use rose_tests::process::{Proc, free_port, wait_for_api};
 use rose_tests::{SPOKEN_TEXT, SPOKEN_WAV};
 use serde_json::Value;
 
 const ROSE: &str = env!("CARGO_BIN_EXE_rose");
 const JOBS: usize = 4;
 const TYPED: &str = "Nobody at work knows that my brother died in March.";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Samples of a Prometheus text exposition, keyed `name{labels}` as written;
 /// panics on a line that is not valid exposition format.
@@ -101,7 +85,7 @@ async fn metrics_move_with_the_jobs_and_logs_carry_request_ids_but_no_words() {
     let log_path = dir.path().join("rose.log");
     let log = std::fs::File::create(&log_path).expect("log file");
     let port = free_port();
-    let _server = Server(
+    let _server = Proc(
         Command::new(ROSE)
             .args(["serve", "--port", &port.to_string()])
             .env_remove("DATABASE_URL")
@@ -118,14 +102,7 @@ async fn metrics_move_with_the_jobs_and_logs_carry_request_ids_but_no_words() {
     );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{base}/api/health")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "rose serve did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_api(&http, &base).await;
 
     let before = scrape(&http, &base).await;
     assert!(

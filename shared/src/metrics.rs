@@ -40,20 +40,12 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// The queues whose depth is reported.
-const QUEUES: [&str; 4] = [
-    crate::queue::VOICE_QUEUE,
-    crate::queue::MEMORY_QUEUE,
-    crate::queue::SUMMARY_QUEUE,
-    crate::queue::CALLBACK_QUEUE,
-];
-
 /// Reads what is a state rather than an event (queue depths, breaker
 /// states) and renders every metric: the body of `GET /metrics`. A queue
 /// that cannot be read keeps its last figures; the failure is logged.
 pub async fn scrape(rose: &crate::Rose) -> String {
     handle();
-    for queue in QUEUES {
+    for queue in crate::queue::QUEUES {
         match rose.queue.depth(queue).await {
             Ok(d) => {
                 queue_depth(queue, "pending", d.pending);

@@ -77,8 +77,6 @@ impl Rose {
         database_url: &DatabaseUrl,
         options: Options,
     ) -> Result<Self, StartError> {
-        // Metrics are recorded from the first request on.
-        crate::metrics::handle();
         let db = Database::connect(database_url).await?;
         Self::with_database(config, db, options).await
     }
@@ -92,6 +90,8 @@ impl Rose {
         db: Database,
         options: Options,
     ) -> Result<Self, StartError> {
+        // Metrics are recorded from the first request on.
+        crate::metrics::handle();
         if options.migrate {
             db.migrate().await?;
         }

@@ -5,10 +5,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber and the metrics recorder once; later
-/// calls are no-ops.
+/// Installs the global subscriber once; later calls are no-ops.
 pub fn init(format: LogFormat) {
-    crate::metrics::handle();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_sqlite=warn")
     });

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod probe;
+pub mod process;
 
 /// The shipped recording: real speech whose `ICMT` comment is its transcript.
 pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");

@@ -186,7 +186,7 @@ impl Embedder {
     }
 
     /// Embeds `texts` in one batch: one unit vector of [`DIMENSIONS`] each.
-    /// Runs on the calling thread (use [`embed_blocking`] from async code).
+    /// Runs on the calling thread (use [`Embedder::embed_batched`] from async code).
     ///
     /// # Errors
     /// [`EmbedError::Run`] when tokenising or the forward pass fails.
@@ -284,22 +284,6 @@ fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
             }
         }
     }
-}
-
-/// Embeds on the blocking pool so the async workers keep running.
-///
-/// # Errors
-/// See [`Embedder::embed`].
-pub async fn embed_blocking(
-    embedder: Arc<Embedder>,
-    texts: Vec<String>,
-) -> Result<Vec<Vec<f32>>, EmbedError> {
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        embedder.embed(&refs)
-    })
-    .await
-    .map_err(run_err)?
 }
 
 /// Cosine similarity of two unit vectors.

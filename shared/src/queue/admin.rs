@@ -10,17 +10,9 @@
 
 use sqlx::Row as _;
 
-use super::{ListStatus, Queue, QueueEntry, QueueError, QueueStats, VOICE_QUEUE};
+use super::{ListStatus, QUEUES, Queue, QueueEntry, QueueError, QueueStats, VOICE_QUEUE};
 use crate::domain::{JobId, JobStatus, VoiceTask};
 use crate::store::{Database, StoreError};
-
-/// The queues Rose runs, for carriers that cannot list their own.
-const QUEUES: [&str; 4] = [
-    super::VOICE_QUEUE,
-    super::MEMORY_QUEUE,
-    super::SUMMARY_QUEUE,
-    super::CALLBACK_QUEUE,
-];
 
 /// Why a repair could not be done.
 #[derive(Debug, thiserror::Error)]

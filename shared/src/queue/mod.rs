@@ -28,6 +28,8 @@ pub use sqlite::SqliteQueue;
 
 /// The voice pipeline's queue.
 pub const VOICE_QUEUE: &str = "voice";
+/// Every queue Rose runs, for reports that cover them all.
+pub const QUEUES: [&str; 4] = [VOICE_QUEUE, MEMORY_QUEUE, SUMMARY_QUEUE, CALLBACK_QUEUE];
 /// Memory extraction, off the reply's path.
 pub const MEMORY_QUEUE: &str = "memory";
 /// Rolling session summaries.
