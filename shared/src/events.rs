@@ -1,12 +1,18 @@
 //! Job change notifications, across processes.
 //!
-//! Whoever changes a job row publishes its id; waiters (long-polls, later
-//! event streams) subscribe and re-read the row, which stays the truth. On the
+//! Whoever changes a job row publishes its id; waiters (long-polls, event
+//! streams) subscribe and re-read the row, which stays the truth. A change is
+//! either progress (a stage began) or an end (the job succeeded or failed):
+//! long-polls wait for the end only, so a job's stages cost them no reads. On the
 //! embedded deployment this is an in-process broadcast. On the scaled one the
 //! worker that changes a job is not the api process holding the request, so
 //! ids travel over Redis pub/sub on channel `P:job-events`; each api process
 //! keeps one subscription and fans out in-process. A missed notification only
 //! delays a waiter until its next periodic re-read.
+//!
+//! On the wire a progress notification is `ID:progress` and any other change
+//! is the bare `ID`; a receiver treats whatever it does not know as a change
+//! worth a re-read, so processes of different versions still wake each other.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,10 +28,43 @@ use crate::store::{Store, StoreResult};
 /// How often a waiter re-reads the row even without a notification.
 const RECHECK: Duration = Duration::from_millis(500);
 
+/// One notification: job `id` changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The job.
+    pub id: JobId,
+    /// False when only its progress moved (a stage began); true for anything
+    /// else, the end of the job among it.
+    pub decisive: bool,
+}
+
+impl Change {
+    /// The wire form (see the module documentation).
+    fn encode(self) -> String {
+        if self.decisive {
+            self.id.to_string()
+        } else {
+            format!("{}:progress", self.id)
+        }
+    }
+
+    fn decode(payload: &str) -> Option<Self> {
+        let (id, decisive) = match payload.split_once(':') {
+            Some((id, "progress")) => (id, false),
+            Some((id, _)) => (id, true),
+            None => (payload, true),
+        };
+        Some(Self {
+            id: id.parse().ok()?,
+            decisive,
+        })
+    }
+}
+
 /// Publishes and delivers job change notifications.
 #[derive(Clone)]
 pub struct JobEvents {
-    local: broadcast::Sender<JobId>,
+    local: broadcast::Sender<Change>,
     redis: Option<Arc<RedisLink>>,
 }
 
@@ -67,17 +106,32 @@ impl JobEvents {
         }
     }
 
-    /// Announces that job `id` changed. Best effort: waiters re-read periodically.
+    /// Announces that job `id` changed (it ended, was rescheduled, its
+    /// callback moved). Best effort: waiters re-read periodically.
     pub async fn publish(&self, id: JobId) {
+        self.send(Change { id, decisive: true }).await;
+    }
+
+    /// Announces that job `id` entered a stage: event streams show it,
+    /// long-polls waiting for the end do not re-read for it.
+    pub async fn publish_progress(&self, id: JobId) {
+        self.send(Change {
+            id,
+            decisive: false,
+        })
+        .await;
+    }
+
+    async fn send(&self, change: Change) {
         match &self.redis {
             None => {
-                let _ = self.local.send(id);
+                let _ = self.local.send(change);
             }
             Some(link) => {
                 let mut conn = link.conn.clone();
                 let sent: Result<i64, _> = redis::cmd("PUBLISH")
                     .arg(&link.channel)
-                    .arg(id.to_string())
+                    .arg(change.encode())
                     .query_async(&mut conn)
                     .await;
                 if let Err(e) = sent {
@@ -87,9 +141,9 @@ impl JobEvents {
         }
     }
 
-    /// A receiver of changed job ids (starts the Redis listener on first use).
+    /// A receiver of job changes (starts the Redis listener on first use).
     #[must_use]
-    pub fn subscribe(&self) -> broadcast::Receiver<JobId> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         if let Some(link) = &self.redis {
             link.listening.get_or_init(|| {
                 tokio::spawn(listen(link.clone(), self.local.downgrade()));
@@ -122,7 +176,7 @@ impl JobEvents {
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => break,
                     got = rx.recv() => match got {
-                        Ok(changed) if changed == id => break,
+                        Ok(change) if change.id == id && change.decisive => break,
                         Ok(_) => {}
                         // Lagged: something may have been missed, re-read.
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -138,7 +192,7 @@ impl JobEvents {
 }
 
 /// Forwards Redis notifications into the local broadcast while anyone holds it.
-async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<JobId>) {
+async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<Change>) {
     loop {
         match link.client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -151,8 +205,8 @@ async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<JobId>) {
                             return;
                         };
                         let payload: String = msg.get_payload().unwrap_or_default();
-                        if let Ok(id) = payload.parse::<JobId>() {
-                            let _ = sender.send(id);
+                        if let Some(change) = Change::decode(&payload) {
+                            let _ = sender.send(change);
                         }
                     }
                 }
@@ -163,5 +217,26 @@ async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<JobId>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_unknown_forms_count_as_decisive() {
+        let id = JobId::new();
+        for decisive in [true, false] {
+            let change = Change { id, decisive };
+            assert_eq!(Change::decode(&change.encode()), Some(change));
+        }
+        assert_eq!(
+            Change::decode(&id.to_string()).map(|c| c.decisive),
+            Some(true)
+        );
+        let later = format!("{id}:something-newer");
+        assert_eq!(Change::decode(&later), Some(Change { id, decisive: true }));
+        assert_eq!(Change::decode("not-an-id:progress"), None);
     }
 }

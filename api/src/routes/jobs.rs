@@ -20,6 +20,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use rose_shared::Rose;
 use rose_shared::domain::{Job, JobId, JobStatus};
+use rose_shared::events::Change;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -86,7 +87,7 @@ fn state_of(job: &Job) -> Option<&'static str> {
 struct Follow {
     rose: Rose,
     id: JobId,
-    rx: broadcast::Receiver<JobId>,
+    rx: broadcast::Receiver<Change>,
     first: Option<Job>,
     last: Option<&'static str>,
     done: bool,
@@ -100,7 +101,7 @@ impl Follow {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => return,
                 got = self.rx.recv() => match got {
-                    Ok(changed) if changed == self.id => return,
+                    Ok(change) if change.id == self.id => return,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
                     Err(broadcast::error::RecvError::Closed) => {
