@@ -162,7 +162,8 @@ pub struct Session {
     pub user_id: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
-    /// Unix milliseconds.
+    /// When the person last sent a turn (or opened the session), unix
+    /// milliseconds: idle-session cleanup and `active_sessions` count from it.
     pub last_active_at: i64,
     /// The rolling summary of the turns up to `summarized_until`.
     pub summary: Option<String>,

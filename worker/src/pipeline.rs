@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
-    CallbackTask, Job, JobError, JobId, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
+    CallbackTask, Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
 };
 use rose_shared::memory::owner_of;
 use rose_shared::metrics;
@@ -229,12 +229,12 @@ impl Pipeline {
         {
             metrics::queue_wait(VOICE_QUEUE, ms(wait));
         }
-        self.rose.events.publish(id).await;
+        self.rose.events.publish_progress(id).await;
         let failure = match self.run_stages(job.clone()).await {
             Ok(()) => {
                 metrics::job_succeeded(VOICE_QUEUE, ms(now_ms() - job.created_at));
                 self.rose.events.publish(id).await;
-                self.queue_callback(id).await;
+                self.queue_callback(&job).await;
                 return Ok(Outcome::Finished);
             }
             Err(StageError::Store(e)) => return Err(e.into()),
@@ -290,7 +290,7 @@ impl Pipeline {
                 store.fail_job(id, &error).await?;
                 metrics::job_failed(VOICE_QUEUE, &error.code, ms(now_ms() - job.created_at));
                 self.rose.events.publish(id).await;
-                self.queue_callback(id).await;
+                self.queue_callback(&job).await;
                 Ok(if give_up {
                     Outcome::GaveUp(error.message)
                 } else {
@@ -325,8 +325,11 @@ impl Pipeline {
     }
 
     async fn run_stages(&self, mut job: Job) -> Result<(), StageError> {
+        // The stage the row shows: `begin_attempt` and each checkpoint set
+        // the next one, so entering it usually costs no write.
+        let mut shown = job.stage;
         if job.transcript.is_none() {
-            job.transcript = Some(self.transcribe(&job).await?);
+            self.transcribe(&mut job, &mut shown).await?;
         }
         let transcript = job.transcript.clone().unwrap_or_default();
         let mut degraded = Vec::new();
@@ -334,7 +337,13 @@ impl Pipeline {
             Some(reply) => reply,
             None if is_silent(&transcript) => {
                 let reply = silent_reply(&job);
-                self.rose.store.save_silent_reply(job.id, reply).await?;
+                job.reply_text = Some(reply.to_owned());
+                let next = self.upcoming(&job);
+                self.rose
+                    .store
+                    .save_silent_reply(job.id, reply, next)
+                    .await?;
+                shown = next.or(shown);
                 tracing::info!(job_id = %job.id, "silent turn; answered without the model");
                 reply.to_owned()
             }
@@ -347,7 +356,10 @@ impl Pipeline {
                     .ok_or(StageError::SessionGone)?;
                 let memories = match job.memories.clone() {
                     Some(memories) => memories,
-                    None => match self.recall(&job, &session, &transcript).await? {
+                    None => match self
+                        .recall(&mut job, &session, &transcript, &mut shown)
+                        .await?
+                    {
                         Some(memories) => memories,
                         None => {
                             degraded.push("memory".to_owned());
@@ -355,13 +367,14 @@ impl Pipeline {
                         }
                     },
                 };
-                self.reply(&job, &session, &memories).await?
+                self.reply(&mut job, &session, &memories, &mut shown)
+                    .await?
             }
         };
         if job.reply_audio_id.is_none()
             && let Some(tts) = &self.rose.providers.tts
         {
-            self.enter(&job, Stage::Tts).await?;
+            self.enter(&job, Stage::Tts, &mut shown).await?;
             let started = Instant::now();
             let spoken = self
                 .rose
@@ -392,7 +405,11 @@ impl Pipeline {
 
     /// Queues the delivery of a finished job to its `callback_url` (once).
     /// The job's own result does not depend on it: a failure is logged.
-    async fn queue_callback(&self, id: JobId) {
+    async fn queue_callback(&self, job: &Job) {
+        if job.callback_url.is_none() {
+            return;
+        }
+        let id = job.id;
         match self.rose.store.start_callback(id).await {
             Ok(true) => {
                 let task = CallbackTask { job_id: id };
@@ -412,14 +429,41 @@ impl Pipeline {
         }
     }
 
-    async fn enter(&self, job: &Job, stage: Stage) -> Result<(), StageError> {
-        self.rose.store.set_stage(job.id, stage).await?;
-        self.rose.events.publish(job.id).await;
+    /// Shows `stage` on the row (unless it already does) and tells the
+    /// job's followers.
+    async fn enter(
+        &self,
+        job: &Job,
+        stage: Stage,
+        shown: &mut Option<Stage>,
+    ) -> Result<(), StageError> {
+        if *shown != Some(stage) {
+            self.rose.store.set_stage(job.id, stage).await?;
+            *shown = Some(stage);
+        }
+        self.rose.events.publish_progress(job.id).await;
         Ok(())
     }
 
-    async fn transcribe(&self, job: &Job) -> Result<String, StageError> {
-        self.enter(job, Stage::Stt).await?;
+    /// The stage `job` goes to next, as its checkpoints so far tell (the
+    /// order of [`Self::run_stages`]); `None` when none is left.
+    fn upcoming(&self, job: &Job) -> Option<Stage> {
+        let Some(transcript) = job.transcript.as_deref() else {
+            return Some(Stage::Stt);
+        };
+        if job.reply_text.is_none() && !is_silent(transcript) {
+            return Some(if job.memories.is_none() {
+                Stage::Memory
+            } else {
+                Stage::Llm
+            });
+        }
+        (job.reply_audio_id.is_none() && self.rose.providers.tts.is_some()).then_some(Stage::Tts)
+    }
+
+    /// The STT stage: sets `job.transcript`.
+    async fn transcribe(&self, job: &mut Job, shown: &mut Option<Stage>) -> Result<(), StageError> {
+        self.enter(job, Stage::Stt, shown).await?;
         // A typed job has its transcript from the start and never gets here.
         let Some(audio_id) = job.input_audio_id else {
             return Err(StageError::AudioGone);
@@ -452,19 +496,26 @@ impl Pipeline {
         metrics::stage("stt", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
         let text = text.trim().to_owned();
-        self.rose.store.save_transcript(job.id, &text, ms).await?;
-        Ok(text)
+        job.transcript = Some(text.clone());
+        let next = self.upcoming(job);
+        self.rose
+            .store
+            .save_transcript(job.id, &text, ms, next)
+            .await?;
+        *shown = next.or(*shown);
+        Ok(())
     }
 
     /// The memory stage: what the session's owner shared before that bears on
     /// `transcript`. `None` when memory failed (the reply goes on without it).
     async fn recall(
         &self,
-        job: &Job,
+        job: &mut Job,
         session: &Session,
         transcript: &str,
+        shown: &mut Option<Stage>,
     ) -> Result<Option<Vec<String>>, StageError> {
-        self.enter(job, Stage::Memory).await?;
+        self.enter(job, Stage::Memory, shown).await?;
         let breakers = &self.rose.resilience.breakers;
         if breakers.allow(Provider::Memory).await.is_err() {
             tracing::warn!(job_id = %job.id, "memory breaker open; replying without memories");
@@ -484,7 +535,13 @@ impl Pipeline {
             Ok(Ok(found)) => {
                 breakers.record(Provider::Memory, true).await;
                 let facts: Vec<String> = found.into_iter().map(|m| m.text).collect();
-                self.rose.store.save_memories(job.id, &facts, ms).await?;
+                job.memories = Some(facts.clone());
+                let next = self.upcoming(job);
+                self.rose
+                    .store
+                    .save_memories(job.id, &facts, ms, next)
+                    .await?;
+                *shown = next.or(*shown);
                 tracing::info!(event = "job_stage", job_id = %job.id, stage = "memory", recalled = facts.len(), qdrant_duration_ms = ms, "job_stage");
                 Ok(Some(facts))
             }
@@ -503,13 +560,14 @@ impl Pipeline {
 
     /// The reply prompt: the persona, recalled memories as short facts, the
     /// session's running summary, the turns since that summary (at most
-    /// `ROSE_HISTORY_TURNS`), and what was just said.
+    /// `ROSE_HISTORY_TURNS`), and what was just said; with how many earlier
+    /// turns it holds.
     async fn prompt(
         &self,
         job: &Job,
         session: &Session,
         memories: &[String],
-    ) -> Result<Vec<ChatMessage>, StageError> {
+    ) -> Result<(Vec<ChatMessage>, usize), StageError> {
         let history = self
             .rose
             .store
@@ -519,7 +577,8 @@ impl Pipeline {
                 self.rose.config.history_turns,
             )
             .await?;
-        let mut messages = Vec::with_capacity(history.len() + 4);
+        let earlier = history.len();
+        let mut messages = Vec::with_capacity(earlier + 4);
         messages.push(ChatMessage::new("system", PERSONA));
         if !memories.is_empty() {
             let mut text = "What this person shared in earlier conversations \
@@ -546,20 +605,22 @@ impl Pipeline {
             "user",
             job.transcript.clone().unwrap_or_default(),
         ));
-        Ok(messages)
+        Ok((messages, earlier))
     }
 
     async fn reply(
         &self,
-        job: &Job,
+        job: &mut Job,
         session: &Session,
         memories: &[String],
+        shown: &mut Option<Stage>,
     ) -> Result<String, StageError> {
-        self.enter(job, Stage::Llm).await?;
+        self.enter(job, Stage::Llm, shown).await?;
         let config = &self.rose.config;
+        let (messages, earlier) = self.prompt(job, session, memories).await?;
         let request = ChatRequest {
             model: config.llm_model.clone(),
-            messages: self.prompt(job, session, memories).await?,
+            messages,
             temperature: 0.7,
             max_tokens: 200,
             json: false,
@@ -575,16 +636,21 @@ impl Pipeline {
         let ms = elapsed_ms(started);
         metrics::stage("llm", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
-        self.rose.store.save_reply(job, &reply, ms).await?;
-        self.queue_background(job, session).await;
+        job.reply_text = Some(reply.clone());
+        let next = self.upcoming(job);
+        self.rose.store.save_reply(job, &reply, ms, next).await?;
+        *shown = next.or(*shown);
+        self.queue_background(job, session, earlier).await;
         Ok(reply)
     }
 
     /// Queues what follows a stored turn off the reply's path: memory
     /// extraction always, the rolling summary once the session has more than
     /// [`SUMMARIZE_AFTER`] unsummarized turns. Losing these is not worth
-    /// failing a reply for: a failure is logged.
-    async fn queue_background(&self, job: &Job, session: &Session) {
+    /// failing a reply for: a failure is logged. `earlier`: the unsummarized
+    /// turns the prompt held; when that was all of them (fewer than the
+    /// history limit) the count needs no query.
+    async fn queue_background(&self, job: &Job, session: &Session, earlier: usize) {
         let queue = &self.rose.queue;
         let extract = MemoryTask {
             job_id: job.id,
@@ -596,12 +662,16 @@ impl Pipeline {
         {
             tracing::warn!(job_id = %job.id, error = %e, "could not queue memory extraction");
         }
-        let unsummarized = match self
-            .rose
-            .store
-            .count_turns_since(session.id, session.summarized_until)
-            .await
-        {
+        let counted = if earlier < self.rose.config.history_turns {
+            // This job's own two turns came after the prompt was read.
+            Ok(i64::try_from(earlier).unwrap_or(i64::MAX).saturating_add(2))
+        } else {
+            self.rose
+                .store
+                .count_turns_since(session.id, session.summarized_until)
+                .await
+        };
+        let unsummarized = match counted {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(job_id = %job.id, error = %e, "could not count the session's turns");

@@ -115,17 +115,39 @@ pub trait Store: Send + Sync + 'static {
     async fn get_job(&self, id: JobId) -> StoreResult<Option<Job>>;
 
     /// Marks the job `processing` and counts the attempt; records the queue
-    /// wait on the first attempt. `None` when the job does not exist.
+    /// wait on the first attempt, and shows stage `stt` while the job has no
+    /// transcript yet. `None` when the job does not exist.
     async fn begin_attempt(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Records the stage now running.
     async fn set_stage(&self, id: JobId, stage: Stage) -> StoreResult<()>;
     /// STT checkpoint (first write wins).
-    async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64) -> StoreResult<()>;
+    ///
+    /// Each checkpoint takes the stage that comes `next`, if known, and shows
+    /// it with the same write: a stage marker costs no commit of its own.
+    /// A checkpoint another writer got to first changes nothing, stage included.
+    async fn save_transcript(
+        &self,
+        id: JobId,
+        transcript: &str,
+        stt_ms: i64,
+        next: Option<Stage>,
+    ) -> StoreResult<()>;
     /// LLM checkpoint plus the user's and Rose's turns, in one transaction.
-    async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64) -> StoreResult<()>;
+    async fn save_reply(
+        &self,
+        job: &Job,
+        reply: &str,
+        llm_ms: i64,
+        next: Option<Stage>,
+    ) -> StoreResult<()>;
     /// LLM checkpoint for a silent turn: the reply without conversation turns
     /// (nothing was said, so nothing enters the history).
-    async fn save_silent_reply(&self, id: JobId, reply: &str) -> StoreResult<()>;
+    async fn save_silent_reply(
+        &self,
+        id: JobId,
+        reply: &str,
+        next: Option<Stage>,
+    ) -> StoreResult<()>;
     /// TTS checkpoint: stores the reply audio; returns the audio id now on the job.
     async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId>;
     /// The job succeeded, with the stages that fell back.
@@ -142,7 +164,13 @@ pub trait Store: Send + Sync + 'static {
     async fn requeue_job(&self, id: JobId) -> StoreResult<bool>;
 
     /// Memory checkpoint: the facts recalled for this job (first write wins).
-    async fn save_memories(&self, id: JobId, facts: &[String], memory_ms: i64) -> StoreResult<()>;
+    async fn save_memories(
+        &self,
+        id: JobId,
+        facts: &[String],
+        memory_ms: i64,
+        next: Option<Stage>,
+    ) -> StoreResult<()>;
     /// The latest `limit` turns created after `after` (unix ms), oldest first.
     async fn turns_since(
         &self,

@@ -7,17 +7,22 @@ use crate::domain::{
 };
 use crate::store::{AudioLookup, StoreError};
 
+/// Every column [`JobRow`] reads, for `SELECT` and `RETURNING`.
+macro_rules! job_columns {
+    () => {
+        "id, session_id, status, stage, attempts, input_audio_id, transcript, \
+         reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
+         stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
+         callback_url, created_at, updated_at, deferrals, memories, \
+         callback_status, callback_attempts, callback_last_status"
+    };
+}
+pub(super) use job_columns;
+
 /// `SELECT` of every column [`JobRow`] reads, followed by the rest of the statement.
 macro_rules! select_job {
     ($($rest:literal),+) => {
-        concat!(
-            "SELECT id, session_id, status, stage, attempts, input_audio_id, transcript, \
-             reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
-             stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
-             callback_url, created_at, updated_at, deferrals, memories, \
-             callback_status, callback_attempts, callback_last_status ",
-            $($rest),+
-        )
+        concat!("SELECT ", job_columns!(), " ", $($rest),+)
     };
 }
 pub(super) use select_job;

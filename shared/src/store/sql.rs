@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use sqlx::{PgPool, SqlitePool};
 
-use super::rows::{AudioRow, JobRow, SessionRow, TurnRow, select_job};
+use super::rows::{AudioRow, JobRow, SessionRow, TurnRow, job_columns, select_job};
 use super::{AudioLookup, Created, JobInput, NewAudio, NewJob, Store, StoreError, StoreResult};
 use crate::domain::{
     AudioId, Job, JobError, JobId, JobStatus, Role, Session, SessionId, Stage, Turn, now_ms,
@@ -238,18 +238,26 @@ macro_rules! sql_store {
             }
 
             async fn begin_attempt(&self, id: JobId) -> StoreResult<Option<Job>> {
+                // One round trip: the row comes back with the update. A job
+                // still waiting for its transcript shows `stt` from here on.
                 let now = now_ms();
-                sqlx::query(
+                let row: Option<JobRow> = sqlx::query_as(concat!(
                     "UPDATE voice_jobs SET status = 'processing', attempts = attempts + 1, \
                      updated_at = $2, started_at = COALESCE(started_at, $2), \
-                     queue_wait_ms = COALESCE(queue_wait_ms, $2 - created_at) \
-                     WHERE id = $1 AND status IN ('queued', 'processing')",
-                )
+                     queue_wait_ms = COALESCE(queue_wait_ms, $2 - created_at), \
+                     stage = CASE WHEN transcript IS NULL THEN 'stt' ELSE stage END \
+                     WHERE id = $1 AND status IN ('queued', 'processing') RETURNING ",
+                    job_columns!()
+                ))
                 .bind(id.to_string())
                 .bind(now)
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                self.job_where(id).await
+                match row {
+                    Some(row) => Job::try_from(row).map(Some),
+                    // Finished, or gone: whatever the row says.
+                    None => self.job_where(id).await,
+                }
             }
 
             async fn set_stage(&self, id: JobId, stage: Stage) -> StoreResult<()> {
@@ -262,34 +270,36 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64) -> StoreResult<()> {
+            async fn save_transcript(&self, id: JobId, transcript: &str, stt_ms: i64, next: Option<Stage>) -> StoreResult<()> {
                 sqlx::query(
-                    "UPDATE voice_jobs SET transcript = $2, stt_ms = $3, updated_at = $4 \
-                     WHERE id = $1 AND transcript IS NULL",
+                    "UPDATE voice_jobs SET transcript = $2, stt_ms = $3, updated_at = $4, \
+                     stage = COALESCE($5, stage) WHERE id = $1 AND transcript IS NULL",
                 )
                 .bind(id.to_string())
                 .bind(transcript)
                 .bind(stt_ms)
                 .bind(now_ms())
+                .bind(next.map(Stage::as_str))
                 .execute(&self.pool)
                 .await?;
                 Ok(())
             }
 
-            async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64) -> StoreResult<()> {
+            async fn save_reply(&self, job: &Job, reply: &str, llm_ms: i64, next: Option<Stage>) -> StoreResult<()> {
                 let now = now_ms();
                 let job_id = job.id.to_string();
                 let session = job.session_id.to_string();
                 let user_text = job.transcript.as_deref().unwrap_or_default();
                 let mut tx = self.pool.begin().await?;
                 let updated = sqlx::query(
-                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = $3, updated_at = $4 \
-                     WHERE id = $1 AND reply_text IS NULL",
+                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = $3, updated_at = $4, \
+                     stage = COALESCE($5, stage) WHERE id = $1 AND reply_text IS NULL",
                 )
                 .bind(&job_id)
                 .bind(reply)
                 .bind(llm_ms)
                 .bind(now)
+                .bind(next.map(Stage::as_str))
                 .execute(&mut *tx)
                 .await?;
                 if updated.rows_affected() > 0 {
@@ -310,24 +320,20 @@ macro_rules! sql_store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    sqlx::query("UPDATE sessions SET last_active_at = $2 WHERE id = $1")
-                        .bind(&session)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
                 }
                 tx.commit().await?;
                 Ok(())
             }
 
-            async fn save_silent_reply(&self, id: JobId, reply: &str) -> StoreResult<()> {
+            async fn save_silent_reply(&self, id: JobId, reply: &str, next: Option<Stage>) -> StoreResult<()> {
                 sqlx::query(
-                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = 0, updated_at = $3 \
-                     WHERE id = $1 AND reply_text IS NULL",
+                    "UPDATE voice_jobs SET reply_text = $2, llm_ms = 0, updated_at = $3, \
+                     stage = COALESCE($4, stage) WHERE id = $1 AND reply_text IS NULL",
                 )
                 .bind(id.to_string())
                 .bind(reply)
                 .bind(now_ms())
+                .bind(next.map(Stage::as_str))
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -430,16 +436,17 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn save_memories(&self, id: JobId, facts: &[String], memory_ms: i64) -> StoreResult<()> {
+            async fn save_memories(&self, id: JobId, facts: &[String], memory_ms: i64, next: Option<Stage>) -> StoreResult<()> {
                 let facts = serde_json::to_string(facts).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 sqlx::query(
-                    "UPDATE voice_jobs SET memories = $2, memory_ms = $3, updated_at = $4 \
-                     WHERE id = $1 AND memories IS NULL",
+                    "UPDATE voice_jobs SET memories = $2, memory_ms = $3, updated_at = $4, \
+                     stage = COALESCE($5, stage) WHERE id = $1 AND memories IS NULL",
                 )
                 .bind(id.to_string())
                 .bind(facts)
                 .bind(memory_ms)
                 .bind(now_ms())
+                .bind(next.map(Stage::as_str))
                 .execute(&self.pool)
                 .await?;
                 Ok(())

@@ -138,6 +138,12 @@ async fn contract(f: Fixture) {
     let typed = store.get_job(typed.id).await.expect("get").expect("exists");
     assert_eq!(typed.input_audio_id, None);
     assert_eq!(typed.transcript.as_deref(), Some("I miss her laugh"));
+    let typed = store
+        .begin_attempt(typed.id)
+        .await
+        .expect("begin typed")
+        .expect("row");
+    assert_eq!(typed.stage, None, "a typed job never shows stt");
 
     // Attempts and stages.
     let running = store
@@ -150,31 +156,42 @@ async fn contract(f: Fixture) {
         (JobStatus::Processing, 1)
     );
     assert!(running.timings.queue_wait.is_some());
+    assert_eq!(
+        running.stage,
+        Some(Stage::Stt),
+        "a job waiting for its transcript shows stt from its first attempt"
+    );
     store.set_stage(job.id, Stage::Stt).await.expect("stage");
 
     // Checkpoints: the first write wins.
     store
-        .save_transcript(job.id, "first words", 12)
+        .save_transcript(job.id, "first words", 12, Some(Stage::Memory))
         .await
         .expect("transcript");
     store
-        .save_transcript(job.id, "second words", 99)
+        .save_transcript(job.id, "second words", 99, Some(Stage::Tts))
         .await
         .expect("transcript again");
     let job_row = store.get_job(job.id).await.expect("get").expect("row");
     assert_eq!(job_row.transcript.as_deref(), Some("first words"));
     assert_eq!(job_row.timings.stt, Some(12));
-    assert_eq!(job_row.stage, Some(Stage::Stt));
+    assert_eq!(
+        job_row.stage,
+        Some(Stage::Memory),
+        "the checkpoint shows the next stage; the losing write changes nothing"
+    );
 
     // The reply and its two turns, once.
     store
-        .save_reply(&job_row, "a gentle reply", 30)
+        .save_reply(&job_row, "a gentle reply", 30, Some(Stage::Tts))
         .await
         .expect("reply");
     store
-        .save_reply(&job_row, "another reply", 31)
+        .save_reply(&job_row, "another reply", 31, None)
         .await
         .expect("reply again");
+    let replied = store.get_job(job.id).await.expect("get").expect("row");
+    assert_eq!(replied.stage, Some(Stage::Tts));
     let turns = store.recent_turns(session.id, 10).await.expect("turns");
     assert_eq!(turns.len(), 2);
     assert_eq!(
