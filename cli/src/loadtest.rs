@@ -4,7 +4,14 @@
 //! Each job is one `POST /api/voice/process` (answered 202 at once), then
 //! `GET /api/jobs/{id}?wait=60` until it ends, so the client sees the end of
 //! every job as soon as the api does. Sessions: one per lane, so the
-//! per-session in-flight cap never holds a lane back. Figures:
+//! per-session in-flight cap never holds a lane back.
+//!
+//! Two ways to load: closed (the default: C lanes, each starting its next job
+//! when the last one ended, so the machine sets the pace) and open
+//! (`--rate R`: a job starts every 1/R s whatever the others do, which is
+//! how "latency at R jobs/s" is measured; `--concurrency` then caps the jobs
+//! in flight, and a start held back by that cap by more than 5 ms is counted
+//! as late: many late starts mean the rate was not held). Figures:
 //! - throughput: finished jobs per second of wall time;
 //! - end to end: from the upload's first byte to the finished job, client side;
 //! - upload: the `POST` until its 202 (how long accepting a job takes);
@@ -40,6 +47,10 @@ pub struct LoadtestArgs {
     /// Jobs kept in flight.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
+    /// Start jobs at this many per second (open loop) instead of as lanes
+    /// free up; `--concurrency` caps the jobs in flight.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
     /// The recording to upload (default: a short spoken WAV).
     #[arg(long)]
     audio: Option<PathBuf>,
@@ -47,6 +58,18 @@ pub struct LoadtestArgs {
     #[arg(long)]
     json: bool,
 }
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.01..=100_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate between 0.01 and 100000 jobs/s"
+        )),
+    }
+}
+
+/// A start more than this after its time counts as late (open loop).
+const LATE: Duration = Duration::from_millis(5);
 
 /// What one job came to.
 #[derive(Debug)]
@@ -114,17 +137,52 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
+    let (outcomes, late) = match args.rate {
+        None => (
+            closed(&http, &base, &audio, sessions, args.jobs, &bar).await?,
+            None,
+        ),
+        Some(rate) => {
+            let (outcomes, late) =
+                open(&http, &base, &audio, sessions, args.jobs, rate, &bar).await?;
+            (outcomes, Some(late))
+        }
+    };
+    let wall = started.elapsed();
+    bar.finish_and_clear();
+
+    let mut report = report(&outcomes, wall, args.concurrency);
+    if let (Some(rate), Some(late)) = (args.rate, late) {
+        report["offered_rate_jobs_per_sec"] = json!(rate);
+        report["late_starts"] = json!(late);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// C lanes, each starting its next job when its last one ended.
+async fn closed(
+    http: &reqwest::Client,
+    base: &str,
+    audio: &Arc<[u8]>,
+    sessions: Vec<String>,
+    total: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<Outcome>> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut lanes_set = JoinSet::new();
     for session in sessions {
         let (http, base, audio, next, bar) = (
             http.clone(),
-            base.clone(),
-            Arc::clone(&audio),
+            base.to_owned(),
+            Arc::clone(audio),
             Arc::clone(&next),
             bar.clone(),
         );
-        let total = args.jobs;
         lanes_set.spawn(async move {
             let mut outcomes = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
@@ -142,16 +200,57 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     while let Some(lane) = lanes_set.join_next().await {
         outcomes.extend(lane.context("a load lane panicked")?);
     }
-    let wall = started.elapsed();
-    bar.finish_and_clear();
+    Ok(outcomes)
+}
 
-    let report = report(&outcomes, wall, args.concurrency);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
+/// Job `i` starts at `i / rate` s, on a session no other job holds; at most
+/// one job per session, so `sessions.len()` caps the jobs in flight. Returns
+/// the outcomes and how many starts were late.
+async fn open(
+    http: &reqwest::Client,
+    base: &str,
+    audio: &Arc<[u8]>,
+    sessions: Vec<String>,
+    total: u64,
+    rate: f64,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Vec<Outcome>, u64)> {
+    let (free_tx, mut free_rx) = tokio::sync::mpsc::unbounded_channel();
+    for session in sessions {
+        let _ = free_tx.send(session);
     }
-    Ok(())
+    let start = tokio::time::Instant::now();
+    let mut late = 0;
+    let mut jobs = JoinSet::new();
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let session = free_rx.recv().await.context("the session pool closed")?;
+        if tokio::time::Instant::now().saturating_duration_since(due) > LATE {
+            late += 1;
+        }
+        let (http, base, audio, free_tx, bar) = (
+            http.clone(),
+            base.to_owned(),
+            Arc::clone(audio),
+            free_tx.clone(),
+            bar.clone(),
+        );
+        jobs.spawn(async move {
+            let outcome = one_job(&http, &base, &session, &audio).await;
+            let _ = free_tx.send(session);
+            if outcome.job.is_err() {
+                bar.set_message("(failures)");
+            }
+            bar.inc(1);
+            outcome
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = jobs.join_next().await {
+        outcomes.push(done.context("a load job panicked")?);
+    }
+    Ok((outcomes, late))
 }
 
 async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]) -> Outcome {
@@ -299,6 +398,13 @@ fn print_report(r: &Value) {
         r["concurrency"],
         r["throughput_jobs_per_sec"]
     );
+    if let Some(rate) = r["offered_rate_jobs_per_sec"].as_f64() {
+        println!(
+            "offered {rate} jobs/s (open loop); {} starts late by more than {} ms",
+            r["late_starts"],
+            LATE.as_millis()
+        );
+    }
     println!(
         "  {:<14} {:>9} {:>9} {:>9} {:>9}",
         "ms", "p50", "p95", "p99", "max"
@@ -331,5 +437,14 @@ mod tests {
         assert_eq!(p["p99"], 99.0);
         assert_eq!(p["max"], 100.0);
         assert!(percentiles(Vec::new())["p50"].is_null());
+    }
+
+    #[test]
+    fn rates_outside_the_range_are_refused() {
+        assert_eq!(parse_rate("200"), Ok(200.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-3", "nan", "inf", "1e9", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }

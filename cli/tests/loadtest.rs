@@ -60,6 +60,47 @@ async fn fifty_jobs_all_succeed() {
     assert_eq!(report["end_to_end_ms"]["count"], 50);
     assert_eq!(report["overhead_ms"]["count"], 50);
 
+    // Open loop: six jobs at 4 per second start over 1.25 s, however fast
+    // each one ends (a closed loop of eight lanes would be done at once).
+    let out = tokio::process::Command::new(ROSE)
+        .args([
+            "loadtest",
+            "--url",
+            &url,
+            "--jobs",
+            "6",
+            "--rate",
+            "4",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("run rose loadtest --rate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["succeeded"], 6, "{report}");
+    assert_eq!(report["offered_rate_jobs_per_sec"], 4.0, "{report}");
+    assert!(report["late_starts"].as_u64().is_some(), "{report}");
+    let wall = report["wall_secs"].as_f64().expect("wall_secs");
+    assert!(wall >= 1.25, "the last job starts 1.25 s in: {report}");
+    let out = tokio::process::Command::new(ROSE)
+        .args(["loadtest", "--url", &url, "--jobs", "1", "--rate", "0"])
+        .output()
+        .await
+        .expect("run rose loadtest --rate 0");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a rate"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Against nothing: a clear error, not a hang.
     let dead = free_port();
     let out = tokio::process::Command::new(ROSE)
