@@ -98,7 +98,9 @@ async fn serve_answers_a_voice_job_and_stops_cleanly() {
             .env("ROSE_DATA_DIR", dir.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("serve.log")).expect("log file"),
+            ))
             .spawn()
             .expect("start rose serve"),
     );
@@ -179,7 +181,11 @@ async fn serve_answers_a_voice_job_and_stops_cleanly() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Some(status) = server.0.try_wait().expect("wait") {
-            assert!(status.success(), "rose serve exits 0 on SIGTERM: {status}");
+            let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+            assert!(
+                status.success(),
+                "rose serve exits 0 on SIGTERM: {status}; its log:\n{log}"
+            );
             break;
         }
         assert!(
