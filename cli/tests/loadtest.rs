@@ -9,6 +9,23 @@ use serde_json::Value;
 
 const ROSE: &str = env!("CARGO_BIN_EXE_rose");
 
+/// Runs `rose loadtest --url URL ARGS… --json`; its report once it succeeded.
+async fn loadtest(url: &str, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(ROSE)
+        .args(["loadtest", "--url", url])
+        .args(args)
+        .arg("--json")
+        .output()
+        .await
+        .expect("run rose loadtest");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
 #[tokio::test]
 async fn fifty_jobs_all_succeed() {
     let dir = tempfile::tempdir().expect("dir");
@@ -31,26 +48,7 @@ async fn fifty_jobs_all_succeed() {
     );
     let url = format!("http://127.0.0.1:{port}");
     wait_for_api(&reqwest::Client::new(), &url).await;
-    let out = tokio::process::Command::new(ROSE)
-        .args([
-            "loadtest",
-            "--url",
-            &url,
-            "--jobs",
-            "50",
-            "--concurrency",
-            "8",
-            "--json",
-        ])
-        .output()
-        .await
-        .expect("run rose loadtest");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let report = loadtest(&url, &["--jobs", "50", "--concurrency", "8"]).await;
     assert_eq!(report["jobs"], 50, "{report}");
     assert_eq!(report["succeeded"], 50, "{report}");
     assert_eq!(report["failed"], 0, "{report}");
@@ -62,28 +60,7 @@ async fn fifty_jobs_all_succeed() {
 
     // Open loop: six jobs at 4 per second start over 1.25 s, however fast
     // each one ends (a closed loop of eight lanes would be done at once).
-    let out = tokio::process::Command::new(ROSE)
-        .args([
-            "loadtest",
-            "--url",
-            &url,
-            "--jobs",
-            "6",
-            "--rate",
-            "4",
-            "--concurrency",
-            "8",
-            "--json",
-        ])
-        .output()
-        .await
-        .expect("run rose loadtest --rate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    let report = loadtest(&url, &["--jobs", "6", "--rate", "4", "--concurrency", "8"]).await;
     assert_eq!(report["succeeded"], 6, "{report}");
     assert_eq!(report["offered_rate_jobs_per_sec"], 4.0, "{report}");
     assert!(report["late_starts"].as_u64().is_some(), "{report}");
