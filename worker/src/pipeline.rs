@@ -325,11 +325,10 @@ impl Pipeline {
     }
 
     async fn run_stages(&self, mut job: Job) -> Result<(), StageError> {
-        // The stage the row shows: `begin_attempt` and each checkpoint set
-        // the next one, so entering it usually costs no write.
-        let mut shown = job.stage;
+        // `job.stage` follows the row: `begin_attempt` and each checkpoint
+        // show the next stage, so entering it usually costs no write.
         if job.transcript.is_none() {
-            self.transcribe(&mut job, &mut shown).await?;
+            self.transcribe(&mut job).await?;
         }
         let transcript = job.transcript.clone().unwrap_or_default();
         let mut degraded = Vec::new();
@@ -343,7 +342,7 @@ impl Pipeline {
                     .store
                     .save_silent_reply(job.id, reply, next)
                     .await?;
-                shown = next.or(shown);
+                job.stage = next.or(job.stage);
                 tracing::info!(job_id = %job.id, "silent turn; answered without the model");
                 reply.to_owned()
             }
@@ -356,10 +355,7 @@ impl Pipeline {
                     .ok_or(StageError::SessionGone)?;
                 let memories = match job.memories.clone() {
                     Some(memories) => memories,
-                    None => match self
-                        .recall(&mut job, &session, &transcript, &mut shown)
-                        .await?
-                    {
+                    None => match self.recall(&mut job, &session, &transcript).await? {
                         Some(memories) => memories,
                         None => {
                             degraded.push("memory".to_owned());
@@ -367,14 +363,13 @@ impl Pipeline {
                         }
                     },
                 };
-                self.reply(&mut job, &session, &memories, &mut shown)
-                    .await?
+                self.reply(&mut job, &session, &memories).await?
             }
         };
         if job.reply_audio_id.is_none()
             && let Some(tts) = &self.rose.providers.tts
         {
-            self.enter(&job, Stage::Tts, &mut shown).await?;
+            self.enter(&mut job, Stage::Tts).await?;
             let started = Instant::now();
             let spoken = self
                 .rose
@@ -431,15 +426,10 @@ impl Pipeline {
 
     /// Shows `stage` on the row (unless it already does) and tells the
     /// job's followers.
-    async fn enter(
-        &self,
-        job: &Job,
-        stage: Stage,
-        shown: &mut Option<Stage>,
-    ) -> Result<(), StageError> {
-        if *shown != Some(stage) {
+    async fn enter(&self, job: &mut Job, stage: Stage) -> Result<(), StageError> {
+        if job.stage != Some(stage) {
             self.rose.store.set_stage(job.id, stage).await?;
-            *shown = Some(stage);
+            job.stage = Some(stage);
         }
         self.rose.events.publish_progress(job.id).await;
         Ok(())
@@ -462,8 +452,8 @@ impl Pipeline {
     }
 
     /// The STT stage: sets `job.transcript`.
-    async fn transcribe(&self, job: &mut Job, shown: &mut Option<Stage>) -> Result<(), StageError> {
-        self.enter(job, Stage::Stt, shown).await?;
+    async fn transcribe(&self, job: &mut Job) -> Result<(), StageError> {
+        self.enter(job, Stage::Stt).await?;
         // A typed job has its transcript from the start and never gets here.
         let Some(audio_id) = job.input_audio_id else {
             return Err(StageError::AudioGone);
@@ -502,7 +492,7 @@ impl Pipeline {
             .store
             .save_transcript(job.id, &text, ms, next)
             .await?;
-        *shown = next.or(*shown);
+        job.stage = next.or(job.stage);
         Ok(())
     }
 
@@ -513,9 +503,8 @@ impl Pipeline {
         job: &mut Job,
         session: &Session,
         transcript: &str,
-        shown: &mut Option<Stage>,
     ) -> Result<Option<Vec<String>>, StageError> {
-        self.enter(job, Stage::Memory, shown).await?;
+        self.enter(job, Stage::Memory).await?;
         let breakers = &self.rose.resilience.breakers;
         if breakers.allow(Provider::Memory).await.is_err() {
             tracing::warn!(job_id = %job.id, "memory breaker open; replying without memories");
@@ -541,7 +530,7 @@ impl Pipeline {
                     .store
                     .save_memories(job.id, &facts, ms, next)
                     .await?;
-                *shown = next.or(*shown);
+                job.stage = next.or(job.stage);
                 tracing::info!(event = "job_stage", job_id = %job.id, stage = "memory", recalled = facts.len(), qdrant_duration_ms = ms, "job_stage");
                 Ok(Some(facts))
             }
@@ -613,9 +602,8 @@ impl Pipeline {
         job: &mut Job,
         session: &Session,
         memories: &[String],
-        shown: &mut Option<Stage>,
     ) -> Result<String, StageError> {
-        self.enter(job, Stage::Llm, shown).await?;
+        self.enter(job, Stage::Llm).await?;
         let config = &self.rose.config;
         let (messages, earlier) = self.prompt(job, session, memories).await?;
         let request = ChatRequest {
@@ -639,7 +627,7 @@ impl Pipeline {
         job.reply_text = Some(reply.clone());
         let next = self.upcoming(job);
         self.rose.store.save_reply(job, &reply, ms, next).await?;
-        *shown = next.or(*shown);
+        job.stage = next.or(job.stage);
         self.queue_background(job, session, earlier).await;
         Ok(reply)
     }
