@@ -13,13 +13,13 @@
 
 mod rows;
 mod sql;
+pub mod sqlite;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
@@ -214,24 +214,16 @@ pub enum Database {
 }
 
 impl Database {
-    /// Opens a pool. SQLite runs in WAL mode with a busy timeout, so the api
-    /// and the worker sharing one file never see "database is locked".
+    /// Opens a pool. SQLite runs in WAL mode, waits for a write in progress
+    /// instead of failing with "database is locked", and checkpoints in the
+    /// background (see [`sqlite`]).
     ///
     /// # Errors
     /// When the URL is malformed or the database cannot be reached.
     pub async fn connect(url: &DatabaseUrl) -> StoreResult<Self> {
         match url {
             DatabaseUrl::Sqlite(url) => {
-                let options = SqliteConnectOptions::from_str(url)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(options)
-                    .await?;
+                let pool = sqlite::open(url).await?;
                 Ok(Self::Sqlite(pool))
             }
             DatabaseUrl::Postgres(url) => {

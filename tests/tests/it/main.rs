@@ -16,5 +16,6 @@ mod resilience;
 mod resilience_redis;
 mod scheduler;
 mod security;
+mod sqlite_file;
 mod sqlite_queue;
 mod store;
