@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
@@ -472,16 +473,17 @@ impl Pipeline {
                 error,
             });
         };
+        // Shared by every attempt, and dropped before the transcript is saved.
+        let bytes = Bytes::from(audio.bytes);
         let started = Instant::now();
         let stt = &self.rose.providers.stt;
         let text = self
             .rose
             .resilience
-            .call(Provider::Stt, || {
-                stt.transcribe(audio.bytes.clone(), format)
-            })
+            .call(Provider::Stt, || stt.transcribe(bytes.clone(), format))
             .await
             .map_err(StageError::from_call(Stage::Stt))?;
+        drop(bytes);
         let ms = elapsed_ms(started);
         metrics::stage("stt", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");

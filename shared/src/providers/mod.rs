@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -63,11 +64,8 @@ pub struct Speech {
 pub trait SpeechToText: Send + Sync {
     /// # Errors
     /// [`ProviderError`], classified.
-    async fn transcribe(
-        &self,
-        audio: Vec<u8>,
-        format: AudioFormat,
-    ) -> Result<String, ProviderError>;
+    /// `audio` is shared, not copied: a retry sends the same buffer again.
+    async fn transcribe(&self, audio: Bytes, format: AudioFormat) -> Result<String, ProviderError>;
 }
 
 /// Writes replies.

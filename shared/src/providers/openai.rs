@@ -3,6 +3,8 @@
 //! `POST {base}/audio/speech`, all with `Authorization: Bearer`.
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::Body;
 use reqwest::multipart::{Form, Part};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -83,12 +85,9 @@ fn bad_body(e: &reqwest::Error) -> ProviderError {
 
 #[async_trait]
 impl SpeechToText for OpenAiClient {
-    async fn transcribe(
-        &self,
-        audio: Vec<u8>,
-        format: AudioFormat,
-    ) -> Result<String, ProviderError> {
-        let file = Part::bytes(audio)
+    async fn transcribe(&self, audio: Bytes, format: AudioFormat) -> Result<String, ProviderError> {
+        let length = audio.len() as u64;
+        let file = Part::stream_with_length(Body::from(audio), length)
             .file_name(format!("speech.{}", format.extension()))
             .mime_str(format.mime())
             .map_err(|e| ProviderError::permanent(PROVIDER, None, e.to_string()))?;
