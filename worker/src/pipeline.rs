@@ -23,20 +23,22 @@
 //!   prompt is the reply, without a model call, memory or history;
 //! - a storage failure: handed back to the queue, which retries the message.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
-    CallbackTask, Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask, now_ms,
+    AudioId, CallbackTask, Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask,
+    now_ms,
 };
 use rose_shared::memory::owner_of;
 use rose_shared::metrics;
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
 use rose_shared::queue::{CALLBACK_QUEUE, MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
 use rose_shared::resilience::{CallError, Provider, jittered};
-use rose_shared::store::{AudioLookup, NewAudio, StoreError};
+use rose_shared::store::{AudioLookup, NewAudio, Store, StoreError};
 use tracing::{Instrument, info_span};
 
 use crate::background::SUMMARIZE_AFTER;
@@ -185,6 +187,35 @@ impl StageError {
             code: code.to_owned(),
             message,
         }
+    }
+}
+
+/// The upload for speech-to-text, held for the first attempt only: the
+/// request body owns it and drops it once sent, so jobs waiting for their
+/// transcription do not each hold their upload. A retry reads it again; if that
+/// read fails, the attempt ends with a permanent error and `lost` says why.
+struct Upload<'a> {
+    store: &'a dyn Store,
+    id: AudioId,
+    first: Mutex<Option<Bytes>>,
+    lost: Mutex<Option<StageError>>,
+}
+
+impl Upload<'_> {
+    async fn take(&self) -> Result<Bytes, ProviderError> {
+        if let Some(bytes) = self.first.lock().ok().and_then(|mut f| f.take()) {
+            return Ok(bytes);
+        }
+        let lost = match self.store.get_audio(self.id).await {
+            Ok(AudioLookup::Found(audio)) => return Ok(Bytes::from(audio.bytes)),
+            Ok(AudioLookup::Expired | AudioLookup::Missing) => StageError::AudioGone,
+            Err(e) => StageError::Store(e),
+        };
+        let message = lost.to_string();
+        if let Ok(mut slot) = self.lost.lock() {
+            *slot = Some(lost);
+        }
+        Err(ProviderError::permanent("rose", None, message))
     }
 }
 
@@ -473,17 +504,25 @@ impl Pipeline {
                 error,
             });
         };
-        // Shared by every attempt, and dropped before the transcript is saved.
-        let bytes = Bytes::from(audio.bytes);
+        let upload = Upload {
+            store: self.rose.store.as_ref(),
+            id: audio_id,
+            first: Mutex::new(Some(Bytes::from(audio.bytes))),
+            lost: Mutex::new(None),
+        };
         let started = Instant::now();
         let stt = &self.rose.providers.stt;
         let text = self
             .rose
             .resilience
-            .call(Provider::Stt, || stt.transcribe(bytes.clone(), format))
-            .await
-            .map_err(StageError::from_call(Stage::Stt))?;
-        drop(bytes);
+            .call(Provider::Stt, || async {
+                stt.transcribe(upload.take().await?, format).await
+            })
+            .await;
+        if let Some(lost) = upload.lost.lock().ok().and_then(|mut l| l.take()) {
+            return Err(lost);
+        }
+        let text = text.map_err(StageError::from_call(Stage::Stt))?;
         let ms = elapsed_ms(started);
         metrics::stage("stt", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
