@@ -19,6 +19,10 @@
 //! - Rose's overhead: the job's `total` minus its provider time (`stt` +
 //!   `llm` + `tts`); memory recall (local embedding and search) is Rose's own
 //!   work and counts as overhead.
+//!
+//! `--submit-only` measures the intake alone: each job is only uploaded (a
+//! job counts as done at its 202) and is left to whatever workers run, so the
+//! api can be measured at a rate the workers could not keep up with.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +58,10 @@ pub struct LoadtestArgs {
     /// The recording to upload (default: a short spoken WAV).
     #[arg(long)]
     audio: Option<PathBuf>,
+    /// Only upload each job (done at its 202), without following it: measures
+    /// how fast the api accepts jobs, whatever the workers do.
+    #[arg(long)]
+    submit_only: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -136,15 +144,18 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         bar
     };
 
+    let load = Load {
+        http,
+        base,
+        audio,
+        follow: !args.submit_only,
+        bar: bar.clone(),
+    };
     let started = Instant::now();
     let (outcomes, late) = match args.rate {
-        None => (
-            closed(&http, &base, &audio, sessions, args.jobs, &bar).await?,
-            None,
-        ),
+        None => (closed(&load, sessions, args.jobs).await?, None),
         Some(rate) => {
-            let (outcomes, late) =
-                open(&http, &base, &audio, sessions, args.jobs, rate, &bar).await?;
+            let (outcomes, late) = open(&load, sessions, args.jobs, rate).await?;
             (outcomes, Some(late))
         }
     };
@@ -156,6 +167,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         report["offered_rate_jobs_per_sec"] = json!(rate);
         report["late_starts"] = json!(late);
     }
+    report["submit_only"] = json!(args.submit_only);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -164,34 +176,39 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every job of a run shares: the client, the api, the recording.
+#[derive(Clone)]
+struct Load {
+    http: reqwest::Client,
+    base: String,
+    audio: Arc<[u8]>,
+    /// Follow each job to its end (not with `--submit-only`).
+    follow: bool,
+    bar: ProgressBar,
+}
+
+impl Load {
+    /// Runs one job on `session` and counts it on the progress bar.
+    async fn job(&self, session: &str) -> Outcome {
+        let outcome = one_job(self, session).await;
+        if outcome.job.is_err() {
+            self.bar.set_message("(failures)");
+        }
+        self.bar.inc(1);
+        outcome
+    }
+}
+
 /// C lanes, each starting its next job when its last one ended.
-async fn closed(
-    http: &reqwest::Client,
-    base: &str,
-    audio: &Arc<[u8]>,
-    sessions: Vec<String>,
-    total: u64,
-    bar: &ProgressBar,
-) -> anyhow::Result<Vec<Outcome>> {
+async fn closed(load: &Load, sessions: Vec<String>, total: u64) -> anyhow::Result<Vec<Outcome>> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut lanes_set = JoinSet::new();
     for session in sessions {
-        let (http, base, audio, next, bar) = (
-            http.clone(),
-            base.to_owned(),
-            Arc::clone(audio),
-            Arc::clone(&next),
-            bar.clone(),
-        );
+        let (load, next) = (load.clone(), Arc::clone(&next));
         lanes_set.spawn(async move {
             let mut outcomes = Vec::new();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let outcome = one_job(&http, &base, &session, &audio).await;
-                if outcome.job.is_err() {
-                    bar.set_message("(failures)");
-                }
-                bar.inc(1);
-                outcomes.push(outcome);
+                outcomes.push(load.job(&session).await);
             }
             outcomes
         });
@@ -207,13 +224,10 @@ async fn closed(
 /// one job per session, so `sessions.len()` caps the jobs in flight. Returns
 /// the outcomes and how many starts were late.
 async fn open(
-    http: &reqwest::Client,
-    base: &str,
-    audio: &Arc<[u8]>,
+    load: &Load,
     sessions: Vec<String>,
     total: u64,
     rate: f64,
-    bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<Outcome>, u64)> {
     let (free_tx, mut free_rx) = tokio::sync::mpsc::unbounded_channel();
     for session in sessions {
@@ -229,20 +243,10 @@ async fn open(
         if tokio::time::Instant::now().saturating_duration_since(due) > LATE {
             late += 1;
         }
-        let (http, base, audio, free_tx, bar) = (
-            http.clone(),
-            base.to_owned(),
-            Arc::clone(audio),
-            free_tx.clone(),
-            bar.clone(),
-        );
+        let (load, free_tx) = (load.clone(), free_tx.clone());
         jobs.spawn(async move {
-            let outcome = one_job(&http, &base, &session, &audio).await;
+            let outcome = load.job(&session).await;
             let _ = free_tx.send(session);
-            if outcome.job.is_err() {
-                bar.set_message("(failures)");
-            }
-            bar.inc(1);
             outcome
         });
     }
@@ -253,10 +257,14 @@ async fn open(
     Ok((outcomes, late))
 }
 
-async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]) -> Outcome {
+async fn one_job(load: &Load, session: &str) -> Outcome {
+    let (http, base) = (&load.http, &load.base);
     let started = Instant::now();
     let form = Form::new()
-        .part("audio", Part::bytes(audio.to_vec()).file_name("speech.wav"))
+        .part(
+            "audio",
+            Part::bytes(load.audio.to_vec()).file_name("speech.wav"),
+        )
         .text("session_id", session.to_owned());
     let result = async {
         let response = http
@@ -274,6 +282,9 @@ async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]
                 .map_or_else(|| format!("http_{}", status.as_u16()), str::to_owned));
         }
         let mut job = body;
+        if !load.follow {
+            return Ok((job, upload));
+        }
         while !matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
             let id = job["job_id"].as_str().ok_or("no job_id")?.to_owned();
             job = http
@@ -290,7 +301,7 @@ async fn one_job(http: &reqwest::Client, base: &str, session: &str, audio: &[u8]
     .await;
     let end_to_end = started.elapsed();
     match result {
-        Ok((job, upload)) if job["status"] == "succeeded" => Outcome {
+        Ok((job, upload)) if job["status"] == "succeeded" || !load.follow => Outcome {
             end_to_end,
             upload,
             job: Ok(job),
@@ -404,6 +415,9 @@ fn print_report(r: &Value) {
             r["late_starts"],
             LATE.as_millis()
         );
+    }
+    if r["submit_only"] == true {
+        println!("submit only: each job counted at its 202, not followed to its end");
     }
     println!(
         "  {:<14} {:>9} {:>9} {:>9} {:>9}",

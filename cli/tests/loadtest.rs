@@ -66,6 +66,18 @@ async fn fifty_jobs_all_succeed() {
     assert!(report["late_starts"].as_u64().is_some(), "{report}");
     let wall = report["wall_secs"].as_f64().expect("wall_secs");
     assert!(wall >= 1.25, "the last job starts 1.25 s in: {report}");
+    // Submit only: each job counts at its 202; none is followed, so no
+    // job's timings are read.
+    let report = loadtest(
+        &url,
+        &["--jobs", "5", "--concurrency", "2", "--submit-only"],
+    )
+    .await;
+    assert_eq!(report["succeeded"], 5, "{report}");
+    assert_eq!(report["submit_only"], true, "{report}");
+    assert_eq!(report["upload_ms"]["count"], 5, "{report}");
+    assert_eq!(report["stages_ms"]["total"]["count"], 0, "{report}");
+
     let out = tokio::process::Command::new(ROSE)
         .args(["loadtest", "--url", &url, "--jobs", "1", "--rate", "0"])
         .output()
