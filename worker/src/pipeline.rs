@@ -38,7 +38,7 @@ use rose_shared::metrics;
 use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
 use rose_shared::queue::{CALLBACK_QUEUE, MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
 use rose_shared::resilience::{CallError, Provider, jittered};
-use rose_shared::store::{AudioLookup, NewAudio, Store, StoreError};
+use rose_shared::store::{AudioLookup, NewAudio, Store, StoreError, StoreResult};
 use tracing::{Instrument, info_span};
 
 use crate::background::SUMMARIZE_AFTER;
@@ -369,12 +369,11 @@ impl Pipeline {
             None if is_silent(&transcript) => {
                 let reply = silent_reply(&job);
                 job.reply_text = Some(reply.to_owned());
-                let next = self.upcoming(&job);
-                self.rose
-                    .store
-                    .save_silent_reply(job.id, reply, next)
-                    .await?;
-                job.stage = next.or(job.stage);
+                let store = &self.rose.store;
+                self.checkpoint(&mut job, async |job, next| {
+                    store.save_silent_reply(job.id, reply, next).await
+                })
+                .await?;
                 tracing::info!(job_id = %job.id, "silent turn; answered without the model");
                 reply.to_owned()
             }
@@ -483,6 +482,19 @@ impl Pipeline {
         (job.reply_audio_id.is_none() && self.rose.providers.tts.is_some()).then_some(Stage::Tts)
     }
 
+    /// Stores a stage's output (already set on `job`) with `save`, which shows
+    /// the stage that comes next in the same write; `job.stage` follows.
+    async fn checkpoint(
+        &self,
+        job: &mut Job,
+        save: impl AsyncFnOnce(&Job, Option<Stage>) -> StoreResult<()>,
+    ) -> Result<(), StageError> {
+        let next = self.upcoming(job);
+        save(job, next).await?;
+        job.stage = next.or(job.stage);
+        Ok(())
+    }
+
     /// The STT stage: sets `job.transcript`.
     async fn transcribe(&self, job: &mut Job) -> Result<(), StageError> {
         self.enter(job, Stage::Stt).await?;
@@ -528,13 +540,11 @@ impl Pipeline {
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "stt", groq_duration_ms = ms, "job_stage");
         let text = text.trim().to_owned();
         job.transcript = Some(text.clone());
-        let next = self.upcoming(job);
-        self.rose
-            .store
-            .save_transcript(job.id, &text, ms, next)
-            .await?;
-        job.stage = next.or(job.stage);
-        Ok(())
+        let store = &self.rose.store;
+        self.checkpoint(job, async |job, next| {
+            store.save_transcript(job.id, &text, ms, next).await
+        })
+        .await
     }
 
     /// The memory stage: what the session's owner shared before that bears on
@@ -566,12 +576,11 @@ impl Pipeline {
                 breakers.record(Provider::Memory, true).await;
                 let facts: Vec<String> = found.into_iter().map(|m| m.text).collect();
                 job.memories = Some(facts.clone());
-                let next = self.upcoming(job);
-                self.rose
-                    .store
-                    .save_memories(job.id, &facts, ms, next)
-                    .await?;
-                job.stage = next.or(job.stage);
+                let store = &self.rose.store;
+                self.checkpoint(job, async |job, next| {
+                    store.save_memories(job.id, &facts, ms, next).await
+                })
+                .await?;
                 tracing::info!(event = "job_stage", job_id = %job.id, stage = "memory", recalled = facts.len(), qdrant_duration_ms = ms, "job_stage");
                 Ok(Some(facts))
             }
@@ -666,9 +675,11 @@ impl Pipeline {
         metrics::stage("llm", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
         job.reply_text = Some(reply.clone());
-        let next = self.upcoming(job);
-        self.rose.store.save_reply(job, &reply, ms, next).await?;
-        job.stage = next.or(job.stage);
+        let store = &self.rose.store;
+        self.checkpoint(job, async |job, next| {
+            store.save_reply(job, &reply, ms, next).await
+        })
+        .await?;
         self.queue_background(job, session, earlier).await;
         Ok(reply)
     }
