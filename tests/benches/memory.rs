@@ -13,8 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rose_shared::domain::SessionId;
 use rose_shared::memory::embedded::EmbeddedMemory;
 use rose_shared::memory::{DIMENSIONS, Embedder, MemoryStore, NewMemory};
-use rose_shared::store::Database;
-use rose_tests::model_dir;
+use rose_tests::{model_dir, sqlite_database};
 
 const SENTENCE: &str = "I lost my mother last spring, and I still talk to her every night.";
 
@@ -55,14 +54,8 @@ fn unit_vector(seed: u64) -> Vec<f32> {
 fn top_k(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("bench.db").display()
-    );
     let store = runtime.block_on(async {
-        let db = Database::connect(&url.parse().expect("url"))
-            .await
-            .expect("sqlite");
+        let db = sqlite_database(&dir.path().join("bench.db")).await;
         db.migrate().await.expect("migrate");
         let store = EmbeddedMemory::new(db);
         let session = SessionId::new();

@@ -8,6 +8,7 @@
 //! override where they are.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use rose_shared::rose::Options;
 use rose_shared::store::Database;
 use rose_sim::{Sim, SimConfig};
 use serde_json::Value;
+use sqlx::SqlitePool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -236,13 +238,7 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
         ),
     ]);
     let (db, schema) = match deployment {
-        Deployment::Embedded => {
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("rose.db").display());
-            let db = Database::connect(&url.parse().expect("sqlite url"))
-                .await
-                .expect("open sqlite");
-            (db, None)
-        }
+        Deployment::Embedded => (sqlite_database(&dir.path().join("rose.db")).await, None),
         Deployment::Scaled => {
             env.insert("REDIS_URL".to_owned(), redis_url());
             let schema = unique("t");
@@ -632,5 +628,21 @@ pub async fn delete_prefix(mut conn: redis::aio::ConnectionManager, prefix: &str
         .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+    }
+}
+
+/// Opens (creating it) the SQLite database in `file`, as Rose opens its own.
+pub async fn sqlite_database(file: &Path) -> Database {
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    Database::connect(&url.parse().expect("sqlite url"))
+        .await
+        .expect("open sqlite")
+}
+
+/// [`sqlite_database`]'s pool.
+pub async fn sqlite_pool(file: &Path) -> SqlitePool {
+    match sqlite_database(file).await {
+        Database::Sqlite(pool) => pool,
+        Database::Postgres(_) => panic!("a SQLite URL opens SQLite"),
     }
 }

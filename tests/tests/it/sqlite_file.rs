@@ -4,17 +4,10 @@
 
 use std::time::Duration;
 
-use rose_shared::store::Database;
 use sqlx::SqlitePool;
 
 async fn open(dir: &tempfile::TempDir) -> SqlitePool {
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("rose.db").display());
-    let Database::Sqlite(pool) = Database::connect(&url.parse().expect("url"))
-        .await
-        .expect("open")
-    else {
-        panic!("a SQLite URL opens SQLite");
-    };
+    let pool = rose_tests::sqlite_pool(&dir.path().join("rose.db")).await;
     sqlx::query("CREATE TABLE t (v BLOB)")
         .execute(&pool)
         .await

@@ -6,7 +6,6 @@ use std::time::Duration;
 use apalis::prelude::*;
 use futures::FutureExt;
 use rose_shared::queue::SqliteQueue;
-use rose_shared::store::Database;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,13 +23,7 @@ async fn record(job: Ping, tx: Data<mpsc::UnboundedSender<u32>>) -> Result<(), B
 #[tokio::test]
 async fn a_push_wakes_the_idle_embedded_worker() {
     let dir = tempfile::tempdir().expect("dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("q.db").display());
-    let Database::Sqlite(pool) = Database::connect(&url.parse().expect("url"))
-        .await
-        .expect("open")
-    else {
-        panic!("a SQLite URL opens SQLite");
-    };
+    let pool = rose_tests::sqlite_pool(&dir.path().join("q.db")).await;
     SqliteQueue::setup(&pool).await.expect("setup");
     // With an hour between polls, only the in-process wake-up can deliver
     // (apalis' own heartbeat would take 10 s; the wait below is 5 s).

@@ -17,10 +17,7 @@ struct Fixture {
 
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().expect("dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let db = Database::connect(&url.parse().expect("url"))
-        .await
-        .expect("sqlite");
+    let db = rose_tests::sqlite_database(&dir.path().join("t.db")).await;
     db.migrate().await.expect("migrate");
     Fixture {
         store: db.store(),
