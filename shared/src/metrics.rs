@@ -12,6 +12,7 @@
 //! | `rose_jobs_succeeded_total` | counter | `queue` |
 //! | `rose_jobs_failed_total` | counter | `queue`, `code` |
 //! | `rose_job_retries_total` | counter | `queue`, `reason` (`retry`, `breaker`) |
+//! | `rose_orphan_messages_total` | counter | `queue` (messages naming no row, acknowledged and dropped) |
 //! | `rose_queue_wait_seconds` | histogram | `queue` |
 //! | `rose_stage_duration_seconds` | histogram | `stage` (`stt`, `memory`, `llm`, `tts`) |
 //! | `rose_job_duration_seconds` | histogram | `queue` (end to end, created → finished) |
@@ -123,6 +124,11 @@ pub fn job_failed(queue: &'static str, code: &str, total: Duration) {
 pub fn job_retried(queue: &'static str, breaker: bool) {
     let reason = if breaker { "breaker" } else { "retry" };
     counter!("rose_job_retries_total", "queue" => queue, "reason" => reason).increment(1);
+}
+
+/// A message of `queue` that named no row was acknowledged and dropped.
+pub fn orphan_message(queue: &str) {
+    counter!("rose_orphan_messages_total", "queue" => queue.to_owned()).increment(1);
 }
 
 /// Push → first stage start of a job's first attempt.

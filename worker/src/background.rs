@@ -13,6 +13,7 @@ use rose_shared::Rose;
 use rose_shared::domain::{MemoryTask, Role, SummaryTask};
 use rose_shared::memory::{Remembered, owner_of};
 use rose_shared::providers::{ChatMessage, ChatRequest};
+use rose_shared::queue::{MEMORY_QUEUE, SUMMARY_QUEUE};
 use rose_shared::resilience::{CallError, Provider};
 use serde::Deserialize;
 
@@ -66,6 +67,7 @@ fn parse_fact(content: &str) -> Result<Option<String>, String> {
 /// [`Retry`] when a provider, the store or the memory store failed.
 pub async fn extract(rose: &Rose, task: &MemoryTask) -> Result<(), Retry> {
     let Some(job) = rose.store.get_job(task.job_id).await.map_err(retry)? else {
+        crate::orphan_message(MEMORY_QUEUE, &task.job_id.to_string());
         return Ok(());
     };
     let Some(transcript) = job.transcript.filter(|t| !is_silent(t)) else {
@@ -154,6 +156,7 @@ pub async fn summarize(rose: &Rose, task: &SummaryTask) -> Result<(), Retry> {
         .await
         .map_err(retry)?
     else {
+        crate::orphan_message(SUMMARY_QUEUE, &task.session_id.to_string());
         return Ok(());
     };
     let turns = rose

@@ -16,10 +16,12 @@ use futures::FutureExt;
 use rose_shared::Rose;
 use std::time::Duration;
 
+use apalis::layers::catch_panic::CatchPanicLayer;
 use rose_shared::callback::{self, Attempt};
 use rose_shared::domain::{CallbackTask, MemoryTask, SummaryTask, VoiceTask};
 use rose_shared::queue::{
-    Abort, CALLBACK_QUEUE, MEMORY_QUEUE, Queue, SUMMARY_QUEUE, StreamOptions, VOICE_QUEUE,
+    Abort, CALLBACK_QUEUE, ConsumerOptions, MEMORY_QUEUE, Panicked, QUEUES, Queue, RetryPolicy,
+    SUMMARY_QUEUE, VOICE_QUEUE,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -56,88 +58,67 @@ pub fn unique_name() -> String {
     format!("{host}-{}-{suffix:08x}", std::process::id())
 }
 
+/// Runs one voice job. A panic in the pipeline fails the job with
+/// `internal_error` ([`Pipeline::fail_internal`]) and buries its message;
+/// a panic anywhere else is caught by the worker's catch-panic layer.
 async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
-    match pipeline.process(&task).await? {
-        Outcome::Finished | Outcome::Rescheduled => Ok(()),
-        // The policy said stop: the message goes to the dead letters.
-        Outcome::GaveUp(reason) => Err(Box::new(Abort(reason))),
+    let run = std::panic::AssertUnwindSafe(pipeline.process(&task)).catch_unwind();
+    match run.await {
+        Ok(outcome) => match outcome? {
+            Outcome::Finished | Outcome::Rescheduled => Ok(()),
+            // The policy said stop: the message goes to the dead letters.
+            Outcome::GaveUp(reason) => Err(Box::new(Abort(reason))),
+        },
+        Err(payload) => {
+            let panicked = Panicked::from_payload(payload.as_ref());
+            tracing::error!(job_id = %task.job_id, error = %panicked, "the voice pipeline panicked; the job fails with internal_error");
+            pipeline.fail_internal(task.job_id).await?;
+            Err(Box::new(Abort(panicked.to_string())))
+        }
     }
 }
 
 /// Attempts a background task gets before it goes to the dead letters.
 pub const BACKGROUND_ATTEMPTS: u32 = 5;
 
-/// Re-schedules a failed background task with backoff, or gives it up to the
-/// dead letters once it has had [`BACKGROUND_ATTEMPTS`].
-async fn retry_later<T: serde::Serialize + Sync>(
-    rose: &Rose,
-    queue: &str,
-    id: &str,
-    next: &T,
-    attempt: u32,
-    error: background::Retry,
-) -> Result<(), BoxDynError> {
-    if attempt + 1 >= BACKGROUND_ATTEMPTS {
-        tracing::warn!(queue, id, %error, "background task failed for good");
-        return Err(Box::new(Abort(error.0)));
+/// The retry policy of the background queues (`memory`, `summary`,
+/// `callbacks`): [`BACKGROUND_ATTEMPTS`] attempts, 1 s doubling to 5 min.
+#[must_use]
+pub fn background_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: BACKGROUND_ATTEMPTS,
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(300),
     }
-    let delay = job_backoff(
-        Duration::from_secs(1),
-        Duration::from_secs(300),
-        i64::from(attempt) + 1,
-        None,
-    );
-    tracing::warn!(queue, id, %error, delay_ms = delay.as_millis() as u64, "background task failed; retrying later");
-    rose.queue.push_delayed(queue, id, next, delay).await?;
-    Ok(())
+}
+
+/// The retry policy of the `voice` queue, for what the pipeline hands back
+/// (its row or its queue could not be written): the job's own attempts and
+/// backoff (`ROSE_JOB_MAX_ATTEMPTS`, `ROSE_JOB_RETRY_BASE_MS`, `…_CAP_MS`).
+#[must_use]
+pub fn voice_retry(config: &rose_shared::config::Config) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: config.job_max_attempts,
+        base: config.job_retry_base,
+        cap: config.job_retry_cap,
+    }
 }
 
 async fn handle_memory(task: MemoryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
-    match background::extract(&rose, &task).await {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let next = MemoryTask {
-                attempt: task.attempt + 1,
-                ..task
-            };
-            retry_later(
-                &rose,
-                MEMORY_QUEUE,
-                &task.job_id.to_string(),
-                &next,
-                task.attempt,
-                error,
-            )
-            .await
-        }
-    }
+    background::extract(&rose, &task).await?;
+    Ok(())
 }
 
 async fn handle_summary(task: SummaryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
-    match background::summarize(&rose, &task).await {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            let next = SummaryTask {
-                attempt: task.attempt + 1,
-                ..task
-            };
-            retry_later(
-                &rose,
-                SUMMARY_QUEUE,
-                &task.session_id.to_string(),
-                &next,
-                task.attempt,
-                error,
-            )
-            .await
-        }
-    }
+    background::summarize(&rose, &task).await?;
+    Ok(())
 }
 
 /// Delivers one finished job to its callback URL; a failed attempt is
 /// re-scheduled on the configured waits, then the delivery is `exhausted`.
 async fn handle_callback(task: CallbackTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
     let Some(job) = rose.store.get_job(task.job_id).await? else {
+        orphan_message(CALLBACK_QUEUE, &task.job_id.to_string());
         return Ok(());
     };
     let attempts = match &job.callback {
@@ -198,16 +179,122 @@ async fn handle_callback(task: CallbackTask, rose: Data<Rose>) -> Result<(), Box
     Ok(())
 }
 
+/// Logs a message whose row does not exist (a database restored from an
+/// older backup, a Redis shared by mistake, a session erased meanwhile) and
+/// counts it; the caller acknowledges it, so it is neither retried nor left
+/// holding a slot.
+pub fn orphan_message(queue: &str, id: &str) {
+    rose_shared::metrics::orphan_message(queue);
+    tracing::warn!(event = "orphan_message", queue, id, "queue message names no row; acknowledged and dropped");
+}
+
 /// Background tasks run at once per worker process, per queue.
 const MEMORY_CONCURRENCY: usize = 4;
 const SUMMARY_CONCURRENCY: usize = 2;
 const CALLBACK_CONCURRENCY: usize = 8;
 
+/// A panic handler's signature, as apalis' catch-panic layer takes it.
+type OnPanic = fn(&Box<dyn std::any::Any + Send>) -> Panicked;
+
+/// apalis' catch-panic layer, turning a handler's panic into a failed
+/// attempt ([`Panicked`], `internal_error`) that the queue's retry policy
+/// settles, instead of an unwinding worker and a message left claimed.
+#[must_use]
+pub fn catch_panics() -> CatchPanicLayer<OnPanic, Panicked> {
+    fn on_panic(payload: &Box<dyn std::any::Any + Send>) -> Panicked {
+        let panicked = Panicked::from_payload(payload.as_ref());
+        tracing::error!(error = %panicked, "a queue handler panicked; the attempt failed");
+        panicked
+    }
+    CatchPanicLayer::with_panic_handler(on_panic as OnPanic)
+}
+
+/// One apalis worker on `$backend`: panics in the handler are caught (the
+/// attempt fails with `internal_error` and the queue's retry policy settles
+/// it), at most `$concurrency` tasks at once, until `$signal`.
+macro_rules! consume {
+    ($name:expr, $backend:expr, $concurrency:expr, $data:expr, $handler:expr, $signal:expr) => {
+        WorkerBuilder::new($name)
+            .backend($backend)
+            .layer(catch_panics())
+            .concurrency($concurrency)
+            .data($data)
+            .build($handler)
+            .run_until($signal)
+            // Boxed here, where the worker's types are concrete: proving
+            // `Send` through `run`'s own future trips on the panic
+            // handler's higher-ranked signature.
+            .boxed()
+    };
+}
+
+/// The four workers of a process on one carrier (`$queue`: a `SqliteQueue`
+/// or a `RedisQueue`, whose `backend` methods take the same arguments).
+macro_rules! consume_all {
+    ($queue:expr, $rose:expr, $options:expr, $names:expr, $pipeline:expr, $signal:expr) => {{
+        let rose: &Rose = $rose;
+        let options: &WorkerOptions = $options;
+        let [voice_name, memory_name, summary_name, callback_name] = $names;
+        let consumer = |name: &str, prefetch: usize, retry: RetryPolicy| ConsumerOptions {
+            prefetch,
+            visibility_timeout: rose.config.queue_visibility_timeout,
+            retry,
+            ..ConsumerOptions::new(name.to_owned())
+        };
+        let voice = consume!(
+            voice_name.clone(),
+            $queue.backend::<VoiceTask>(
+                VOICE_QUEUE,
+                consumer(voice_name, options.concurrency, voice_retry(&rose.config))
+            ),
+            options.concurrency,
+            $pipeline,
+            handle,
+            $signal()
+        );
+        let memory = consume!(
+            memory_name.clone(),
+            $queue.backend::<MemoryTask>(
+                MEMORY_QUEUE,
+                consumer(memory_name, MEMORY_CONCURRENCY, background_retry())
+            ),
+            MEMORY_CONCURRENCY,
+            rose.clone(),
+            handle_memory,
+            $signal()
+        );
+        let summary = consume!(
+            summary_name.clone(),
+            $queue.backend::<SummaryTask>(
+                SUMMARY_QUEUE,
+                consumer(summary_name, SUMMARY_CONCURRENCY, background_retry())
+            ),
+            SUMMARY_CONCURRENCY,
+            rose.clone(),
+            handle_summary,
+            $signal()
+        );
+        let callbacks = consume!(
+            callback_name.clone(),
+            $queue.backend::<CallbackTask>(
+                CALLBACK_QUEUE,
+                consumer(callback_name, CALLBACK_CONCURRENCY, background_retry())
+            ),
+            CALLBACK_CONCURRENCY,
+            rose.clone(),
+            handle_callback,
+            $signal()
+        );
+        futures::future::try_join4(voice, memory, summary, callbacks)
+    }};
+}
+
 /// Runs the worker until `shutdown`: the `voice` queue, and beside it the
-/// `memory` and `summary` queues that keep work off the reply's path. On
-/// shutdown it takes no new tasks, lets running ones finish for up to
-/// `ROSE_SHUTDOWN_GRACE_SECS`, and hands back whatever is left (voice jobs'
-/// checkpoints keep what was done).
+/// `memory`, `summary` and `callbacks` queues that keep work off the
+/// reply's path. Both carriers run the same workers with the same retry
+/// policies. On shutdown it takes no new tasks, lets running ones finish for
+/// up to `ROSE_SHUTDOWN_GRACE_SECS`, and hands back whatever is left (voice
+/// jobs' checkpoints keep what was done).
 ///
 /// # Errors
 /// When a worker's backend fails for good.
@@ -235,13 +322,16 @@ pub async fn run(
             tracing::error!(error = %e, "embedding model could not be loaded; replies go without memories");
         }
     });
-    let memory_name = format!("{}-memory", options.name);
-    let summary_name = format!("{}-summary", options.name);
-    let callback_name = format!("{}-callbacks", options.name);
+    let names = [
+        options.name.clone(),
+        format!("{}-memory", options.name),
+        format!("{}-summary", options.name),
+        format!("{}-callbacks", options.name),
+    ];
     tracing::info!(name = %options.name, queue = rose.queue.kind(), concurrency = options.concurrency, "worker started");
     match &rose.queue {
         Queue::Sqlite(queue) => {
-            for name in [VOICE_QUEUE, MEMORY_QUEUE, SUMMARY_QUEUE, CALLBACK_QUEUE] {
+            for name in QUEUES {
                 let recovered = queue.recover_orphans(name).await?;
                 if recovered > 0 {
                     tracing::warn!(
@@ -251,32 +341,9 @@ pub async fn run(
                     );
                 }
             }
-            let voice = WorkerBuilder::new(options.name.clone())
-                .backend(queue.backend::<VoiceTask>(VOICE_QUEUE, options.concurrency.min(64)))
-                .concurrency(options.concurrency)
-                .data(pipeline)
-                .build(handle)
-                .run_until(signal());
-            let memory = WorkerBuilder::new(memory_name)
-                .backend(queue.backend::<MemoryTask>(MEMORY_QUEUE, MEMORY_CONCURRENCY))
-                .concurrency(MEMORY_CONCURRENCY)
-                .data(rose.clone())
-                .build(handle_memory)
-                .run_until(signal());
-            let summary = WorkerBuilder::new(summary_name)
-                .backend(queue.backend::<SummaryTask>(SUMMARY_QUEUE, SUMMARY_CONCURRENCY))
-                .concurrency(SUMMARY_CONCURRENCY)
-                .data(rose.clone())
-                .build(handle_summary)
-                .run_until(signal());
-            let callbacks = WorkerBuilder::new(callback_name)
-                .backend(queue.backend::<CallbackTask>(CALLBACK_QUEUE, CALLBACK_CONCURRENCY))
-                .concurrency(CALLBACK_CONCURRENCY)
-                .data(rose.clone())
-                .build(handle_callback)
-                .run_until(signal());
+            let workers = consume_all!(queue, &rose, &options, &names, pipeline, signal);
             tokio::select! {
-                result = futures::future::try_join4(voice, memory, summary, callbacks) => { result?; }
+                result = workers => { result?; }
                 () = grace_over => {
                     // Taken tasks are put back by the next start's recovery.
                     tracing::warn!("shutdown grace period over; unfinished tasks resume on the next start");
@@ -284,59 +351,12 @@ pub async fn run(
             }
         }
         Queue::Redis(queue) => {
-            let stream = |name: &str, prefetch: usize| StreamOptions {
-                prefetch,
-                visibility_timeout: rose.config.queue_visibility_timeout,
-                ..StreamOptions::new(name.to_owned())
-            };
-            let voice =
-                WorkerBuilder::new(options.name.clone())
-                    .backend(queue.backend::<VoiceTask>(
-                        VOICE_QUEUE,
-                        stream(&options.name, options.concurrency),
-                    ))
-                    .concurrency(options.concurrency)
-                    .data(pipeline)
-                    .build(handle)
-                    .run_until(signal());
-            let memory =
-                WorkerBuilder::new(memory_name.clone())
-                    .backend(queue.backend::<MemoryTask>(
-                        MEMORY_QUEUE,
-                        stream(&memory_name, MEMORY_CONCURRENCY),
-                    ))
-                    .concurrency(MEMORY_CONCURRENCY)
-                    .data(rose.clone())
-                    .build(handle_memory)
-                    .run_until(signal());
-            let summary = WorkerBuilder::new(summary_name.clone())
-                .backend(queue.backend::<SummaryTask>(
-                    SUMMARY_QUEUE,
-                    stream(&summary_name, SUMMARY_CONCURRENCY),
-                ))
-                .concurrency(SUMMARY_CONCURRENCY)
-                .data(rose.clone())
-                .build(handle_summary)
-                .run_until(signal());
-            let callbacks = WorkerBuilder::new(callback_name.clone())
-                .backend(queue.backend::<CallbackTask>(
-                    CALLBACK_QUEUE,
-                    stream(&callback_name, CALLBACK_CONCURRENCY),
-                ))
-                .concurrency(CALLBACK_CONCURRENCY)
-                .data(rose.clone())
-                .build(handle_callback)
-                .run_until(signal());
+            let workers = consume_all!(queue, &rose, &options, &names, pipeline, signal);
             tokio::select! {
-                result = futures::future::try_join4(voice, memory, summary, callbacks) => { result?; }
+                result = workers => { result?; }
                 () = grace_over => {
                     let mut handed = 0;
-                    for (name, consumer) in [
-                        (VOICE_QUEUE, &options.name),
-                        (MEMORY_QUEUE, &memory_name),
-                        (SUMMARY_QUEUE, &summary_name),
-                        (CALLBACK_QUEUE, &callback_name),
-                    ] {
+                    for (name, consumer) in QUEUES.iter().zip(&names) {
                         handed += queue.hand_back(&queue.keys(name), consumer).await?;
                     }
                     tracing::warn!(count = handed, "shutdown grace period over; handed running tasks back");

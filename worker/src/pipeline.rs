@@ -30,8 +30,8 @@ use bytes::Bytes;
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
-    AudioId, CallbackTask, Job, JobError, MemoryTask, Session, Stage, SummaryTask, VoiceTask,
-    now_ms,
+    AudioId, CallbackTask, Job, JobError, JobId, MemoryTask, Session, Stage, SummaryTask,
+    VoiceTask, now_ms,
 };
 use rose_shared::memory::owner_of;
 use rose_shared::metrics;
@@ -250,7 +250,7 @@ impl Pipeline {
         let id = task.job_id;
         let store = &self.rose.store;
         let Some(job) = store.begin_attempt(id).await? else {
-            tracing::warn!(job_id = %id, "queued job has no row; dropping the message");
+            crate::orphan_message(VOICE_QUEUE, &id.to_string());
             return Ok(Outcome::Finished);
         };
         if job.status.is_terminal() {
@@ -330,6 +330,31 @@ impl Pipeline {
                 })
             }
         }
+    }
+
+    /// Fails a job whose run panicked with `internal_error` (unless it already
+    /// ended): a panic is a defect, not a passing fault, and running the job
+    /// again could pay a provider twice for the stage that panicked. The
+    /// person is told at once instead of after every retry.
+    ///
+    /// # Errors
+    /// When the row cannot be read or written.
+    pub async fn fail_internal(&self, id: JobId) -> Result<(), PipelineError> {
+        let Some(job) = self.rose.store.get_job(id).await? else {
+            return Ok(());
+        };
+        if job.status.is_terminal() {
+            return Ok(());
+        }
+        let error = JobError {
+            code: "internal_error".to_owned(),
+            message: "Rose met an internal error while answering".to_owned(),
+        };
+        self.rose.store.fail_job(id, &error).await?;
+        metrics::job_failed(VOICE_QUEUE, &error.code, ms(now_ms() - job.created_at));
+        self.rose.events.publish(id).await;
+        self.queue_callback(&job).await;
+        Ok(())
     }
 
     /// A transient failure that opened its provider's breaker, or failed the

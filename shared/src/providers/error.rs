@@ -4,7 +4,10 @@
 //! other 4xx, and audio the provider cannot decode. A provider's wait hint
 //! (`retry-after` in seconds or as an HTTP date; Groq's
 //! `x-ratelimit-reset-requests` / `-tokens` such as `7.66s` or `2m59.56s`) is
-//! kept as the minimum wait before the next attempt.
+//! kept as the minimum wait before the next attempt, clamped to
+//! [`MAX_WAIT_HINT`]: a header is the provider's word, not a trusted number,
+//! and an absurd one (`1e30`, `99999999999999999999h`) must neither panic nor
+//! park a worker for years.
 
 use std::fmt;
 use std::time::Duration;
@@ -159,6 +162,24 @@ fn body_code(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The longest wait hint Rose takes from a provider: an hour. Longer asks are
+/// read as this (the pause itself is capped lower by the rate limiter, and a
+/// job's backoff by its own cap).
+pub const MAX_WAIT_HINT: Duration = Duration::from_secs(3600);
+
+/// A wait of `secs` seconds, clamped to [`MAX_WAIT_HINT`]; `None` when it is
+/// not a number of seconds at all (negative, NaN).
+fn clamped_secs(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_WAIT_HINT)
+            .min(MAX_WAIT_HINT),
+    )
+}
+
 /// The longest wait the provider asked for, from `retry-after` and Groq's reset headers.
 #[must_use]
 pub fn wait_hint(headers: &HeaderMap) -> Option<Duration> {
@@ -183,11 +204,11 @@ pub fn wait_hint(headers: &HeaderMap) -> Option<Duration> {
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return clamped_secs(secs);
     }
     let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    Some(wait.to_std().unwrap_or(Duration::ZERO).min(MAX_WAIT_HINT))
 }
 
 /// Go-style durations as Groq sends them: `7.66s`, `2m59.56s`, `1h2m3s`, `120ms`.
@@ -222,7 +243,7 @@ pub fn parse_go_duration(value: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += number * factor;
     }
-    Some(Duration::from_secs_f64(total))
+    clamped_secs(total)
 }
 
 #[cfg(test)]
@@ -264,6 +285,33 @@ mod tests {
         assert_eq!(parse_retry_after(""), None);
         assert_eq!(parse_retry_after("NaN"), None);
         assert_eq!(parse_retry_after("Wed, 99 Foo 2015"), None);
+    }
+
+    #[test]
+    fn absurd_waits_are_clamped_not_panicked_on() {
+        assert_eq!(parse_retry_after("1e30"), Some(MAX_WAIT_HINT));
+        assert_eq!(parse_retry_after("inf"), Some(MAX_WAIT_HINT));
+        assert_eq!(parse_retry_after("7200"), Some(MAX_WAIT_HINT));
+        assert_eq!(
+            parse_go_duration("99999999999999999999h"),
+            Some(MAX_WAIT_HINT)
+        );
+        assert_eq!(
+            parse_go_duration(&format!("{}s", "9".repeat(400))),
+            Some(MAX_WAIT_HINT)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_WAIT_HINT)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("1e30"));
+        headers.insert(
+            "x-ratelimit-reset-requests",
+            HeaderValue::from_static("99999999999999999999h"),
+        );
+        let e = ProviderError::from_status("groq", 429, &headers, "");
+        assert_eq!(e.retry_after, Some(MAX_WAIT_HINT));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 
 pub mod admin;
 pub mod redis;
+pub mod retry;
+pub mod settle;
 pub mod sqlite;
 
 use std::collections::HashSet;
@@ -24,6 +26,7 @@ use crate::domain::VoiceTask;
 pub use redis::{
     ListStatus, QueueEntry, QueueStats, RedisQueue, RedisStreamBackend, StreamOptions,
 };
+pub use retry::{Panicked, RetryPolicy, Settle};
 pub use sqlite::SqliteQueue;
 
 /// The voice pipeline's queue.
@@ -52,6 +55,17 @@ pub struct RetryAfter {
     pub reason: String,
 }
 
+/// A handler error that asks for the next attempt after `after` without
+/// spending an attempt: the message waits for something outside it (a model
+/// being installed, a provider's outage). The handler bounds how long it
+/// defers (by the message's age) and gives up with [`Abort`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("deferred for {after:?}: {reason}")]
+pub struct Defer {
+    pub after: Duration,
+    pub reason: String,
+}
+
 /// A queue failure.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -65,6 +79,49 @@ pub enum QueueError {
     Codec(#[from] serde_json::Error),
     #[error("malformed queue entry: {0}")]
     Malformed(String),
+    /// A batch of acknowledgements could not be written (the cause, as text:
+    /// every message of the batch gets it).
+    #[error("queue acknowledgement failed: {0}")]
+    AckFailed(String),
+    /// A request the queue does not take (e.g. purging running entries).
+    #[error("{0}")]
+    Refused(String),
+    /// This consumer stopped (or its acknowledger or wake-up link did):
+    /// the entry stays claimed and is reclaimed once it ages out.
+    #[error("the queue consumer stopped: {0}")]
+    Stopped(&'static str),
+}
+
+/// How one worker consumes a queue, on either carrier.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// This consumer's name; unique per worker process (and queue).
+    pub consumer: String,
+    /// Messages fetched ahead of the handlers (and at most per fetch).
+    pub prefetch: usize,
+    /// A consumer silent this long loses its messages to others (and a
+    /// message whose settlement failed is run again after this long).
+    pub visibility_timeout: Duration,
+    /// Longest single blocking read on Redis (reclaim scans run between reads).
+    pub block: Duration,
+    /// How a failed attempt is settled: the same policy on both carriers.
+    pub retry: RetryPolicy,
+}
+
+impl ConsumerOptions {
+    /// Options for a consumer named `consumer`: prefetch 32, visibility
+    /// timeout 60 s, reads blocking up to 30 s, the default [`RetryPolicy`]
+    /// (5 attempts, backoff 1 s … 5 min).
+    #[must_use]
+    pub fn new(consumer: impl Into<String>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            prefetch: 32,
+            visibility_timeout: Duration::from_secs(60),
+            block: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
 }
 
 /// How many messages a queue holds, by state.

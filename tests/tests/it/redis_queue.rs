@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use rose_shared::queue::{ListStatus, RedisQueue, StreamOptions};
+use rose_shared::queue::{ListStatus, RedisQueue, RetryPolicy, StreamOptions};
 use rose_tests::probe::{ProbeJob, done_counts, run_probe, starts};
 use rose_tests::{delete_prefix, redis_url, unique};
 use tokio::time::Instant;
@@ -40,9 +40,11 @@ fn options(consumer: &str, visibility: Duration) -> StreamOptions {
         prefetch: 50,
         visibility_timeout: visibility,
         block: Duration::from_secs(2),
-        backoff_base: Duration::from_millis(20),
-        backoff_cap: Duration::from_millis(100),
-        max_attempts: 3,
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(100),
+        },
         ..StreamOptions::new(consumer)
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use futures::FutureExt;
-use rose_shared::queue::SqliteQueue;
+use rose_shared::queue::{ConsumerOptions, SqliteQueue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,11 +26,11 @@ async fn a_push_wakes_the_idle_embedded_worker() {
     let pool = rose_tests::sqlite_pool(&dir.path().join("q.db")).await;
     SqliteQueue::setup(&pool).await.expect("setup");
     // With an hour between polls, only the in-process wake-up can deliver
-    // (apalis' own heartbeat would take 10 s; the wait below is 5 s).
+    // (the wait below is 5 s).
     let queue = SqliteQueue::new(pool).with_fallback_poll(Duration::from_secs(3600));
     let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
     let stop = CancellationToken::new();
-    let backend = queue.backend::<Ping>("pings", 10);
+    let backend = queue.backend::<Ping>("pings", ConsumerOptions::new("pinger"));
     let worker = tokio::spawn(
         WorkerBuilder::new("pinger")
             .backend(backend)

@@ -1,7 +1,13 @@
 //! The apalis backend: a fetch loop, a heartbeat, a delayed-set promoter and
 //! a batching acknowledger per worker, and the layer that settles each task.
+//!
+//! An entry is *held* (renewed by the heartbeat) from its fetch until its
+//! settlement was attempted, on every path: a settle that fails (Redis down
+//! at that moment) or a handler that unwinds leaves the entry pending but no
+//! longer renewed, so it ages past the visibility timeout and is reclaimed
+//! by a worker (this one included) instead of staying claimed for good.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +22,6 @@ use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::context::WorkerContext;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
 use redis::{AsyncCommands, Value};
@@ -24,14 +29,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::{Layer, Service};
 
 use super::scripts::{BURY, PROMOTE, RENEW, RETRY};
 use super::{
     DEAD_LETTER_CAP, GROUP, Keys, PROMOTE_BATCH, RedisQueue, StreamOptions, delayed_member,
 };
 use crate::domain::now_ms;
-use crate::queue::{Abort, QueueError, RetryAfter};
+use crate::queue::settle::{AckLayer, Carrier, Held};
+use crate::queue::{Abort, QueueError, Settle};
 
 /// A stream entry as a handler's task carries it (in the task's data).
 #[derive(Debug, Clone)]
@@ -50,13 +55,14 @@ pub struct EntryMeta {
 
 type AckRequest = (String, oneshot::Sender<Result<(), QueueError>>);
 
-/// What the loops, the layer and the backend share.
-pub(super) struct Shared {
+/// One consumer of a stream: what its loops, its settling layer and its
+/// backend share.
+pub struct StreamConsumer {
     queue: RedisQueue,
     keys: Keys,
     options: StreamOptions,
     /// Entries this consumer holds (buffered or running), for the heartbeat.
-    inflight: Mutex<HashSet<String>>,
+    held: Held,
     /// The Redis client id of the connection blocked in `XREADGROUP`, so a
     /// closing worker can end that read (`CLIENT UNBLOCK`) instead of
     /// abandoning it mid-flight.
@@ -65,103 +71,98 @@ pub(super) struct Shared {
     ack_rx: Mutex<Option<mpsc::UnboundedReceiver<AckRequest>>>,
 }
 
-impl Shared {
-    fn track(&self, id: &str, held: bool) {
-        if let Ok(mut set) = self.inflight.lock() {
-            if held {
-                set.insert(id.to_owned());
-            } else {
-                set.remove(id);
-            }
-        }
+impl Carrier for StreamConsumer {
+    type Meta = EntryMeta;
+
+    fn claim(meta: &EntryMeta) -> &str {
+        &meta.entry_id
     }
 
-    fn inflight_snapshot(&self) -> Vec<String> {
-        self.inflight
-            .lock()
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+    fn held(&self) -> &Held {
+        &self.held
     }
 
+    fn complete(&self, meta: &EntryMeta) -> BoxFuture<'_, Result<(), QueueError>> {
+        let entry_id = meta.entry_id.clone();
+        Box::pin(async move { self.complete(&entry_id).await })
+    }
+
+    fn fail<'a>(
+        &'a self,
+        meta: &'a EntryMeta,
+        error: &'a BoxDynError,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(self.fail(meta, error))
+    }
+}
+
+impl StreamConsumer {
     /// Acknowledges a finished entry through the batching acknowledger.
     async fn complete(&self, entry_id: &str) -> Result<(), QueueError> {
         let (tx, rx) = oneshot::channel();
         self.acks
             .send((entry_id.to_owned(), tx))
-            .map_err(|_| QueueError::Malformed("acknowledger stopped".to_owned()))?;
-        rx.await
-            .map_err(|_| QueueError::Malformed("acknowledger stopped".to_owned()))??;
-        self.track(entry_id, false);
+            .map_err(|_| QueueError::Stopped("acknowledger"))?;
+        rx.await.map_err(|_| QueueError::Stopped("acknowledger"))??;
         Ok(())
     }
 
-    /// Settles a failed attempt: retry later, or bury when attempts ran out
-    /// or the handler said stop.
+    /// Settles a failed attempt as the queue's [`RetryPolicy`] says: retry
+    /// later, or bury when attempts ran out or the handler said stop.
+    ///
+    /// [`RetryPolicy`]: crate::queue::RetryPolicy
     async fn fail(&self, meta: &EntryMeta, error: &BoxDynError) -> Result<(), QueueError> {
         let attempts = meta.attempt + 1;
-        let abort = error.downcast_ref::<Abort>().is_some();
         let mut conn = self.queue.conn.clone();
-        if abort || attempts >= self.options.max_attempts {
-            let died_at = now_ms().to_string();
-            let attempt = attempts.to_string();
-            let reason = error.to_string();
-            BURY.key(&self.keys.stream)
-                .key(&self.keys.dead)
-                .key(&self.keys.stats)
-                .arg(GROUP)
-                .arg(&meta.entry_id)
-                .arg(DEAD_LETTER_CAP)
-                .arg(&[
-                    "id", &meta.id, "data", &meta.data, "at", &meta.at, "attempt", &attempt,
-                    "error", &reason, "died_at", &died_at,
-                ])
-                .invoke_async::<i64>(&mut conn)
-                .await?;
-            tracing::warn!(queue_entry = %meta.entry_id, id = %meta.id, attempts, error = %reason, "job moved to the dead letters");
-        } else {
-            let wait = match error.downcast_ref::<RetryAfter>() {
-                Some(r) => r.after,
-                None => backoff(&self.options, attempts),
-            };
-            let due = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-            let attempt = attempts.to_string();
-            let member = delayed_member(&[
-                ("id", &meta.id),
-                ("data", &meta.data),
-                ("at", &meta.at),
-                ("attempt", &attempt),
-            ]);
-            RETRY
-                .key(&self.keys.stream)
-                .key(&self.keys.delayed)
-                .key(&self.keys.stats)
-                .arg(GROUP)
-                .arg(&meta.entry_id)
-                .arg(due)
-                .arg(member)
-                .arg(&self.keys.wake)
-                .invoke_async::<i64>(&mut conn)
-                .await?;
-            tracing::info!(id = %meta.id, attempts, wait_ms = wait.as_millis() as u64, "job retry scheduled");
-        }
-        self.track(&meta.entry_id, false);
+        let (wait, counted) = match self.options.retry.settle(attempts, error) {
+            Settle::Retry(wait) => (wait, attempts),
+            Settle::Defer(wait) => (wait, meta.attempt),
+            Settle::Bury(reason) => {
+                let died_at = now_ms().to_string();
+                let attempt = attempts.to_string();
+                BURY.key(&self.keys.stream)
+                    .key(&self.keys.dead)
+                    .key(&self.keys.stats)
+                    .arg(GROUP)
+                    .arg(&meta.entry_id)
+                    .arg(DEAD_LETTER_CAP)
+                    .arg(&[
+                        "id", &meta.id, "data", &meta.data, "at", &meta.at, "attempt", &attempt,
+                        "error", &reason, "died_at", &died_at,
+                    ])
+                    .invoke_async::<i64>(&mut conn)
+                    .await?;
+                tracing::warn!(queue_entry = %meta.entry_id, id = %meta.id, attempts, error = %reason, "job moved to the dead letters");
+                return Ok(());
+            }
+        };
+        let due = now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
+        let attempt = counted.to_string();
+        let member = delayed_member(&[
+            ("id", &meta.id),
+            ("data", &meta.data),
+            ("at", &meta.at),
+            ("attempt", &attempt),
+        ]);
+        RETRY
+            .key(&self.keys.stream)
+            .key(&self.keys.delayed)
+            .key(&self.keys.stats)
+            .arg(GROUP)
+            .arg(&meta.entry_id)
+            .arg(due)
+            .arg(member)
+            .arg(&self.keys.wake)
+            .invoke_async::<i64>(&mut conn)
+            .await?;
+        tracing::info!(id = %meta.id, attempts = counted, wait_ms = wait.as_millis() as u64, "job retry scheduled");
         Ok(())
     }
-}
-
-/// Exponential backoff with full jitter: uniform in `[0, min(cap, base·2^(n-1))]`.
-fn backoff(options: &StreamOptions, attempts: u32) -> Duration {
-    let exp = attempts.saturating_sub(1).min(20);
-    let ceiling = options
-        .backoff_base
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(options.backoff_cap);
-    ceiling.mul_f64(rand::rng().random_range(0.0..=1.0))
 }
 
 /// The apalis backend: tasks come from the fetch loop through a channel.
 pub struct RedisStreamBackend<Args> {
-    shared: Arc<Shared>,
+    shared: Arc<StreamConsumer>,
     rx: Option<mpsc::Receiver<Task<Args>>>,
     fetcher: Option<JoinHandle<()>>,
     stop: CancellationToken,
@@ -182,11 +183,11 @@ impl<Args> RedisStreamBackend<Args> {
     pub(super) fn new(queue: RedisQueue, keys: Keys, options: StreamOptions) -> Self {
         let (acks, ack_rx) = mpsc::unbounded_channel();
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(StreamConsumer {
                 queue,
                 keys,
                 options,
-                inflight: Mutex::default(),
+                held: Held::default(),
                 reader_id: AtomicI64::new(0),
                 acks,
                 ack_rx: Mutex::new(Some(ack_rx)),
@@ -211,7 +212,7 @@ impl<Args: DeserializeOwned + Send + 'static> RedisStreamBackend<Args> {
             tokio::spawn(heartbeat_loop(shared.clone(), stop.clone()));
             tokio::spawn(promote_loop(shared.clone(), stop.clone()));
             if let Some(ack_rx) = shared.ack_rx.lock().ok().and_then(|mut r| r.take()) {
-                tokio::spawn(ack_loop(shared.clone(), ack_rx));
+                tokio::spawn(ack_loop(shared.clone(), ack_rx, stop.clone()));
             }
             rx
         })
@@ -296,85 +297,43 @@ impl<Args> BackendConfig for RedisStreamBackend<Args> {
     type Id = String;
     type Kind = Ephemeral;
     type Config = StreamOptions;
-    type Layer = AckLayer;
+    type Layer = AckLayer<StreamConsumer>;
 
     fn config(&self) -> &StreamOptions {
         &self.shared.options
     }
 
-    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer {
-        AckLayer {
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// Settles each task once its handler returned: success acknowledges and
-/// deletes the entry; an error retries it later or buries it.
-#[derive(Clone)]
-pub struct AckLayer {
-    shared: Arc<Shared>,
-}
-
-impl<S> Layer<S> for AckLayer {
-    type Service = AckService<S>;
-    fn layer(&self, inner: S) -> AckService<S> {
-        AckService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// See [`AckLayer`].
-#[derive(Clone)]
-pub struct AckService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S, Args> Service<Task<Args>> for AckService<S>
-where
-    S: Service<Task<Args>, Error = BoxDynError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxDynError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxDynError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, task: Task<Args>) -> Self::Future {
-        let meta = task.ctx().data().get::<Arc<EntryMeta>>().cloned();
-        let shared = self.shared.clone();
-        let fut = self.inner.call(task);
-        Box::pin(async move {
-            let result = fut.await;
-            if let Some(meta) = meta {
-                let settled = match &result {
-                    Ok(_) => shared.complete(&meta.entry_id).await,
-                    Err(e) => shared.fail(&meta, e).await,
-                };
-                if let Err(e) = settled {
-                    // Unsettled, the entry is reclaimed and run again later;
-                    // stage checkpoints make that cheap.
-                    tracing::warn!(queue_entry = %meta.entry_id, error = %e, "queue settle failed");
-                }
-            }
-            result
-        })
+    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer<StreamConsumer> {
+        AckLayer::new(self.shared.clone())
     }
 }
 
 /// Acknowledges finished entries in batches: whatever finished while the
-/// previous batch was in flight goes in the next `XACK` + `XDEL`.
-async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckRequest>) {
+/// previous batch was in flight goes in the next `XACK` + `XDEL`. Ends once
+/// `stop` is cancelled (the worker closed: every started task settled) and
+/// nothing is left to acknowledge; its own sender lives in `shared`, so the
+/// channel alone would never end it.
+async fn ack_loop(
+    shared: Arc<StreamConsumer>,
+    mut rx: mpsc::UnboundedReceiver<AckRequest>,
+    stop: CancellationToken,
+) {
     let mut conn = shared.queue.conn.clone();
     let mut batch: Vec<AckRequest> = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 512) => if n == 0 { return },
+            () = stop.cancelled() => {
+                while batch.len() < 512 && let Ok(request) = rx.try_recv() {
+                    batch.push(request);
+                }
+                if batch.is_empty() {
+                    rx.close();
+                    return;
+                }
+            }
+        }
         let ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
         let result: Result<(), redis::RedisError> = redis::pipe()
             .atomic()
@@ -394,7 +353,7 @@ async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AckReques
 
 /// Fetches entries until `stop`; errors are logged and retried with a capped backoff.
 async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
-    shared: Arc<Shared>,
+    shared: Arc<StreamConsumer>,
     tx: mpsc::Sender<Task<Args>>,
     stop: CancellationToken,
 ) {
@@ -418,7 +377,7 @@ async fn fetch_loop<Args: DeserializeOwned + Send + 'static>(
 
 /// One connection's worth of fetching; `Ok` only when the channel closed.
 async fn fetch_session<Args: DeserializeOwned + Send + 'static>(
-    shared: &Shared,
+    shared: &StreamConsumer,
     tx: &mpsc::Sender<Task<Args>>,
     stop: &CancellationToken,
 ) -> Result<(), QueueError> {
@@ -473,7 +432,7 @@ async fn fetch_session<Args: DeserializeOwned + Send + 'static>(
             let Some(task) = decode::<Args>(shared, &entry).await? else {
                 continue;
             };
-            shared.track(&entry.id, true);
+            shared.held.hold(&entry.id);
             match permit.take() {
                 Some(p) => p.send(task),
                 None => {
@@ -506,7 +465,7 @@ async fn ensure_group(conn: &mut MultiplexedConnection, stream: &str) -> Result<
 /// that stopped), so inspection lists the living.
 async fn forget_departed_consumers(
     conn: &mut MultiplexedConnection,
-    shared: &Shared,
+    shared: &StreamConsumer,
 ) -> Result<(), QueueError> {
     let silent = (shared.options.visibility_timeout * 10).max(Duration::from_secs(3600));
     let info: StreamInfoConsumersReply = conn.xinfo_consumers(&shared.keys.stream, GROUP).await?;
@@ -522,7 +481,7 @@ async fn forget_departed_consumers(
 
 async fn read_new(
     conn: &mut MultiplexedConnection,
-    shared: &Shared,
+    shared: &StreamConsumer,
     count: usize,
     block: Duration,
 ) -> Result<Vec<StreamId>, QueueError> {
@@ -547,7 +506,7 @@ async fn read_new(
 /// Takes over entries idle longer than the visibility timeout (a dead consumer's).
 async fn reclaim(
     conn: &mut MultiplexedConnection,
-    shared: &Shared,
+    shared: &StreamConsumer,
     count: usize,
 ) -> Result<Vec<StreamId>, QueueError> {
     let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -584,7 +543,7 @@ fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
 
 /// The task for an entry; a malformed entry goes straight to the dead letters.
 async fn decode<Args: DeserializeOwned>(
-    shared: &Shared,
+    shared: &StreamConsumer,
     entry: &StreamId,
 ) -> Result<Option<Task<Args>>, QueueError> {
     let meta = EntryMeta {
@@ -614,14 +573,14 @@ async fn decode<Args: DeserializeOwned>(
 }
 
 /// Resets the idle time of the entries this consumer holds, while it holds them.
-async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn heartbeat_loop(shared: Arc<StreamConsumer>, stop: CancellationToken) {
     let every = (shared.options.visibility_timeout / 3).max(Duration::from_millis(50));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let ids = shared.inflight_snapshot();
+        let ids = shared.held.snapshot();
         let mut conn = shared.queue.conn.clone();
         for chunk in ids.chunks(500) {
             let renewed = RENEW
@@ -640,7 +599,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Moves due delayed entries into the stream, sleeping until the next due
 /// time or until a wake-up says an earlier one was scheduled.
-async fn promote_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn promote_loop(shared: Arc<StreamConsumer>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         match promote_session(&shared, &stop).await {
@@ -657,7 +616,7 @@ async fn promote_loop(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<(), QueueError> {
+async fn promote_session(shared: &StreamConsumer, stop: &CancellationToken) -> Result<(), QueueError> {
     let mut pubsub = shared.queue.client.get_async_pubsub().await?;
     pubsub.subscribe(&shared.keys.wake).await?;
     let mut wakes = pubsub.on_message();
@@ -684,7 +643,7 @@ async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<()
             () = tokio::time::sleep(sleep) => {}
             wake = wakes.next() => {
                 if wake.is_none() {
-                    return Err(QueueError::Malformed("wake-up subscription closed".to_owned()));
+                    return Err(QueueError::Stopped("wake-up subscription"));
                 }
             }
         }
@@ -692,7 +651,7 @@ async fn promote_session(shared: &Shared, stop: &CancellationToken) -> Result<()
 }
 
 /// Hands this consumer's remaining entries back to the stream.
-async fn hand_back(shared: &Shared) -> Result<(), QueueError> {
+async fn hand_back(shared: &StreamConsumer) -> Result<(), QueueError> {
     shared
         .queue
         .hand_back(&shared.keys, &shared.options.consumer)

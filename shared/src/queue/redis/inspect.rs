@@ -384,7 +384,7 @@ impl RedisQueue {
     /// Waiting and running jobs are not purged: their rows expect them.
     ///
     /// # Errors
-    /// [`QueueError::Malformed`] for other statuses; when Redis fails.
+    /// [`QueueError::Refused`] for other statuses; when Redis fails.
     pub async fn purge(&self, queue: &str, status: ListStatus) -> Result<u64, QueueError> {
         let keys = self.keys(queue);
         let mut conn = self.connection();
@@ -392,7 +392,7 @@ impl RedisQueue {
             ListStatus::Dead => (conn.xlen(&keys.dead).await?, keys.dead),
             ListStatus::Delayed => (conn.zcard(&keys.delayed).await?, keys.delayed),
             other => {
-                return Err(QueueError::Malformed(format!(
+                return Err(QueueError::Refused(format!(
                     "{} jobs cannot be purged; only dead or delayed",
                     other.as_str()
                 )));

@@ -46,7 +46,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
-pub use backend::{AckLayer, AckService, EntryMeta, RedisStreamBackend};
+pub use backend::{EntryMeta, RedisStreamBackend, StreamConsumer};
 pub use inspect::{ConsumerInfo, ListStatus, QueueEntry, QueueStats};
 
 use super::QueueError;
@@ -100,41 +100,8 @@ impl std::fmt::Debug for RedisQueue {
     }
 }
 
-/// How one worker consumes a queue.
-#[derive(Debug, Clone)]
-pub struct StreamOptions {
-    /// This consumer's name in the group; unique per worker process.
-    pub consumer: String,
-    /// Entries fetched ahead of the handlers (and at most per read).
-    pub prefetch: usize,
-    /// A consumer silent this long loses its entries to others.
-    pub visibility_timeout: Duration,
-    /// Longest single blocking read (reclaim scans run between reads).
-    pub block: Duration,
-    /// Attempts in all before a failing job goes to the dead letters.
-    pub max_attempts: u32,
-    /// First retry backoff step (doubling, fully jittered, capped).
-    pub backoff_base: Duration,
-    /// Largest retry backoff.
-    pub backoff_cap: Duration,
-}
-
-impl StreamOptions {
-    /// Options for a consumer named `consumer`: prefetch 32, visibility
-    /// timeout 60 s, reads blocking up to 30 s, 5 attempts, backoff 1 s … 5 min.
-    #[must_use]
-    pub fn new(consumer: impl Into<String>) -> Self {
-        Self {
-            consumer: consumer.into(),
-            prefetch: 32,
-            visibility_timeout: Duration::from_secs(60),
-            block: Duration::from_secs(30),
-            max_attempts: 5,
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(300),
-        }
-    }
-}
+/// How one worker consumes a stream (the options of every carrier).
+pub use super::ConsumerOptions as StreamOptions;
 
 /// The stream fields of a fresh message.
 fn fields<'a>(id: &'a str, data: &'a str, at: &'a str) -> [(&'static str, &'a str); 4] {

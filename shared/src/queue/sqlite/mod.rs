@@ -1,49 +1,41 @@
-//! The embedded queue: apalis-sqlite in Rose's own SQLite file.
+//! The embedded queue: messages in apalis-sqlite's `Jobs` table, in Rose's
+//! own SQLite file, consumed by Rose's own apalis backend ([`backend`]).
 //!
-//! apalis-sqlite only fetches when its worker is polled, and an idle worker is
-//! polled on its heartbeat. So every push in this process also sends a wake-up
-//! on a per-queue channel that the worker's poll strategy listens on: a push
-//! reaches an idle worker at once. A slow interval remains as the fallback for
-//! rows written by another process (e.g. `rose queue retry`).
+//! Every push in this process wakes the queue's consumer at once (a
+//! [`Notify`] per queue, which keeps one wake-up for a consumer that is busy
+//! when it comes); a delayed push wakes it too, so it can sleep until the
+//! new due time. A slow fallback poll remains for rows written by another
+//! process (e.g. `rose queue retry`). Nothing sleeps per message.
 //!
-//! Each push is a fresh apalis task (its own ULID); the payload names the job.
+//! Each push is a fresh task row (its own ULID); the payload names the job.
+
+pub mod backend;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apalis_core::backend::ext::BackendExt;
-use apalis_core::backend::ext::poll_strategy::{PollWith, Strategy};
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
-use apalis_sqlite::{Config as ApalisConfig, SqliteStorage};
-use futures::channel::mpsc;
+use apalis_sqlite::SqliteStorage;
 use serde::Serialize;
 use sqlx::SqlitePool;
+use tokio::sync::Notify;
 
-use super::{Depth, QueueError};
+pub use backend::{RowConsumer, RowMeta, SqliteQueueBackend};
 
-/// How often an idle embedded worker looks for rows no in-process push announced.
+use super::{ConsumerOptions, Depth, QueueError};
+
+/// How often an idle embedded consumer looks for rows no in-process push announced.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
-
-/// A wake-up channel per queue: the sender side for pushers, the receiver
-/// taken once by that queue's worker.
-#[derive(Debug)]
-struct WakeSlot {
-    tx: mpsc::Sender<()>,
-    rx: Option<mpsc::Receiver<()>>,
-}
 
 /// The embedded queue carrier.
 #[derive(Debug, Clone)]
 pub struct SqliteQueue {
     pool: SqlitePool,
-    wakers: Arc<Mutex<HashMap<String, WakeSlot>>>,
+    wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     fallback_poll: Duration,
 }
-
-/// The backend a worker of this queue runs on.
-pub type SqliteBackend<Args> = PollWith<SqliteStorage<Args>, Strategy>;
 
 impl SqliteQueue {
     /// Creates apalis-sqlite's tables (recorded in sqlx's default migrations
@@ -78,7 +70,7 @@ impl SqliteQueue {
         self
     }
 
-    /// Pushes one message and wakes the queue's worker in this process.
+    /// Pushes one message and wakes the queue's consumer in this process.
     ///
     /// # Errors
     /// When the row cannot be written.
@@ -88,19 +80,12 @@ impl SqliteQueue {
         _id: &str,
         message: &T,
     ) -> Result<(), QueueError> {
-        let bytes = serde_json::to_vec(message)?;
-        let task = TaskBuilder::new(bytes)
-            .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
-            .max_attempts(1)
-            .build();
-        let mut conn = self.pool.acquire().await?;
-        apalis_sqlite::queries::push_tasks(&mut *conn, queue, &[task]).await?;
-        self.wake(queue);
-        Ok(())
+        self.insert(queue, message, None).await
     }
 
     /// Schedules one message after `delay` (the queue's clock has whole
-    /// seconds, so it is rounded up) and wakes the worker when it is due.
+    /// seconds, so it is rounded up) and wakes the consumer, which sleeps
+    /// until the earliest due time.
     ///
     /// # Errors
     /// When the row cannot be written.
@@ -110,29 +95,24 @@ impl SqliteQueue {
         message: &T,
         delay: Duration,
     ) -> Result<(), QueueError> {
+        self.insert(queue, message, Some(delay)).await
+    }
+
+    async fn insert<T: Serialize + Sync>(
+        &self,
+        queue: &str,
+        message: &T,
+        delay: Option<Duration>,
+    ) -> Result<(), QueueError> {
         let bytes = serde_json::to_vec(message)?;
-        let due = std::time::SystemTime::now() + delay;
-        let secs = due
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
-            .unwrap_or_default();
-        let task = TaskBuilder::new(bytes)
-            .task_id(TaskId::from_ulid(ulid::Ulid::generate()))
-            .max_attempts(1)
-            .run_at_timestamp(secs)
-            .build();
+        let mut task = TaskBuilder::new(bytes).task_id(TaskId::from_ulid(ulid::Ulid::generate()));
+        if let Some(delay) = delay {
+            let due = u64::try_from(backend::due_secs(delay)).unwrap_or(0);
+            task = task.run_at_timestamp(due);
+        }
         let mut conn = self.pool.acquire().await?;
-        apalis_sqlite::queries::push_tasks(&mut *conn, queue, &[task]).await?;
-        let me = self.clone();
-        let queue = queue.to_owned();
-        let wake_at = std::time::UNIX_EPOCH + Duration::from_secs(secs);
-        let wait = wake_at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or_default();
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            me.wake(&queue);
-        });
+        apalis_sqlite::queries::push_tasks(&mut *conn, queue, &[task.build()]).await?;
+        self.wake(queue);
         Ok(())
     }
 
@@ -220,39 +200,30 @@ impl SqliteQueue {
         })
     }
 
-    fn wake(&self, queue: &str) {
-        if let Ok(mut wakers) = self.wakers.lock() {
-            let slot = wakers.entry(queue.to_owned()).or_insert_with(new_slot);
-            // A full channel already holds a pending wake-up: nothing to add.
-            let _ = slot.tx.try_send(());
+    fn waker(&self, queue: &str) -> Arc<Notify> {
+        match self.wakers.lock() {
+            Ok(mut wakers) => wakers.entry(queue.to_owned()).or_default().clone(),
+            // A poisoned map: a fresh Notify still works (the fallback poll
+            // covers the wake-ups it misses).
+            Err(_) => Arc::new(Notify::new()),
         }
     }
 
-    /// The apalis backend for one worker of `queue`: woken by pushes in this
-    /// process, polling every [`FALLBACK_POLL`] (by default) otherwise.
+    fn wake(&self, queue: &str) {
+        self.waker(queue).notify_one();
+    }
+
+    /// The apalis backend for one consumer of `queue`: woken by pushes in
+    /// this process, polling every [`FALLBACK_POLL`] (by default) otherwise.
     #[must_use]
-    pub fn backend<Args>(&self, queue: &str, batch_size: usize) -> SqliteBackend<Args> {
-        let rx = self.wakers.lock().ok().and_then(|mut wakers| {
-            wakers
-                .entry(queue.to_owned())
-                .or_insert_with(new_slot)
-                .rx
-                .take()
-        });
-        let mut strategy = Strategy::new().interval(self.fallback_poll);
-        if let Some(rx) = rx {
-            strategy = strategy.stream(rx);
-        }
-        let config = ApalisConfig::default()
-            .queue(queue)
-            .batch_size(batch_size.max(1))
-            // Records each task's end (Done/Failed); without it finished
-            // tasks would stay `Running` and be resumed again at every start.
-            .persist_results(true)
-            .heartbeat_interval(Duration::from_secs(10));
-        SqliteStorage::new(&self.pool)
-            .with_config(config)
-            .poll_with_strategy(strategy)
+    pub fn backend<Args>(&self, queue: &str, options: ConsumerOptions) -> SqliteQueueBackend<Args> {
+        SqliteQueueBackend::new(
+            self.pool.clone(),
+            queue,
+            options,
+            self.waker(queue),
+            self.fallback_poll,
+        )
     }
 
     /// The pool the queue lives in.
@@ -262,7 +233,3 @@ impl SqliteQueue {
     }
 }
 
-fn new_slot() -> WakeSlot {
-    let (tx, rx) = mpsc::channel(1);
-    WakeSlot { tx, rx: Some(rx) }
-}
