@@ -185,7 +185,12 @@ async fn handle_callback(task: CallbackTask, rose: Data<Rose>) -> Result<(), Box
 /// holding a slot.
 pub fn orphan_message(queue: &str, id: &str) {
     rose_shared::metrics::orphan_message(queue);
-    tracing::warn!(event = "orphan_message", queue, id, "queue message names no row; acknowledged and dropped");
+    tracing::warn!(
+        event = "orphan_message",
+        queue,
+        id,
+        "queue message names no row; acknowledged and dropped"
+    );
 }
 
 /// Background tasks run at once per worker process, per queue.

@@ -127,7 +127,10 @@ mod tests {
                 other => panic!("attempt {attempts}: {other:?}"),
             }
         }
-        assert_eq!(policy.settle(3, &error), Settle::Bury("store down".to_owned()));
+        assert_eq!(
+            policy.settle(3, &error),
+            Settle::Bury("store down".to_owned())
+        );
     }
 
     #[test]
@@ -168,8 +171,8 @@ mod tests {
         for _ in 0..2000 {
             for (i, n) in (1..=5).enumerate() {
                 let wait = policy.backoff(n);
-                let ceiling = (Duration::from_millis(100) * 2u32.pow(n - 1))
-                    .min(Duration::from_millis(400));
+                let ceiling =
+                    (Duration::from_millis(100) * 2u32.pow(n - 1)).min(Duration::from_millis(400));
                 assert!(wait <= ceiling);
                 highest[i] = highest[i].max(wait);
             }

@@ -11,6 +11,7 @@ mod memory;
 mod openapi;
 mod pipeline;
 mod queue_delay;
+mod queue_retry;
 mod redis_queue;
 mod resilience;
 mod resilience_redis;

@@ -103,7 +103,8 @@ impl StreamConsumer {
         self.acks
             .send((entry_id.to_owned(), tx))
             .map_err(|_| QueueError::Stopped("acknowledger"))?;
-        rx.await.map_err(|_| QueueError::Stopped("acknowledger"))??;
+        rx.await
+            .map_err(|_| QueueError::Stopped("acknowledger"))??;
         Ok(())
     }
 
@@ -616,7 +617,10 @@ async fn promote_loop(shared: Arc<StreamConsumer>, stop: CancellationToken) {
     }
 }
 
-async fn promote_session(shared: &StreamConsumer, stop: &CancellationToken) -> Result<(), QueueError> {
+async fn promote_session(
+    shared: &StreamConsumer,
+    stop: &CancellationToken,
+) -> Result<(), QueueError> {
     let mut pubsub = shared.queue.client.get_async_pubsub().await?;
     pubsub.subscribe(&shared.keys.wake).await?;
     let mut wakes = pubsub.on_message();

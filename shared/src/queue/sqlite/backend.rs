@@ -80,7 +80,8 @@ fn now_secs() -> i64 {
 
 /// The unix second at which a wait of `wait` from now is over (rounded up).
 pub(super) fn due_secs(wait: Duration) -> i64 {
-    let due = chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    let due =
+        chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
     due.timestamp() + i64::from(due.timestamp_subsec_nanos() > 0)
 }
 
@@ -568,7 +569,7 @@ async fn ack_loop(
         let result = async {
             let list = serde_json::to_string(&ids)?;
             sqlx::query(
-                "UPDATE Jobs SET status = 'Done', attempts = attempts + 1, done_at = $1, \
+                "UPDATE Jobs SET status = 'Done', done_at = $1, \
                  lock_at = NULL WHERE job_type = $2 AND id IN (SELECT value FROM json_each($3))",
             )
             .bind(now_secs())
