@@ -311,29 +311,34 @@ impl Limiter {
                 }
             }
             Inner::Redis(redis) => {
-                // Only lengthen a pause, never shorten one.
-                let set: Result<(), _> = redis::cmd("SET")
-                    .arg(redis.key(provider, "pause"))
-                    .arg(1)
-                    .arg("PX")
+                let set: Result<i64, _> = LENGTHEN
+                    .key(redis.key(provider, "pause"))
                     .arg(wait.as_millis() as u64)
-                    .arg("GT")
-                    .query_async(&mut redis.conn.clone())
+                    .invoke_async(&mut redis.conn.clone())
                     .await;
-                if set.is_err() {
-                    // `SET … GT` needs Redis 7; fall back to a plain set.
-                    let _: Result<(), _> = redis::cmd("SET")
-                        .arg(redis.key(provider, "pause"))
-                        .arg(1)
-                        .arg("PX")
-                        .arg(wait.as_millis() as u64)
-                        .query_async(&mut redis.conn.clone())
-                        .await;
+                if let Err(e) = set {
+                    // Each worker still waits for its own call's hint.
+                    tracing::warn!(provider = provider.as_str(), error = %e, "could not share a provider's pause");
                 }
             }
         }
     }
 }
+
+/// Sets the pause key to expire in `ARGV[1]` ms unless it already expires
+/// later: a pause is only ever lengthened, never shortened, by whichever
+/// worker heard the provider last. KEYS: the pause key. Returns 1 when it
+/// set the key.
+static LENGTHEN: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+local left = redis.call('PTTL', KEYS[1])
+if left >= 0 and left >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 1
+",
+    )
+});
 
 impl RedisLimiter {
     fn key(&self, provider: Provider, what: &str) -> String {

@@ -152,6 +152,38 @@ async fn a_pause_set_by_one_process_holds_the_other() {
     delete_prefix(q.connection(), q.prefix()).await;
 }
 
+/// A shorter pause heard later never shortens a longer one, whichever
+/// process hears it; a longer one lengthens it.
+#[tokio::test]
+async fn a_pause_only_ever_lengthens() {
+    let q = redis().await;
+    let limits = Limits {
+        rpm: 0,
+        concurrency: 0,
+    };
+    let a = limiter(&q, limits, Duration::from_secs(60));
+    let b = limiter(&q, limits, Duration::from_secs(60));
+    let key = format!("{}:rl:tts:pause", q.prefix());
+    let left = || {
+        let mut conn = q.connection();
+        let key = key.clone();
+        async move {
+            let ms: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("pttl");
+            ms
+        }
+    };
+    a.pause(Provider::Tts, Duration::from_secs(20)).await;
+    b.pause(Provider::Tts, Duration::from_secs(1)).await;
+    assert!(left().await > 15_000, "a later, shorter pause shortened it");
+    b.pause(Provider::Tts, Duration::from_secs(40)).await;
+    assert!(left().await > 35_000, "a longer pause lengthens it");
+    delete_prefix(q.connection(), q.prefix()).await;
+}
+
 #[tokio::test]
 async fn breakers_are_shared_and_grant_one_trial() {
     let q = redis().await;
