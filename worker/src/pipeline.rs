@@ -388,7 +388,9 @@ impl Pipeline {
             self.transcribe(&mut job).await?;
         }
         let transcript = job.transcript.clone().unwrap_or_default();
-        let mut degraded = Vec::new();
+        // What went without, as the row says so far: a memory failure is
+        // saved with the reply, so a redelivery after that checkpoint
+        // still reports it.
         let reply = match job.reply_text.clone() {
             Some(reply) => reply,
             None if is_silent(&transcript) => {
@@ -414,7 +416,7 @@ impl Pipeline {
                     None => match self.recall(&mut job, &session, &transcript).await? {
                         Some(memories) => memories,
                         None => {
-                            degraded.push("memory".to_owned());
+                            mark_degraded(&mut job, "memory");
                             Vec::new()
                         }
                     },
@@ -445,11 +447,11 @@ impl Pipeline {
                 }
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, error = %e, "speech failed; delivering the text reply");
-                    degraded.push("tts".to_owned());
+                    mark_degraded(&mut job, "tts");
                 }
             }
         }
-        self.rose.store.complete_job(job.id, &degraded).await?;
+        self.rose.store.complete_job(job.id, &job.degraded).await?;
         tracing::info!(job_id = %job.id, "job succeeded");
         Ok(())
     }
@@ -755,6 +757,13 @@ impl Pipeline {
                 tracing::warn!(session_id = %session.id, error = %e, "could not queue the session summary");
             }
         }
+    }
+}
+
+/// Records that `job` went without `what` (`memory`, `tts`), once.
+fn mark_degraded(job: &mut Job, what: &str) {
+    if !job.degraded.iter().any(|d| d == what) {
+        job.degraded.push(what.to_owned());
     }
 }
 

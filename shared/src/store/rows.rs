@@ -34,7 +34,7 @@ pub(super) struct JobRow {
     status: String,
     stage: Option<String>,
     attempts: i64,
-    input_audio_id: String,
+    input_audio_id: Option<String>,
     transcript: Option<String>,
     reply_text: Option<String>,
     reply_audio_id: Option<String>,
@@ -76,12 +76,12 @@ impl TryFrom<JobRow> for Job {
             status: parse("job status", &r.status)?,
             stage: r.stage.as_deref().map(|s| parse("stage", s)).transpose()?,
             attempts: r.attempts,
-            // An empty id marks a typed job (the column predates typed input
-            // and SQLite cannot relax its NOT NULL in place).
-            input_audio_id: match r.input_audio_id.as_str() {
-                "" => None,
-                raw => Some(parse::<AudioId>("audio id", raw)?),
-            },
+            // NULL for a typed job.
+            input_audio_id: r
+                .input_audio_id
+                .as_deref()
+                .map(|raw| parse::<AudioId>("audio id", raw))
+                .transpose()?,
             transcript: r.transcript,
             memories: r
                 .memories

@@ -64,11 +64,33 @@ macro_rules! sql_store {
                 row.map(Job::try_from).transpose()
             }
 
-            async fn insert_job(&self, new: &NewJob) -> Result<Job, sqlx::Error> {
+            /// Writes the job (and its upload) in one transaction. The
+            /// session's row is written first: that write serializes every
+            /// upload of the session (a row lock on PostgreSQL, the write
+            /// lock on SQLite), so the in-flight count read after it cannot
+            /// be passed by a concurrent upload.
+            async fn insert_job(&self, new: &NewJob) -> StoreResult<Job> {
                 let now = now_ms();
                 let job_id = JobId::new();
                 let session = new.session_id.to_string();
                 let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE sessions SET last_active_at = $2 WHERE id = $1")
+                    .bind(&session)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(cap) = new.max_in_flight.filter(|c| *c > 0) {
+                    let active: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM voice_jobs WHERE session_id = $1 \
+                         AND status IN ('queued', 'processing')",
+                    )
+                    .bind(&session)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if active >= i64::from(cap) {
+                        return Err(StoreError::SessionBusy(cap));
+                    }
+                }
                 let (audio_id, transcript) = match &new.input {
                     JobInput::Audio { bytes, mime } => {
                         let audio_id = AudioId::new();
@@ -95,7 +117,7 @@ macro_rules! sql_store {
                 )
                 .bind(job_id.to_string())
                 .bind(&session)
-                .bind(audio_id.map(|id| id.to_string()).unwrap_or_default())
+                .bind(audio_id.map(|id| id.to_string()))
                 .bind(&transcript)
                 .bind(&new.idempotency_key)
                 .bind(&new.request_id)
@@ -103,11 +125,6 @@ macro_rules! sql_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE sessions SET last_active_at = $2 WHERE id = $1")
-                    .bind(&session)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
                 tx.commit().await?;
                 Ok(Job {
                     id: job_id,
@@ -207,29 +224,17 @@ macro_rules! sql_store {
                 {
                     return Ok((job, Created::Existing));
                 }
-                if let Some(cap) = new.max_in_flight.filter(|c| *c > 0) {
-                    let active: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM voice_jobs WHERE session_id = $1 \
-                         AND status IN ('queued', 'processing')",
-                    )
-                    .bind(new.session_id.to_string())
-                    .fetch_one(&self.pool)
-                    .await?;
-                    if active >= i64::from(cap) {
-                        return Err(StoreError::SessionBusy(cap));
-                    }
-                }
                 match self.insert_job(&new).await {
                     Ok(job) => Ok((job, Created::New)),
                     // A concurrent request with the same key won the race.
-                    Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::Database(e)) if is_unique_violation(&e) => {
                         let key = new.idempotency_key.as_deref().unwrap_or_default();
                         match self.job_by_key(new.session_id, key).await? {
                             Some(job) => Ok((job, Created::Existing)),
                             None => Err(StoreError::Database(e)),
                         }
                     }
-                    Err(e) => Err(StoreError::Database(e)),
+                    Err(e) => Err(e),
                 }
             }
 
@@ -291,15 +296,18 @@ macro_rules! sql_store {
                 let session = job.session_id.to_string();
                 let user_text = job.transcript.as_deref().unwrap_or_default();
                 let mut tx = self.pool.begin().await?;
+                let degraded = serde_json::to_string(&job.degraded)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let updated = sqlx::query(
                     "UPDATE voice_jobs SET reply_text = $2, llm_ms = $3, updated_at = $4, \
-                     stage = COALESCE($5, stage) WHERE id = $1 AND reply_text IS NULL",
+                     stage = COALESCE($5, stage), degraded = $6 WHERE id = $1 AND reply_text IS NULL",
                 )
                 .bind(&job_id)
                 .bind(reply)
                 .bind(llm_ms)
                 .bind(now)
                 .bind(next.map(Stage::as_str))
+                .bind(degraded)
                 .execute(&mut *tx)
                 .await?;
                 if updated.rows_affected() > 0 {

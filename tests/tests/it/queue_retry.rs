@@ -40,10 +40,15 @@ where
 
 /// Makes every `op` (`UPDATE`, `INSERT`) on `table` fail inside the database.
 async fn inject_fault(app: &TestApp, op: &str, table: &str) {
+    inject_fault_when(app, op, table, "TRUE").await;
+}
+
+/// Makes every `op` on `table` whose new row matches `when` (SQL on `NEW`) fail.
+async fn inject_fault_when(app: &TestApp, op: &str, table: &str, when: &str) {
     match app.deployment {
         Deployment::Embedded => {
             app.execute(&format!(
-                "CREATE TRIGGER injected_fault BEFORE {op} ON {table} \
+                "CREATE TRIGGER injected_fault BEFORE {op} ON {table} WHEN {when} \
                  BEGIN SELECT RAISE(ABORT, 'injected store failure'); END"
             ))
             .await;
@@ -56,7 +61,7 @@ async fn inject_fault(app: &TestApp, op: &str, table: &str) {
             .await;
             app.execute(&format!(
                 "CREATE TRIGGER injected_fault BEFORE {op} ON {table} \
-                 FOR EACH ROW EXECUTE FUNCTION injected_fault()"
+                 FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION injected_fault()"
             ))
             .await;
         }
@@ -142,6 +147,57 @@ async fn embedded_store_failure_is_retried_by_the_queue() {
 #[tokio::test]
 async fn scaled_store_failure_is_retried_by_the_queue() {
     a_store_failure_is_retried(Deployment::Scaled).await;
+}
+
+/// Recall fails (its table is gone), so the reply goes without memories;
+/// then the reply's speech cannot be stored, so the job is run again after
+/// its reply checkpoint. The second run still reports `degraded: ["memory"]`.
+async fn degraded_memory_survives_a_redelivery(deployment: Deployment) {
+    let app = spawn_app_with(
+        deployment,
+        AppOptions {
+            env: HashMap::from([
+                ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "500".to_owned()),
+                ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "2000".to_owned()),
+                ("ROSE_JOB_MAX_ATTEMPTS".to_owned(), "10".to_owned()),
+            ]),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    app.execute("ALTER TABLE memories RENAME TO memories_away")
+        .await;
+    inject_fault_when(&app, "INSERT", "audio", "NEW.kind = 'reply'").await;
+    let job = submit(&app, rose_tests::SPOKEN_WAV).await;
+    eventually(LIMIT, "the attempt after the reply failed", || async {
+        retried(&app, VOICE_QUEUE).await >= 1
+    })
+    .await;
+    heal_fault(&app, "audio").await;
+    let done = app.wait_for_job(&job, LIMIT).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["result"]["degraded"],
+        serde_json::json!(["memory"]),
+        "{done}"
+    );
+    assert!(
+        done["result"]["audio_url"].is_string(),
+        "spoken the second time"
+    );
+    app.execute("ALTER TABLE memories_away RENAME TO memories")
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_degraded_memory_survives_a_redelivery() {
+    degraded_memory_survives_a_redelivery(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_degraded_memory_survives_a_redelivery() {
+    degraded_memory_survives_a_redelivery(Deployment::Scaled).await;
 }
 
 /// A memory the extraction cannot store at first is stored once the store

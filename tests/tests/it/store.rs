@@ -134,6 +134,21 @@ async fn contract(f: Fixture) {
     assert_eq!(typed.input_audio_id, None);
     let typed = store.get_job(typed.id).await.expect("get").expect("exists");
     assert_eq!(typed.input_audio_id, None);
+    let sql = format!(
+        "SELECT COUNT(*) FROM voice_jobs WHERE id = '{}' AND input_audio_id IS NULL",
+        typed.id
+    );
+    let null_marked: i64 = match &f.db {
+        Database::Sqlite(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_one(pool)
+            .await
+            .expect("query"),
+        Database::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .expect("query"),
+    };
+    assert_eq!(null_marked, 1, "a typed job has no upload: NULL, not ''");
     assert_eq!(typed.transcript.as_deref(), Some("I miss her laugh"));
     let typed = store
         .begin_attempt(typed.id)
@@ -299,4 +314,37 @@ async fn sqlite_store_contract() {
 #[tokio::test]
 async fn postgres_store_contract() {
     contract(postgres().await).await;
+}
+
+/// Uploads racing for the last places of a session's in-flight cap: no more
+/// than the cap get in, however many arrive at once.
+async fn the_cap_holds_under_concurrency(f: Fixture) {
+    let session = f.store.create_session(None).await.expect("session");
+    let mut racers = Vec::new();
+    for _ in 0..24 {
+        let store = f.store.clone();
+        let mut job = new_job(session.id, None);
+        job.max_in_flight = Some(2);
+        racers.push(tokio::spawn(async move { store.create_job(job).await }));
+    }
+    let mut accepted = 0;
+    for racer in racers {
+        match racer.await.expect("join") {
+            Ok(_) => accepted += 1,
+            Err(rose_shared::store::StoreError::SessionBusy(2)) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(accepted, 2, "the cap of 2 held");
+    f.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_in_flight_cap_is_atomic() {
+    the_cap_holds_under_concurrency(sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_in_flight_cap_is_atomic() {
+    the_cap_holds_under_concurrency(postgres().await).await;
 }
