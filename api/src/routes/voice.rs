@@ -145,12 +145,21 @@ async fn process(
         tracing::info!(job_id = %job.id, session_id = %job.session_id, "job queued");
     }
 
+    // The job is queued: from here on a failure must not read as "not
+    // accepted", or a client retrying without an Idempotency-Key would pay
+    // for a second job. A wait that cannot read the row answers 202.
     let job = match wait {
-        Some(wait) => rose
+        Some(wait) => match rose
             .events
             .wait_for_terminal(rose.store.as_ref(), job.id, wait)
-            .await?
-            .unwrap_or(job),
+            .await
+        {
+            Ok(found) => found.unwrap_or(job),
+            Err(e) => {
+                tracing::warn!(job_id = %job.id, error = %e, "could not wait for the queued job; answering 202");
+                job
+            }
+        },
         None => job,
     };
     let mut response = if job.status.is_terminal() && wait.is_some() {

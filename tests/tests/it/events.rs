@@ -82,3 +82,64 @@ async fn embedded_events_follow_a_job_to_its_end() {
 async fn scaled_events_follow_a_job_to_its_end() {
     follows_a_job(spawn_app_with(Deployment::Scaled, paced()).await).await;
 }
+
+/// A job queued with `?wait=` whose row cannot be read while it waits (the
+/// database failing after the commit) answers 202 with the job: it was
+/// accepted, and a client that retried on a 5xx would pay for a second one.
+async fn a_wait_that_fails_after_queueing_answers_202(deployment: Deployment) {
+    let app = spawn_app_with(
+        deployment,
+        AppOptions {
+            no_worker: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let session = app.start_session().await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "audio",
+            reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec()).file_name("speech.wav"),
+        )
+        .text("session_id", session);
+    let request = app
+        .http
+        .post(format!("{}/api/voice/process?wait=20", app.url))
+        .multipart(form)
+        .send();
+    let waiting = tokio::spawn(request);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.count_rows("voice_jobs").await == 0 || app.queued_messages().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the job was not queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id: String = {
+        let sql = "SELECT id FROM voice_jobs";
+        match &app.rose.db {
+            rose_shared::store::Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            rose_shared::store::Database::Postgres(pool) => {
+                sqlx::query_scalar(sql).fetch_one(pool).await
+            }
+        }
+        .expect("the job's id")
+    };
+    app.execute("ALTER TABLE voice_jobs RENAME TO voice_jobs_away").await;
+    let response = waiting.await.expect("join").expect("response");
+    app.execute("ALTER TABLE voice_jobs_away RENAME TO voice_jobs").await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["job_id"], id.as_str());
+    assert_eq!(body["status"], "queued");
+    assert_eq!(app.count_rows("voice_jobs").await, 1, "one job, no second");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_wait_failing_after_queueing_answers_202() {
+    a_wait_that_fails_after_queueing_answers_202(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_wait_failing_after_queueing_answers_202() {
+    a_wait_that_fails_after_queueing_answers_202(Deployment::Scaled).await;
+}
