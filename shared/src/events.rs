@@ -7,14 +7,16 @@
 //! embedded deployment this is an in-process broadcast. On the scaled one the
 //! worker that changes a job is not the api process holding the request, so
 //! ids travel over Redis pub/sub on channel `P:job-events`; each api process
-//! keeps one subscription and fans out in-process. A missed notification only
-//! delays a waiter until its next periodic re-read.
+//! keeps one subscription and fans out in-process, to the waiters of the
+//! changed job only. A missed notification only delays a waiter until its
+//! next periodic re-read ([`RECHECK`]).
 //!
 //! On the wire a progress notification is `ID:progress` and any other change
 //! is the bare `ID`; a receiver treats whatever it does not know as a change
 //! worth a re-read, so processes of different versions still wake each other.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,8 +27,12 @@ use tokio::time::Instant;
 use crate::domain::{Job, JobId};
 use crate::store::{Store, StoreResult};
 
-/// How often a waiter re-reads the row even without a notification.
-const RECHECK: Duration = Duration::from_millis(500);
+/// How often a waiter re-reads the row even without a notification (the
+/// bound on how late a missed notification makes it).
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Notifications a waiter may fall behind by before it re-reads at once.
+const PER_JOB_BACKLOG: usize = 16;
 
 /// One notification: job `id` changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,10 +67,98 @@ impl Change {
     }
 }
 
+/// The jobs someone waits on, each with its own channel: a change wakes the
+/// waiters of its job only, so a waiter's wake-ups are bounded by its own
+/// job's changes plus one re-read per [`RECHECK`], however busy the
+/// system. An entry lives while a waiter holds it.
+#[derive(Default)]
+struct Waiters(Mutex<HashMap<JobId, (broadcast::Sender<bool>, usize)>>);
+
+impl Waiters {
+    fn deliver(&self, change: Change) {
+        if let Ok(jobs) = self.0.lock()
+            && let Some((tx, _)) = jobs.get(&change.id)
+        {
+            let _ = tx.send(change.decisive);
+        }
+    }
+
+    fn join(self: &Arc<Self>, id: JobId) -> JobWatch {
+        let rx = match self.0.lock() {
+            Ok(mut jobs) => {
+                let entry = jobs
+                    .entry(id)
+                    .or_insert_with(|| (broadcast::channel(PER_JOB_BACKLOG).0, 0));
+                entry.1 += 1;
+                Some(entry.0.subscribe())
+            }
+            // Poisoned: the waiter still re-reads every RECHECK.
+            Err(_) => None,
+        };
+        JobWatch {
+            id,
+            rx,
+            waiters: Arc::downgrade(self),
+        }
+    }
+
+    fn leave(&self, id: JobId) {
+        if let Ok(mut jobs) = self.0.lock()
+            && let Some(entry) = jobs.get_mut(&id)
+        {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                jobs.remove(&id);
+            }
+        }
+    }
+}
+
+/// A waiter's view of one job's notifications (see [`JobEvents::watch`]).
+pub struct JobWatch {
+    id: JobId,
+    rx: Option<broadcast::Receiver<bool>>,
+    waiters: Weak<Waiters>,
+}
+
+impl Drop for JobWatch {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.waiters.upgrade() {
+            waiters.leave(self.id);
+        }
+    }
+}
+
+impl JobWatch {
+    /// Waits until the job changed (only decisively, with `decisive_only`),
+    /// or until `wake` at the latest.
+    pub async fn changed(&mut self, decisive_only: bool, wake: Instant) {
+        let Some(rx) = &mut self.rx else {
+            tokio::time::sleep_until(wake).await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => return,
+                got = rx.recv() => match got {
+                    Ok(decisive) if decisive || !decisive_only => return,
+                    Ok(_) => {}
+                    // Lagged: something may have been missed, re-read.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(wake).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Publishes and delivers job change notifications.
 #[derive(Clone)]
 pub struct JobEvents {
-    local: broadcast::Sender<Change>,
+    waiters: Arc<Waiters>,
     redis: Option<Arc<RedisLink>>,
 }
 
@@ -87,16 +181,17 @@ impl JobEvents {
     /// In-process notifications only (the embedded deployment).
     #[must_use]
     pub fn local() -> Self {
-        let (local, _) = broadcast::channel(4096);
-        Self { local, redis: None }
+        Self {
+            waiters: Arc::default(),
+            redis: None,
+        }
     }
 
     /// Notifications over Redis pub/sub on `{prefix}:job-events`.
     #[must_use]
     pub fn redis(client: redis::Client, conn: ConnectionManager, prefix: &str) -> Self {
-        let (local, _) = broadcast::channel(4096);
         Self {
-            local,
+            waiters: Arc::default(),
             redis: Some(Arc::new(RedisLink {
                 client,
                 conn,
@@ -124,9 +219,7 @@ impl JobEvents {
 
     async fn send(&self, change: Change) {
         match &self.redis {
-            None => {
-                let _ = self.local.send(change);
-            }
+            None => self.waiters.deliver(change),
             Some(link) => {
                 let mut conn = link.conn.clone();
                 let sent: Result<i64, _> = redis::cmd("PUBLISH")
@@ -141,15 +234,16 @@ impl JobEvents {
         }
     }
 
-    /// A receiver of job changes (starts the Redis listener on first use).
+    /// Starts watching job `id` (and, on first use, the Redis listener):
+    /// watch before the first read, so no change falls in between.
     #[must_use]
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+    pub fn watch(&self, id: JobId) -> JobWatch {
         if let Some(link) = &self.redis {
             link.listening.get_or_init(|| {
-                tokio::spawn(listen(link.clone(), self.local.downgrade()));
+                tokio::spawn(listen(link.clone(), Arc::downgrade(&self.waiters)));
             });
         }
-        self.local.subscribe()
+        self.waiters.join(id)
     }
 
     /// Waits until job `id` is finished or `timeout` passes; returns the row
@@ -163,7 +257,7 @@ impl JobEvents {
         id: JobId,
         timeout: Duration,
     ) -> StoreResult<Option<Job>> {
-        let mut rx = self.subscribe();
+        let mut watch = self.watch(id);
         let deadline = Instant::now() + timeout;
         loop {
             let job = store.get_job(id).await?;
@@ -171,28 +265,15 @@ impl JobEvents {
             if done || Instant::now() >= deadline {
                 return Ok(job);
             }
-            let wake = (Instant::now() + RECHECK).min(deadline);
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep_until(wake) => break,
-                    got = rx.recv() => match got {
-                        Ok(change) if change.id == id && change.decisive => break,
-                        Ok(_) => {}
-                        // Lagged: something may have been missed, re-read.
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            tokio::time::sleep_until(wake).await;
-                            break;
-                        }
-                    },
-                }
-            }
+            watch
+                .changed(true, (Instant::now() + RECHECK).min(deadline))
+                .await;
         }
     }
 }
 
-/// Forwards Redis notifications into the local broadcast while anyone holds it.
-async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<Change>) {
+/// Forwards Redis notifications to this process's waiters while it has any.
+async fn listen(link: Arc<RedisLink>, waiters: Weak<Waiters>) {
     loop {
         match link.client.get_async_pubsub().await {
             Ok(mut pubsub) => {
@@ -201,19 +282,19 @@ async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<Change>) {
                 } else {
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = messages.next().await {
-                        let Some(sender) = local.upgrade() else {
+                        let Some(waiters) = waiters.upgrade() else {
                             return;
                         };
                         let payload: String = msg.get_payload().unwrap_or_default();
                         if let Some(change) = Change::decode(&payload) {
-                            let _ = sender.send(change);
+                            waiters.deliver(change);
                         }
                     }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "job events connection failed"),
         }
-        if local.upgrade().is_none() {
+        if waiters.upgrade().is_none() {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -223,6 +304,37 @@ async fn listen(link: Arc<RedisLink>, local: broadcast::WeakSender<Change>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_wakes_for_its_own_job_only_and_leaves_no_entry() {
+        let events = JobEvents::local();
+        let mine = JobId::new();
+        let mut watch = events.watch(mine);
+        let waiting = tokio::spawn(async move {
+            watch
+                .changed(true, Instant::now() + Duration::from_secs(3600))
+                .await;
+            watch
+        });
+        for _ in 0..1000 {
+            events.publish(JobId::new()).await;
+        }
+        events.publish_progress(mine).await;
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "other jobs' changes and its own progress do not wake a long-poll"
+        );
+        events.publish(mine).await;
+        let watch = waiting.await.expect("woken by its job's end");
+        assert_eq!(events.waiters.0.lock().map(|j| j.len()).ok(), Some(1));
+        drop(watch);
+        assert_eq!(
+            events.waiters.0.lock().map(|j| j.len()).ok(),
+            Some(0),
+            "nobody waits: no entry kept"
+        );
+    }
 
     #[test]
     fn changes_round_trip_and_unknown_forms_count_as_decisive() {

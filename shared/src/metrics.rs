@@ -41,21 +41,48 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Queue depths are read at most once per this interval per process;
+/// scrapes in between render the last figures.
+pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// The longest one queue's depth may take to read before a scrape goes on
+/// without it.
+pub const DEPTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When a Rose last read its queue depths for the gauges. Scrapes take it
+/// in turn, so concurrent scrapes never read the queues more than once.
+#[derive(Debug, Default)]
+pub struct DepthReads(tokio::sync::Mutex<Option<tokio::time::Instant>>);
+
 /// Reads what is a state rather than an event (queue depths, breaker
-/// states) and renders every metric: the body of `GET /metrics`. A queue
-/// that cannot be read keeps its last figures; the failure is logged.
+/// states) and renders every metric: the body of `GET /metrics`. However
+/// often it is scraped, the queues are read at most once per
+/// [`DEPTH_EVERY`] (one depth read per queue, each bounded by
+/// [`DEPTH_TIMEOUT`]); a queue that cannot be read in time keeps its last
+/// figures and the failure is logged.
 pub async fn scrape(rose: &crate::Rose) -> String {
     handle();
-    for queue in crate::queue::QUEUES {
-        match rose.queue.depth(queue).await {
-            Ok(d) => {
-                queue_depth(queue, "pending", d.pending);
-                queue_depth(queue, "delayed", d.delayed);
-                queue_depth(queue, "running", d.running);
-                queue_depth(queue, "dead", d.dead);
-                oldest_pending(queue, d.oldest_pending_age.unwrap_or_default());
+    {
+        let mut last = rose.depth_reads.0.lock().await;
+        let due = last.is_none_or(|at| at.elapsed() >= DEPTH_EVERY);
+        if due {
+            for queue in crate::queue::QUEUES {
+                match tokio::time::timeout(DEPTH_TIMEOUT, rose.queue.depth(queue)).await {
+                    Ok(Ok(d)) => {
+                        queue_depth(queue, "pending", d.pending);
+                        queue_depth(queue, "delayed", d.delayed);
+                        queue_depth(queue, "running", d.running);
+                        queue_depth(queue, "dead", d.dead);
+                        oldest_pending(queue, d.oldest_pending_age.unwrap_or_default());
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(queue, error = %e, "queue depth unavailable for metrics");
+                    }
+                    Err(_) => {
+                        tracing::warn!(queue, "queue depth took too long for metrics");
+                    }
+                }
             }
-            Err(e) => tracing::warn!(queue, error = %e, "queue depth unavailable for metrics"),
+            *last = Some(tokio::time::Instant::now());
         }
     }
     for (provider, snapshot) in rose.resilience.breaker_states().await {

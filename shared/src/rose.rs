@@ -45,6 +45,8 @@ pub struct Rose {
     pub memory: Arc<Memory>,
     /// Per-client request limits (shared through Redis when the queue is).
     pub requests: RequestLimiter,
+    /// When the queue depths were last read for `/metrics`.
+    pub depth_reads: Arc<crate::metrics::DepthReads>,
 }
 
 impl std::fmt::Debug for Rose {
@@ -138,6 +140,7 @@ impl Rose {
             queue,
             events,
             providers,
+            depth_reads: Arc::default(),
         })
     }
 }

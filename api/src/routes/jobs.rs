@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -20,9 +19,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use rose_shared::Rose;
 use rose_shared::domain::{Job, JobId, JobStatus};
-use rose_shared::events::Change;
+use rose_shared::events::{JobWatch, RECHECK};
 use serde_json::Value;
-use tokio::sync::broadcast;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,9 +69,6 @@ async fn show(
     job.map(|j| Json(job_json(&j))).ok_or(ApiError::JobNotFound)
 }
 
-/// How often a stream re-reads its job without a notification.
-const RECHECK: Duration = Duration::from_millis(500);
-
 /// The event name for the state a job is in; `None` for the moment
 /// between a worker taking the job and its first stage (no event of its own).
 fn state_of(job: &Job) -> Option<&'static str> {
@@ -87,7 +82,7 @@ fn state_of(job: &Job) -> Option<&'static str> {
 struct Follow {
     rose: Rose,
     id: JobId,
-    rx: broadcast::Receiver<Change>,
+    watch: JobWatch,
     first: Option<Job>,
     last: Option<&'static str>,
     done: bool,
@@ -97,20 +92,7 @@ impl Follow {
     /// Waits for a notification about this job, or the periodic re-read.
     async fn changed(&mut self) {
         let wake = tokio::time::Instant::now() + RECHECK;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => return,
-                got = self.rx.recv() => match got {
-                    Ok(change) if change.id == self.id => return,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep_until(wake).await;
-                        return;
-                    }
-                },
-            }
-        }
+        self.watch.changed(false, wake).await;
     }
 
     /// The next event, or `None` once the final one was sent (or the job went).
@@ -170,12 +152,12 @@ async fn events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let id: JobId = id.parse().map_err(|_| ApiError::JobNotFound)?;
     // Subscribe before the first read so no change falls in between.
-    let rx = rose.events.subscribe();
+    let watch = rose.events.watch(id);
     let first = rose.store.get_job(id).await?.ok_or(ApiError::JobNotFound)?;
     let follow = Follow {
         rose,
         id,
-        rx,
+        watch,
         first: Some(first),
         last: None,
         done: false,

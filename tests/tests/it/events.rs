@@ -110,22 +110,29 @@ async fn a_wait_that_fails_after_queueing_answers_202(deployment: Deployment) {
     let waiting = tokio::spawn(request);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while app.count_rows("voice_jobs").await == 0 || app.queued_messages().await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the job was not queued");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job was not queued"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let id: String = {
         let sql = "SELECT id FROM voice_jobs";
         match &app.rose.db {
-            rose_shared::store::Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            rose_shared::store::Database::Sqlite(pool) => {
+                sqlx::query_scalar(sql).fetch_one(pool).await
+            }
             rose_shared::store::Database::Postgres(pool) => {
                 sqlx::query_scalar(sql).fetch_one(pool).await
             }
         }
         .expect("the job's id")
     };
-    app.execute("ALTER TABLE voice_jobs RENAME TO voice_jobs_away").await;
+    app.execute("ALTER TABLE voice_jobs RENAME TO voice_jobs_away")
+        .await;
     let response = waiting.await.expect("join").expect("response");
-    app.execute("ALTER TABLE voice_jobs_away RENAME TO voice_jobs").await;
+    app.execute("ALTER TABLE voice_jobs_away RENAME TO voice_jobs")
+        .await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["job_id"], id.as_str());

@@ -8,6 +8,7 @@ mod callbacks;
 mod events;
 mod fuzz;
 mod memory;
+mod metrics;
 mod openapi;
 mod pipeline;
 mod queue_delay;
