@@ -143,10 +143,11 @@ pub async fn run_task(
     tick: Option<i64>,
     runner: &str,
 ) -> anyhow::Result<Option<RunReport>> {
+    abandon_silent_runs(rose).await?;
     let id = ulid::Ulid::generate().to_string();
     let started_at = now_ms();
-    let claim = "INSERT INTO schedule_runs (id, name, scheduled_for, triggered_by, runner, started_at, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'running') ON CONFLICT DO NOTHING";
+    let claim = "INSERT INTO schedule_runs (id, name, scheduled_for, triggered_by, runner, started_at, outcome, alive_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'running', $6) ON CONFLICT DO NOTHING";
     let triggered_by = if tick.is_some() { "schedule" } else { "manual" };
     let claimed = on_pool!(&rose.db, |pool| sqlx::query(claim)
         .bind(&id)
@@ -163,7 +164,9 @@ pub async fn run_task(
         return Ok(None);
     }
     let started = Instant::now();
+    let alive = tokio::spawn(keep_alive(rose.clone(), id.clone()));
     let result = task.execute(rose).await;
+    alive.abort();
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (outcome, counts, detail) = match result {
         Ok(counts) => match counts.get("skipped").and_then(serde_json::Value::as_str) {
@@ -216,6 +219,57 @@ pub async fn run_task(
         detail,
         duration_ms,
     }))
+}
+
+/// How often a run in progress records that it is alive.
+pub const RUN_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A run `running` this long without a heartbeat was abandoned: the
+/// process running it stopped (killed, crashed, its machine gone).
+pub const RUN_SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes `alive_at` of run `id` every [`RUN_HEARTBEAT`] until aborted.
+async fn keep_alive(rose: Rose, id: String) {
+    let mut every = tokio::time::interval(RUN_HEARTBEAT);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let sql = "UPDATE schedule_runs SET alive_at = $2 WHERE id = $1 AND outcome = 'running'";
+        let beat = on_pool!(&rose.db, |pool| sqlx::query(sql)
+            .bind(&id)
+            .bind(now_ms())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()));
+        if let Err(e) = beat {
+            tracing::warn!(run = %id, error = %e, "could not record that a maintenance run is alive");
+        }
+    }
+}
+
+/// Records as `abandoned` every run left `running` by a process that
+/// stopped (silent for [`RUN_SILENCE`]). Returns how many.
+///
+/// # Errors
+/// When the runs cannot be written.
+pub async fn abandon_silent_runs(rose: &Rose) -> anyhow::Result<u64> {
+    let silent_since = now_ms() - i64::try_from(RUN_SILENCE.as_millis()).unwrap_or(i64::MAX);
+    let sql = "UPDATE schedule_runs SET outcome = 'abandoned', \
+               finished_at = COALESCE(alive_at, started_at), \
+               detail = 'the process running it stopped before it finished' \
+               WHERE outcome = 'running' AND COALESCE(alive_at, started_at) < $1";
+    let n = on_pool!(&rose.db, |pool| sqlx::query(sql)
+        .bind(silent_since)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))
+    .context("cannot record abandoned runs")?;
+    if n > 0 {
+        tracing::warn!(
+            count = n,
+            "maintenance runs abandoned by a process that stopped"
+        );
+    }
+    Ok(n)
 }
 
 /// The tick a firing belongs to: the schedule's latest time at or before now.

@@ -245,11 +245,29 @@ type RunRow = (
 );
 
 async fn last_run(db: &Database, name: &str) -> ApiResult<Option<Value>> {
-    let sql = "SELECT id, scheduled_for, triggered_by, runner, started_at, finished_at, outcome, counts, detail \
+    // A run left `running` by a process that stopped shows as abandoned
+    // (the scheduler records it so at its next run).
+    let sql = "SELECT id, scheduled_for, triggered_by, runner, started_at, finished_at, \
+               CASE WHEN outcome = 'running' AND COALESCE(alive_at, started_at) < $2 \
+                 THEN 'abandoned' ELSE outcome END, counts, detail \
                FROM schedule_runs WHERE name = $1 ORDER BY started_at DESC, id DESC LIMIT 1";
+    let silent_since = rose_shared::domain::now_ms()
+        - i64::try_from(rose_scheduler::RUN_SILENCE.as_millis()).unwrap_or(i64::MAX);
     let row: Option<RunRow> = match db {
-        Database::Sqlite(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
-        Database::Postgres(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await,
+        Database::Sqlite(pool) => {
+            sqlx::query_as(sql)
+                .bind(name)
+                .bind(silent_since)
+                .fetch_optional(pool)
+                .await
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as(sql)
+                .bind(name)
+                .bind(silent_since)
+                .fetch_optional(pool)
+                .await
+        }
     }
     .map_err(|e| ApiError::Store(e.into()))?;
     Ok(row.map(

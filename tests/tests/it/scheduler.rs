@@ -569,3 +569,75 @@ async fn embedded_reaper_requeues_lost_callbacks() {
 async fn scaled_reaper_requeues_lost_callbacks() {
     reaper_requeues_lost_callbacks(spawn_app_with(Deployment::Scaled, idle()).await).await;
 }
+
+/// A run whose process died mid-run (its row still says `running`, its
+/// heartbeat long silent) is shown and then recorded as `abandoned`; a run
+/// still beating stays `running`.
+async fn abandoned_runs(app: TestApp) {
+    const TOKEN: &str = "an-admin-token-of-at-least-32-characters";
+    let now = now_ms();
+    let insert = |id: &str, name: &str, alive_at: i64| {
+        format!(
+            "INSERT INTO schedule_runs (id, name, scheduled_for, triggered_by, runner, started_at, outcome, alive_at) \
+             VALUES ('{id}', '{name}', NULL, 'manual', 'gone-runner', {alive_at}, 'running', {alive_at})"
+        )
+    };
+    app.execute(&insert("dead-run", "backup", now - 10 * 60_000))
+        .await;
+    app.execute(&insert("live-run", "memory_pruning", now))
+        .await;
+    let schedules: Value = app
+        .http
+        .get(format!("{}/api/admin/schedules", app.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let outcome = |name: &str| {
+        schedules["schedules"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == name))
+            .map(|s| s["last_run"]["outcome"].clone())
+            .unwrap_or_else(|| panic!("{name} in {schedules}"))
+    };
+    assert_eq!(outcome("backup"), "abandoned", "{schedules}");
+    assert_eq!(outcome("memory_pruning"), "running", "{schedules}");
+
+    run_task(&app.rose, Task::StaleJobs, None, "test")
+        .await
+        .expect("run")
+        .expect("ran");
+    let recorded = |id: &'static str| {
+        let sql = format!(
+            "SELECT COUNT(*) FROM schedule_runs WHERE id = '{id}' AND outcome = 'abandoned'"
+        );
+        let app = &app;
+        async move { app.scalar(&sql).await }
+    };
+    assert_eq!(recorded("dead-run").await, 1, "recorded as abandoned");
+    assert_eq!(recorded("live-run").await, 0, "a live run is left alone");
+    app.stop().await;
+}
+
+fn with_admin() -> AppOptions {
+    AppOptions {
+        env: env(&[(
+            "ROSE_ADMIN_TOKEN",
+            "an-admin-token-of-at-least-32-characters",
+        )]),
+        ..AppOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn embedded_runs_of_a_dead_process_are_abandoned() {
+    abandoned_runs(spawn_app_with(Deployment::Embedded, with_admin()).await).await;
+}
+
+#[tokio::test]
+async fn scaled_runs_of_a_dead_process_are_abandoned() {
+    abandoned_runs(spawn_app_with(Deployment::Scaled, with_admin()).await).await;
+}
