@@ -162,10 +162,11 @@ fn body_code(body: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The longest wait hint Rose takes from a provider: an hour. Longer asks are
-/// read as this (the pause itself is capped lower by the rate limiter, and a
-/// job's backoff by its own cap).
-pub const MAX_WAIT_HINT: Duration = Duration::from_secs(3600);
+/// The longest wait hint Rose takes from a provider: a day (a daily budget's
+/// reset, the longest a real provider asks for). Longer asks are read as
+/// this; the shared pause is capped lower by the rate limiter, and a job's
+/// backoff by its own cap.
+pub const MAX_WAIT_HINT: Duration = Duration::from_secs(86_400);
 
 /// A wait of `secs` seconds, clamped to [`MAX_WAIT_HINT`]; `None` when it is
 /// not a number of seconds at all (negative, NaN).
@@ -291,7 +292,7 @@ mod tests {
     fn absurd_waits_are_clamped_not_panicked_on() {
         assert_eq!(parse_retry_after("1e30"), Some(MAX_WAIT_HINT));
         assert_eq!(parse_retry_after("inf"), Some(MAX_WAIT_HINT));
-        assert_eq!(parse_retry_after("7200"), Some(MAX_WAIT_HINT));
+        assert_eq!(parse_retry_after("100000"), Some(MAX_WAIT_HINT));
         assert_eq!(
             parse_go_duration("99999999999999999999h"),
             Some(MAX_WAIT_HINT)
