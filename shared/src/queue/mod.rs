@@ -11,6 +11,7 @@
 //! written before the push.
 
 pub mod admin;
+pub mod consumer;
 pub mod redis;
 pub mod retry;
 pub mod settle;

@@ -8,18 +8,14 @@
 //! by a worker (this one included) instead of staying claimed for good.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
-use apalis_core::worker::context::WorkerContext;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
@@ -35,8 +31,9 @@ use super::{
     DEAD_LETTER_CAP, GROUP, Keys, PROMOTE_BATCH, RedisQueue, StreamOptions, delayed_member,
 };
 use crate::domain::now_ms;
-use crate::queue::settle::{AckLayer, Carrier, Held};
-use crate::queue::{Abort, QueueError, Settle};
+use crate::queue::consumer::{Consumer, ConsumerBackend};
+use crate::queue::settle::{Carrier, Held};
+use crate::queue::{Abort, ConsumerOptions, QueueError, Settle};
 
 /// A stream entry as a handler's task carries it (in the task's data).
 #[derive(Debug, Clone)]
@@ -161,151 +158,70 @@ impl StreamConsumer {
     }
 }
 
-/// The apalis backend: tasks come from the fetch loop through a channel.
-pub struct RedisStreamBackend<Args> {
-    shared: Arc<StreamConsumer>,
-    rx: Option<mpsc::Receiver<Task<Args>>>,
-    fetcher: Option<JoinHandle<()>>,
-    stop: CancellationToken,
-    closing: Option<BoxFuture<'static, Result<(), QueueError>>>,
-    _args: PhantomData<fn() -> Args>,
-}
+/// The apalis backend of one Redis Streams consumer.
+pub type RedisStreamBackend<Args> = ConsumerBackend<StreamConsumer, Args>;
 
-impl<Args> std::fmt::Debug for RedisStreamBackend<Args> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStreamBackend")
-            .field("stream", &self.shared.keys.stream)
-            .field("consumer", &self.shared.options.consumer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<Args> RedisStreamBackend<Args> {
+impl StreamConsumer {
     pub(super) fn new(queue: RedisQueue, keys: Keys, options: StreamOptions) -> Self {
         let (acks, ack_rx) = mpsc::unbounded_channel();
         Self {
-            shared: Arc::new(StreamConsumer {
-                queue,
-                keys,
-                options,
-                held: Held::default(),
-                reader_id: AtomicI64::new(0),
-                acks,
-                ack_rx: Mutex::new(Some(ack_rx)),
-            }),
-            rx: None,
-            fetcher: None,
-            stop: CancellationToken::new(),
-            closing: None,
-            _args: PhantomData,
+            queue,
+            keys,
+            options,
+            held: Held::default(),
+            reader_id: AtomicI64::new(0),
+            acks,
+            ack_rx: Mutex::new(Some(ack_rx)),
         }
     }
 }
 
-impl<Args: DeserializeOwned + Send + 'static> RedisStreamBackend<Args> {
-    fn start(&mut self) -> &mut mpsc::Receiver<Task<Args>> {
-        let shared = &self.shared;
-        let stop = &self.stop;
-        let fetcher = &mut self.fetcher;
-        self.rx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(shared.options.prefetch.max(1));
-            *fetcher = Some(tokio::spawn(fetch_loop(shared.clone(), tx, stop.clone())));
-            tokio::spawn(heartbeat_loop(shared.clone(), stop.clone()));
-            tokio::spawn(promote_loop(shared.clone(), stop.clone()));
-            if let Some(ack_rx) = shared.ack_rx.lock().ok().and_then(|mut r| r.take()) {
-                tokio::spawn(ack_loop(shared.clone(), ack_rx, stop.clone()));
-            }
-            rx
-        })
-    }
-}
-
-impl<Args> Drop for RedisStreamBackend<Args> {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl<Args: DeserializeOwned + Send + 'static> Backend for RedisStreamBackend<Args> {
-    type Task = Task<Args>;
-    type Error = QueueError;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), QueueError>> {
-        Poll::Ready(Ok(()))
+impl Consumer for StreamConsumer {
+    fn options(&self) -> &ConsumerOptions {
+        &self.options
     }
 
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Args>, QueueError>>> {
-        self.start().poll_recv(cx).map(|task| task.map(Ok))
+    fn spawn<Args: DeserializeOwned + Send + 'static>(
+        self: &Arc<Self>,
+        tx: mpsc::Sender<Task<Args>>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(heartbeat_loop(self.clone(), stop.clone()));
+        tokio::spawn(promote_loop(self.clone(), stop.clone()));
+        if let Some(ack_rx) = self.ack_rx.lock().ok().and_then(|mut r| r.take()) {
+            tokio::spawn(ack_loop(self.clone(), ack_rx, stop.clone()));
+        }
+        tokio::spawn(fetch_loop(self.clone(), tx, stop))
     }
 
-    /// Runs once every started task finished: stops fetching and hands the
-    /// entries fetched but never started back to the stream for others.
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), QueueError>> {
-        if self.closing.is_none() {
-            self.stop.cancel();
-            if let Some(rx) = &mut self.rx {
-                rx.close();
-                while rx.try_recv().is_ok() {}
-            }
-            let fetcher = self.fetcher.take();
-            let shared = self.shared.clone();
-            self.closing = Some(Box::pin(async move {
-                // End the blocked read so it completes (and cannot deliver
-                // to this consumer after the hand-back below).
-                // Repeated, in case the read only began after an unblock.
-                if let Some(mut fetcher) = fetcher {
-                    loop {
-                        let reader = shared.reader_id.load(Ordering::SeqCst);
-                        if reader > 0 {
-                            let _: Result<i64, _> = redis::cmd("CLIENT")
-                                .arg("UNBLOCK")
-                                .arg(reader)
-                                .query_async(&mut shared.queue.conn.clone())
-                                .await;
-                        }
-                        if tokio::time::timeout(Duration::from_millis(100), &mut fetcher)
-                            .await
-                            .is_ok()
-                        {
-                            break;
-                        }
+    fn close(
+        self: Arc<Self>,
+        fetcher: Option<JoinHandle<()>>,
+    ) -> BoxFuture<'static, Result<(), QueueError>> {
+        Box::pin(async move {
+            // End the blocked read so it completes (and cannot deliver to
+            // this consumer after the hand-back below). Repeated, in case
+            // the read only began after an unblock.
+            if let Some(mut fetcher) = fetcher {
+                loop {
+                    let reader = self.reader_id.load(Ordering::SeqCst);
+                    if reader > 0 {
+                        let _: Result<i64, _> = redis::cmd("CLIENT")
+                            .arg("UNBLOCK")
+                            .arg(reader)
+                            .query_async(&mut self.queue.conn.clone())
+                            .await;
+                    }
+                    if tokio::time::timeout(Duration::from_millis(100), &mut fetcher)
+                        .await
+                        .is_ok()
+                    {
+                        break;
                     }
                 }
-                hand_back(&shared).await
-            }));
-        }
-        match self.closing.as_mut() {
-            Some(closing) => closing.as_mut().poll(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl<Args> BackendConfig for RedisStreamBackend<Args> {
-    type Args = Args;
-    type Id = String;
-    type Kind = Ephemeral;
-    type Config = StreamOptions;
-    type Layer = AckLayer<StreamConsumer>;
-
-    fn config(&self) -> &StreamOptions {
-        &self.shared.options
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer<StreamConsumer> {
-        AckLayer::new(self.shared.clone())
+            }
+            hand_back(&self).await
+        })
     }
 }
 

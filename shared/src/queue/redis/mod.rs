@@ -289,7 +289,7 @@ impl RedisQueue {
     /// A backend for one worker of `queue`.
     #[must_use]
     pub fn backend<Args>(&self, queue: &str, options: StreamOptions) -> RedisStreamBackend<Args> {
-        RedisStreamBackend::new(self.clone(), self.keys(queue), options)
+        RedisStreamBackend::new(StreamConsumer::new(self.clone(), self.keys(queue), options))
     }
 }
 

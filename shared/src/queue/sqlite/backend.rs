@@ -16,7 +16,7 @@
 //! - a reclaim every half visibility timeout: messages `Running` whose
 //!   `lock_at` is older than the visibility timeout (their settlement failed,
 //!   or their consumer stopped without handing them back) become `Pending`;
-//! - settlement by the shared [`AckLayer`]: success marks the row `Done`
+//! - settlement by the shared [`AckLayer`](crate::queue::settle::AckLayer): success marks the row `Done`
 //!   (batched), a failure is settled by the [`RetryPolicy`]: `Pending` again
 //!   with `attempts + 1` and `run_at` after the backoff, or `Killed` (the
 //!   dead letters) with the error in `last_result`.
@@ -26,17 +26,13 @@
 //!
 //! [`RetryPolicy`]: crate::queue::RetryPolicy
 
-use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apalis_core::backend::{Backend, BackendConfig, finalize::Ephemeral};
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
-use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use sqlx::SqlitePool;
@@ -45,7 +41,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::settle::{AckLayer, Carrier, Held};
+use crate::queue::consumer::{Consumer, ConsumerBackend};
+use crate::queue::settle::{Carrier, Held};
 use crate::queue::{Abort, ConsumerOptions, QueueError, Settle};
 
 /// What a task carries about its row (in the task's data).
@@ -220,6 +217,24 @@ impl RowConsumer {
         Ok(n)
     }
 
+    /// Hands back every message this consumer still claims: called once
+    /// every started task finished, so these were fetched but never started.
+    async fn hand_back_all(&self) -> Result<u64, QueueError> {
+        let done = sqlx::query(
+            "UPDATE Jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL \
+             WHERE job_type = $1 AND lock_by = $2 AND status = 'Running'",
+        )
+        .bind(&self.queue)
+        .bind(&self.options.consumer)
+        .execute(&self.pool)
+        .await?;
+        let n = done.rows_affected();
+        if n > 0 {
+            tracing::info!(queue = %self.queue, count = n, "handed unstarted messages back to the queue");
+        }
+        Ok(n)
+    }
+
     /// Hands claimed but unstarted messages back to the queue.
     async fn hand_back(&self, ids: &[String]) -> Result<u64, QueueError> {
         if ids.is_empty() {
@@ -243,27 +258,10 @@ impl RowConsumer {
     }
 }
 
-/// The apalis backend of one embedded queue: tasks come from the fetch loop
-/// through a channel.
-pub struct SqliteQueueBackend<Args> {
-    shared: Arc<RowConsumer>,
-    rx: Option<mpsc::Receiver<Task<Args>>>,
-    fetcher: Option<JoinHandle<()>>,
-    stop: CancellationToken,
-    closing: Option<BoxFuture<'static, Result<(), QueueError>>>,
-    _args: PhantomData<fn() -> Args>,
-}
+/// The apalis backend of one embedded queue's consumer.
+pub type SqliteQueueBackend<Args> = ConsumerBackend<RowConsumer, Args>;
 
-impl<Args> std::fmt::Debug for SqliteQueueBackend<Args> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteQueueBackend")
-            .field("queue", &self.shared.queue)
-            .field("consumer", &self.shared.options.consumer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<Args> SqliteQueueBackend<Args> {
+impl RowConsumer {
     pub(super) fn new(
         pool: SqlitePool,
         queue: &str,
@@ -273,116 +271,46 @@ impl<Args> SqliteQueueBackend<Args> {
     ) -> Self {
         let (acks, ack_rx) = mpsc::unbounded_channel();
         Self {
-            shared: Arc::new(RowConsumer {
-                pool,
-                queue: queue.to_owned(),
-                options,
-                wake,
-                fallback_poll,
-                held: Held::default(),
-                acks,
-                ack_rx: Mutex::new(Some(ack_rx)),
-            }),
-            rx: None,
-            fetcher: None,
-            stop: CancellationToken::new(),
-            closing: None,
-            _args: PhantomData,
+            pool,
+            queue: queue.to_owned(),
+            options,
+            wake,
+            fallback_poll,
+            held: Held::default(),
+            acks,
+            ack_rx: Mutex::new(Some(ack_rx)),
         }
     }
 }
 
-impl<Args: DeserializeOwned + Send + 'static> SqliteQueueBackend<Args> {
-    fn start(&mut self) -> &mut mpsc::Receiver<Task<Args>> {
-        let shared = &self.shared;
-        let stop = &self.stop;
-        let fetcher = &mut self.fetcher;
-        self.rx.get_or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(shared.options.prefetch.max(1));
-            *fetcher = Some(tokio::spawn(fetch_loop(shared.clone(), tx, stop.clone())));
-            tokio::spawn(heartbeat_loop(shared.clone(), stop.clone()));
-            if let Some(ack_rx) = shared.ack_rx.lock().ok().and_then(|mut r| r.take()) {
-                tokio::spawn(ack_loop(shared.clone(), ack_rx, stop.clone()));
+impl Consumer for RowConsumer {
+    fn options(&self) -> &ConsumerOptions {
+        &self.options
+    }
+
+    fn spawn<Args: DeserializeOwned + Send + 'static>(
+        self: &Arc<Self>,
+        tx: mpsc::Sender<Task<Args>>,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(heartbeat_loop(self.clone(), stop.clone()));
+        if let Some(ack_rx) = self.ack_rx.lock().ok().and_then(|mut r| r.take()) {
+            tokio::spawn(ack_loop(self.clone(), ack_rx, stop.clone()));
+        }
+        tokio::spawn(fetch_loop(self.clone(), tx, stop))
+    }
+
+    fn close(
+        self: Arc<Self>,
+        fetcher: Option<JoinHandle<()>>,
+    ) -> BoxFuture<'static, Result<(), QueueError>> {
+        Box::pin(async move {
+            // A fetch in flight finishes (and hands back what it took).
+            if let Some(fetcher) = fetcher {
+                let _ = fetcher.await;
             }
-            rx
+            self.hand_back_all().await.map(|_| ())
         })
-    }
-}
-
-impl<Args> Drop for SqliteQueueBackend<Args> {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-impl<Args: DeserializeOwned + Send + 'static> Backend for SqliteQueueBackend<Args> {
-    type Task = Task<Args>;
-    type Error = QueueError;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), QueueError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Option<Result<Task<Args>, QueueError>>> {
-        self.start().poll_recv(cx).map(|task| task.map(Ok))
-    }
-
-    /// Runs once every started task finished: stops fetching and hands the
-    /// messages claimed but never started back to the queue.
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), QueueError>> {
-        if self.closing.is_none() {
-            self.stop.cancel();
-            let mut unstarted = Vec::new();
-            if let Some(rx) = &mut self.rx {
-                rx.close();
-                while let Ok(task) = rx.try_recv() {
-                    if let Some(meta) = task.ctx().data().get::<Arc<RowMeta>>() {
-                        unstarted.push(meta.id.clone());
-                    }
-                }
-            }
-            let fetcher = self.fetcher.take();
-            let shared = self.shared.clone();
-            self.closing = Some(Box::pin(async move {
-                // A fetch in flight finishes (and hands back what it took).
-                if let Some(fetcher) = fetcher {
-                    let _ = fetcher.await;
-                }
-                shared.hand_back(&unstarted).await.map(|_| ())
-            }));
-        }
-        match self.closing.as_mut() {
-            Some(closing) => closing.as_mut().poll(cx),
-            None => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl<Args> BackendConfig for SqliteQueueBackend<Args> {
-    type Args = Args;
-    type Id = String;
-    type Kind = Ephemeral;
-    type Config = ConsumerOptions;
-    type Layer = AckLayer<RowConsumer>;
-
-    fn config(&self) -> &ConsumerOptions {
-        &self.shared.options
-    }
-
-    fn middleware(&mut self, _: &mut WorkerContext) -> AckLayer<RowConsumer> {
-        AckLayer::new(self.shared.clone())
     }
 }
 

@@ -217,13 +217,13 @@ impl SqliteQueue {
     /// this process, polling every [`FALLBACK_POLL`] (by default) otherwise.
     #[must_use]
     pub fn backend<Args>(&self, queue: &str, options: ConsumerOptions) -> SqliteQueueBackend<Args> {
-        SqliteQueueBackend::new(
+        SqliteQueueBackend::new(RowConsumer::new(
             self.pool.clone(),
             queue,
             options,
             self.waker(queue),
             self.fallback_poll,
-        )
+        ))
     }
 
     /// The pool the queue lives in.
