@@ -202,7 +202,8 @@ async function run(fill, yourWords) {
     const job = accepted.status && TERMINAL.has(accepted.status) ? accepted : await follow(accepted);
     await present(job);
   } catch (error) {
-    console.error(error);
+    // A gentle error is an answer worded for the person, not a fault.
+    if (!(error instanceof GentleError)) console.error(error);
     showNotice(error instanceof GentleError ? error.message : GENTLE_FAILURE);
     setState("idle");
   } finally {
