@@ -8,11 +8,12 @@
 //! demuxer would, far enough to see at least one audio frame or packet, and
 //! says why when there is none. It never decodes: a file that passes can
 //! still hold silence, and a codec bitstream is not verified beyond its
-//! headers. The walk stops at the first audio it finds, so its cost does not
-//! grow with the file.
+//! headers. The walk skips elements by their sizes and stops at the first
+//! audio it finds, so its cost follows the number of elements before that
+//! audio, not the number of bytes.
 //!
-//! One module per container: [`wav`], [`ebml`] (WebM/Matroska), [`ogg`],
-//! [`mpeg`] (MP3), [`flac`], [`mp4`]; [`samples`] builds small valid and
+//! One module per container: `wav`, `ebml` (WebM/Matroska), `ogg`,
+//! `mpeg` (MP3), `flac`, `mp4`; [`samples`] builds small valid and
 //! broken files of each for tests.
 
 mod ebml;
