@@ -53,6 +53,10 @@ pub enum ApiError {
     AudioTooLarge,
     #[error("the audio is not WAV, WebM, Ogg, MP3, FLAC or MP4/M4A")]
     UnsupportedAudioFormat,
+    /// A known container holding nothing a decoder could play; the reason
+    /// says what is missing (it names structures, never audio content).
+    #[error("{0}")]
+    InvalidAudio(String),
     #[error("`session_id` is required")]
     SessionIdRequired,
     #[error("`session_id` is not a valid session id")]
@@ -119,6 +123,7 @@ impl ApiError {
             Self::TextTooLong => (S::BAD_REQUEST, "text_too_long"),
             Self::AudioTooLarge => (S::PAYLOAD_TOO_LARGE, "audio_too_large"),
             Self::UnsupportedAudioFormat => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_audio_format"),
+            Self::InvalidAudio(_) => (S::UNPROCESSABLE_ENTITY, "invalid_audio"),
             Self::SessionIdRequired => (S::BAD_REQUEST, "session_id_required"),
             Self::InvalidSessionId => (S::BAD_REQUEST, "invalid_session_id"),
             Self::SessionNotFound => (S::NOT_FOUND, "session_not_found"),

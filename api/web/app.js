@@ -15,6 +15,8 @@ const notice = $("notice");
 
 const GENTLE_FAILURE =
   "Something got in the way and Rose could not answer this time. Please take a breath and try again in a moment.";
+/** Shown when the recording held no sound Rose could hear (`invalid_audio`). */
+const NOTHING_HEARD = "Rose could not hear anything in that recording. Tap and try again when you are ready.";
 const STAGE_WORDS = {
   queued: "Rose is listening closely…",
   stt: "Rose is listening closely…",
@@ -99,6 +101,7 @@ async function submit(fill) {
         `Rose is still with your last words. Please give her about ${wait} seconds, then try again.`,
       );
     }
+    if (json?.error?.code === "invalid_audio") throw new GentleError(NOTHING_HEARD);
     if (json?.error?.code === "session_not_found" && tries === 0) {
       await startSession();
       continue;
@@ -164,7 +167,7 @@ async function poll(statusUrl) {
 async function present(job) {
   const result = job.result ?? {};
   if (job.status !== "succeeded") {
-    showNotice(GENTLE_FAILURE);
+    showNotice(job.error?.code === "invalid_audio" ? NOTHING_HEARD : GENTLE_FAILURE);
     setState("idle");
     return;
   }
@@ -199,7 +202,8 @@ async function run(fill, yourWords) {
     const job = accepted.status && TERMINAL.has(accepted.status) ? accepted : await follow(accepted);
     await present(job);
   } catch (error) {
-    console.error(error);
+    // A gentle error is an answer worded for the person, not a fault.
+    if (!(error instanceof GentleError)) console.error(error);
     showNotice(error instanceof GentleError ? error.message : GENTLE_FAILURE);
     setState("idle");
   } finally {

@@ -7,6 +7,9 @@
 //! ([`crate::content::reply`]) and says it is simulated; JSON mode answers
 //! `{"fact": …}`. Usage counts about four characters a token. `stream: true`
 //! answers the same reply as server-sent `chat.completion.chunk` events.
+//! `tools` with a forced `tool_choice` answer a `tool_calls` message instead
+//! (see [`crate::tools`]); tool results and assistant tool calls in
+//! `messages`, and content given as text parts, are read as Groq reads them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,11 +21,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::Sim;
+use crate::chat_fields;
 use crate::content::{self, random_id};
 use crate::groq::{CHAT_MODELS, GroqError, authorize, json_object, rate_headers, refusal};
 use crate::state::Endpoint;
-
-const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+use crate::tools::{self, Tool};
 
 /// What a valid request asks for.
 #[derive(Debug)]
@@ -33,6 +36,20 @@ struct ChatRequest {
     max_tokens: Option<u64>,
     prompt_chars: usize,
     last_user: String,
+    /// The tool a forced `tool_choice` calls.
+    tool_call: Option<Tool>,
+}
+
+/// What the simulated model answers.
+#[derive(Debug)]
+enum Reply {
+    Text(String),
+    /// One tool call: its id, the tool's name and the arguments (a JSON string).
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
 }
 
 /// The handler.
@@ -48,22 +65,15 @@ async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, R
     let body = json_object(headers, body).map_err(IntoResponse::into_response)?;
     let request = validate(&body).map_err(IntoResponse::into_response)?;
 
-    let mut content = if request.json_mode {
-        content::fact_json(&request.last_user)
-    } else {
-        content::reply(&request.last_user)
+    let (reply, finish_reason) = answer(&request);
+    let completion_chars = match &reply {
+        Reply::Text(text) => text.chars().count(),
+        Reply::ToolCall {
+            name, arguments, ..
+        } => name.chars().count() + arguments.chars().count(),
     };
-    let mut finish_reason = "stop";
-    if let Some(limit) = request.max_tokens
-        && !request.json_mode
-        && content::tokens(content.chars().count()) > limit
-    {
-        let keep = usize::try_from(limit.saturating_mul(4)).unwrap_or(usize::MAX);
-        content = content.chars().take(keep).collect();
-        finish_reason = "length";
-    }
     let prompt_tokens = content::tokens(request.prompt_chars);
-    let completion_tokens = content::tokens(content.chars().count());
+    let completion_tokens = content::tokens(completion_chars);
     let total_tokens = prompt_tokens + completion_tokens;
 
     let grant = sim
@@ -89,12 +99,14 @@ async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, R
     let headers = rate_headers(&grant.rate, &request_id);
     if request.stream {
         let events = stream_events(
-            &id,
-            created,
-            &request.model,
-            &content,
+            &Chunk {
+                id: &id,
+                created,
+                model: &request.model,
+                request_id: &request_id,
+            },
+            &reply,
             finish_reason,
-            &request_id,
             &usage,
         );
         let sse = [
@@ -110,7 +122,7 @@ async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, R
         "model": request.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content},
+            "message": message(&reply),
             "logprobs": null,
             "finish_reason": finish_reason,
         }],
@@ -121,6 +133,50 @@ async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, R
         "service_tier": "on_demand",
     });
     Ok((headers, axum::Json(body)).into_response())
+}
+
+/// The reply and its finish reason: a tool call when the choice forces one,
+/// else words (cut to `max_tokens`).
+fn answer(request: &ChatRequest) -> (Reply, &'static str) {
+    if let Some(tool) = &request.tool_call {
+        let call = Reply::ToolCall {
+            id: random_id("call_", 24),
+            name: tool.name.clone(),
+            arguments: tool.arguments(),
+        };
+        return (call, "tool_calls");
+    }
+    let mut content = if request.json_mode {
+        content::fact_json(&request.last_user)
+    } else {
+        content::reply(&request.last_user)
+    };
+    let mut finish_reason = "stop";
+    if let Some(limit) = request.max_tokens
+        && !request.json_mode
+        && content::tokens(content.chars().count()) > limit
+    {
+        let keep = usize::try_from(limit.saturating_mul(4)).unwrap_or(usize::MAX);
+        content = content.chars().take(keep).collect();
+        finish_reason = "length";
+    }
+    (Reply::Text(content), finish_reason)
+}
+
+/// The assistant message of a non-streamed answer.
+fn message(reply: &Reply) -> Value {
+    match reply {
+        Reply::Text(text) => json!({"role": "assistant", "content": text}),
+        Reply::ToolCall {
+            id,
+            name,
+            arguments,
+        } => json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [{"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+        }),
+    }
 }
 
 /// Checks the body against Groq's schema and rules.
@@ -154,38 +210,11 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
     let mut mentions_json = false;
     let mut last_user = String::new();
     for (i, message) in messages.iter().enumerate() {
-        let Some(message) = message.as_object() else {
-            return Err(GroqError::invalid(format!(
-                "'messages.{i}' : value must be an object"
-            )));
-        };
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if !ROLES.contains(&role) {
-            return Err(GroqError::invalid(format!(
-                "'messages.{i}.role' : value must be one of [system user assistant tool]"
-            )));
-        }
-        let text = match message.get("content") {
-            Some(Value::String(text)) => text.as_str(),
-            // An assistant turn that only calls tools has no content.
-            None | Some(Value::Null)
-                if role == "assistant" && message.contains_key("tool_calls") =>
-            {
-                ""
-            }
-            _ => {
-                return Err(GroqError::invalid(format!(
-                    "'messages.{i}.content' : value must be a string"
-                )));
-            }
-        };
+        let (role, text) = chat_fields::read_message(i, message)?;
         prompt_chars += text.chars().count();
         mentions_json |= text.to_ascii_lowercase().contains("json");
         if role == "user" {
-            text.clone_into(&mut last_user);
+            last_user = text;
         }
     }
     if let Some(t) = present(body, "temperature") {
@@ -242,6 +271,8 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
             ));
         }
     };
+    chat_fields::check_sampling(body, stream)?;
+    let tool_call = tools::forced_tool(body)?;
     if !CHAT_MODELS.contains(&model.as_str()) {
         return Err(GroqError::model_not_found(&model));
     }
@@ -257,6 +288,7 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
         max_tokens,
         prompt_chars,
         last_user,
+        tool_call,
     })
 }
 
@@ -265,51 +297,68 @@ fn present<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     body.get(name).filter(|v| !v.is_null())
 }
 
-/// The reply as server-sent events: a role chunk, one chunk a word, a final
-/// chunk with the finish reason and usage, then `[DONE]`.
-fn stream_events(
-    id: &str,
+/// What every chunk of one streamed answer repeats.
+struct Chunk<'a> {
+    id: &'a str,
     created: u64,
-    model: &str,
-    content: &str,
-    finish_reason: &str,
-    request_id: &str,
-    usage: &Value,
-) -> String {
-    let chunk = |delta: Value, finish: Value, x_groq: Value| {
+    model: &'a str,
+    request_id: &'a str,
+}
+
+impl Chunk<'_> {
+    fn event(&self, delta: Value, finish: Value, usage: Option<&Value>) -> String {
+        let mut x_groq = json!({"id": self.request_id});
+        if let Some(usage) = usage {
+            x_groq["usage"] = usage.clone();
+        }
         let event = json!({
-            "id": id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "created": self.created,
+            "model": self.model,
             "system_fingerprint": "fp_sim",
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
             "x_groq": x_groq,
         });
         format!("data: {event}\n\n")
-    };
-    let mut out = chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-        json!({"id": request_id}),
-    );
-    for (i, word) in content.split(' ').enumerate() {
-        let piece = if i == 0 {
-            word.to_owned()
-        } else {
-            format!(" {word}")
-        };
-        out.push_str(&chunk(
-            json!({"content": piece}),
-            Value::Null,
-            json!({"id": request_id}),
-        ));
     }
-    out.push_str(&chunk(
-        json!({}),
-        json!(finish_reason),
-        json!({"id": request_id, "usage": usage}),
-    ));
+}
+
+/// The reply as server-sent events: a role chunk, one chunk a word (or one
+/// chunk with the whole tool call, as Groq sends it), a final chunk with the
+/// finish reason and usage, then `[DONE]`.
+fn stream_events(chunk: &Chunk<'_>, reply: &Reply, finish_reason: &str, usage: &Value) -> String {
+    let mut out = String::new();
+    match reply {
+        Reply::Text(content) => {
+            out.push_str(&chunk.event(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                None,
+            ));
+            for (i, word) in content.split(' ').enumerate() {
+                let piece = if i == 0 {
+                    word.to_owned()
+                } else {
+                    format!(" {word}")
+                };
+                out.push_str(&chunk.event(json!({"content": piece}), Value::Null, None));
+            }
+        }
+        Reply::ToolCall {
+            id,
+            name,
+            arguments,
+        } => {
+            let delta = json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+            });
+            out.push_str(&chunk.event(delta, Value::Null, None));
+        }
+    }
+    out.push_str(&chunk.event(json!({}), json!(finish_reason), Some(usage)));
     out.push_str("data: [DONE]\n\n");
     out
 }

@@ -27,6 +27,7 @@
 //! helpers `content`, `form`, `mp3`, `tone`.
 
 mod chat;
+mod chat_fields;
 mod config;
 mod content;
 mod control;
@@ -41,6 +42,7 @@ mod record;
 mod state;
 mod stats;
 mod tone;
+mod tools;
 mod transcription;
 mod window;
 

@@ -3,8 +3,12 @@
 //! Checks run in Groq's order: bearer auth, a multipart body with a `file`
 //! part (with a file name) and a `model` field, a known Whisper model, the
 //! 25 MB size limit, audio bytes by magic number, then the optional fields.
-//! The transcript is deterministic (see [`crate::content::transcript`]): a
-//! WAV's `LIST/INFO/ICMT` comment, else a phrase picked by SHA-256.
+//! Past the rate gate the file is "decoded": a container with no decodable
+//! audio in it (see [`rose_shared::audio::check`]: an empty `fmt `, a WebM
+//! without frames, an MP4 without a sound track) gets the 400 Groq's decoder
+//! answers, before any latency is spent. The transcript is deterministic
+//! (see [`crate::content::transcript`]): a WAV's `LIST/INFO/ICMT` comment,
+//! else a phrase picked by SHA-256.
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -23,6 +27,8 @@ use crate::state::Endpoint;
 const MAX_FILE_BYTES: usize = 25 * 1024 * 1024;
 const TYPES_MESSAGE: &str =
     "file must be one of the following types: [flac mp3 mp4 mpeg mpga m4a ogg opus wav webm]";
+/// What Groq answers when its decoder finds no audio in a file.
+const UNDECODABLE_MESSAGE: &str = "could not process file - is it a valid media file?";
 
 /// How the answer is shaped (`response_format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,11 +135,14 @@ async fn run(sim: &Sim, request: Request) -> Result<Response, Response> {
             ))));
         }
     };
-    let text = transcript(&file.data);
     let grant = sim
         .state()
         .gate(Endpoint::Transcriptions, 0)
         .map_err(|r| refusal(r, model))?;
+    if rose_shared::audio::check(&file.data).is_err() {
+        return Err(fail(GroqError::invalid(UNDECODABLE_MESSAGE)));
+    }
+    let text = transcript(&file.data);
     sim.state().wait(Endpoint::Transcriptions).await;
 
     let request_id = random_id("req_", 26);

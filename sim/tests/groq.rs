@@ -335,3 +335,47 @@ async fn unknown_urls_answer_in_groq_shape() {
     .await;
     assert_eq!(status, 405);
 }
+
+/// Groq's answer to a file its decoder cannot read.
+fn undecodable() -> Value {
+    json!({"error": {"message": "could not process file - is it a valid media file?", "type": "invalid_request_error"}})
+}
+
+#[tokio::test]
+async fn audio_without_decodable_frames_gets_groqs_400() {
+    use rose_shared::audio::samples;
+    let sim = TestSim::start().await;
+    for (name, audio) in [
+        ("a RIFF header with an empty fmt", samples::wav_zero_fmt()),
+        ("a WAV without data", samples::wav_without_data()),
+        (
+            "a 600-byte WebM without frames",
+            samples::webm_without_frames(),
+        ),
+        ("Ogg/Opus headers only", samples::ogg_opus(0)),
+        (
+            "an MP4 without a sound track",
+            samples::mp4(samples::Mp4 {
+                sound: false,
+                ..samples::Mp4::default()
+            }),
+        ),
+    ] {
+        let (status, body) = error_of(sim.transcribe(audio, "whisper-large-v3-turbo").await).await;
+        assert_eq!((status, body), (400, undecodable()), "{name}");
+    }
+    // What decodes still transcribes: the WAV comment, and a browser recording.
+    let spoken = "Some days the house feels so quiet.";
+    let response = sim
+        .transcribe(wav(Some(spoken)), "whisper-large-v3-turbo")
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["text"], spoken);
+    for audio in [samples::webm(), samples::ogg_opus(3), samples::mp3(4)] {
+        assert_eq!(
+            sim.transcribe(audio, "whisper-large-v3").await.status(),
+            200
+        );
+    }
+}

@@ -233,7 +233,41 @@ test("the controls are keyboard operable with a visible focus", async () => {
   await page.keyboard.press("Shift+Tab");
   await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.body.dataset.state === "listening");
+  // Let the fake microphone speak: a recording stopped at once holds no audio.
+  await page.waitForTimeout(1000);
   await page.keyboard.press("Enter");
   await expectReply(page);
+  await page.context().close();
+});
+
+test("a tap too short to record any sound gets a gentle word, not a reply", async () => {
+  const { page, errors, shot } = await openPage("too-short");
+  // Stop the moment recording starts: Chromium's WebM then holds its headers
+  // and no audio frame, which Rose refuses (422 invalid_audio) before storing it.
+  const upload = page.waitForResponse((r) => r.url().endsWith("/api/voice/process"));
+  await page.evaluate(() => {
+    const talk = document.getElementById("talk");
+    new MutationObserver((_, observer) => {
+      if (document.body.dataset.state === "listening") {
+        observer.disconnect();
+        talk.click();
+      }
+    }).observe(document.body, { attributes: true, attributeFilter: ["data-state"] });
+    talk.click();
+  });
+  const response = await upload;
+  assert.equal(response.status(), 422);
+  assert.equal((await response.json()).error.code, "invalid_audio");
+  const notice = page.getByRole("alert");
+  await notice.waitFor();
+  assert.match(await notice.innerText(), /could not hear anything/);
+  assert.equal(await page.locator("#transcript li.rose").count(), 0);
+  await page.waitForFunction(() => document.body.dataset.state === "idle");
+  await shot("notice");
+  // The refusal is the api's answer, not a page error (Chromium itself logs the 422).
+  assert.deepEqual(
+    errors.filter((e) => !e.includes("422")),
+    [],
+  );
   await page.context().close();
 });

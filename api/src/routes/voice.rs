@@ -6,7 +6,11 @@
 //!
 //! Everything is checked before anything is stored: the audio's size is
 //! counted while its part streams in (never trusting `Content-Length`), its
-//! container is told by magic bytes, and the session must exist. The job row
+//! container is told by magic bytes (415 when it is none Rose takes), its
+//! structure must hold at least one decodable audio frame (422
+//! `invalid_audio` otherwise: an empty WAV `fmt `, a WebM without frames, an
+//! MP4 without a sound track — what the provider would refuse anyway, and
+//! Rose can tell without paying for it), and the session must exist. The job row
 //! is committed before the push; if the push fails the job is marked failed so
 //! it is never left waiting for nothing.
 
@@ -18,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use rose_shared::Rose;
-use rose_shared::audio::sniff;
+use rose_shared::audio::{self, AudioError};
 use rose_shared::callback::{self, UrlError};
 use rose_shared::domain::{JobError, SessionId, VoiceTask};
 use rose_shared::store::{Created, JobInput, NewJob, StoreError};
@@ -49,7 +53,8 @@ pub fn router() -> OpenApiRouter<Rose> {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 struct VoiceForm {
-    /// The recording: WAV, WebM, Ogg, MP3, FLAC or MP4/M4A, up to 10 MB.
+    /// The recording: WAV, WebM, Ogg, MP3, FLAC or MP4/M4A, up to 10 MB,
+    /// holding at least one decodable audio frame.
     /// Either this or `text`.
     #[schema(value_type = Option<String>, format = Binary)]
     audio: Option<Vec<u8>>,
@@ -96,7 +101,8 @@ struct Accepted {
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 413, description = "`audio_too_large`", body = ErrorBody),
         (status = 429, description = "`rate_limited` (per client address), `session_busy` (jobs in flight); with `Retry-After`", body = ErrorBody),
-        (status = 415, description = "`unsupported_audio_format`", body = ErrorBody),
+        (status = 415, description = "`unsupported_audio_format`: the bytes are none of the accepted containers", body = ErrorBody),
+        (status = 422, description = "`invalid_audio`: a known container with no decodable audio in it (e.g. a WAV whose `fmt `/`data` chunk is missing or impossible, a WebM without frames, an MP4 without a sound track)", body = ErrorBody),
         (status = 503, description = "`storage_unavailable`, `queue_unavailable`", body = ErrorBody),
     )
 )]
@@ -264,22 +270,31 @@ fn typed_input(text: &str) -> ApiResult<JobInput> {
     Ok(JobInput::Text(text.to_owned()))
 }
 
-/// A recording, told by its magic bytes.
+/// A recording, told by its magic bytes and checked for decodable audio.
 fn audio_input(audio: Vec<u8>) -> ApiResult<JobInput> {
     let outcome = if audio.is_empty() {
         Err(ApiError::AudioEmpty)
     } else {
-        sniff(&audio).ok_or(ApiError::UnsupportedAudioFormat)
+        audio::check(&audio).map_err(|e| match e {
+            AudioError::UnknownContainer => ApiError::UnsupportedAudioFormat,
+            e @ AudioError::Undecodable { .. } => ApiError::InvalidAudio(e.to_string()),
+        })
+    };
+    let format = audio::sniff(&audio).map_or("unknown", |f| f.name());
+    let reason = match &outcome {
+        Err(ApiError::InvalidAudio(reason)) => Some(reason.as_str()),
+        _ => None,
     };
     tracing::info!(
         event = "audio_validation",
         audio_size = audio.len(),
-        format = outcome.as_ref().map_or("unknown", |f| f.name()),
+        format,
         outcome = if outcome.is_ok() {
             "accepted"
         } else {
             "rejected"
         },
+        reason,
         "audio_validation"
     );
     let format = outcome?;

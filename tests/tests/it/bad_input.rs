@@ -3,6 +3,7 @@
 
 use futures::stream;
 use reqwest::multipart::{Form, Part};
+use rose_shared::audio::samples;
 use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestApp, spawn_app_with};
 use serde_json::Value;
 
@@ -77,6 +78,22 @@ async fn bad_inputs(deployment: Deployment) {
         .part("audio", audio_part(b"%PDF-1.7 this is a document".to_vec()))
         .text("session_id", session.clone());
     expect_error(post_form(&app, form).await, 415, "unsupported_audio_format").await;
+    // A known container with no decodable audio in it.
+    for broken in [
+        samples::wav_zero_fmt(),
+        samples::webm_without_frames(),
+        samples::wav_without_data(),
+        samples::wav_with(1, 0, 16_000, 2, 16, 64),
+        samples::mp4(samples::Mp4 {
+            sound: false,
+            ..samples::Mp4::default()
+        }),
+    ] {
+        let form = Form::new()
+            .part("audio", audio_part(broken))
+            .text("session_id", session.clone());
+        expect_error(post_form(&app, form).await, 422, "invalid_audio").await;
+    }
     // Session id missing, malformed, unknown.
     let form = Form::new().part("audio", audio_part(SPOKEN_WAV.to_vec()));
     expect_error(post_form(&app, form).await, 400, "session_id_required").await;
@@ -236,5 +253,18 @@ async fn a_valid_upload_is_stored_and_enqueued_once() {
     assert_eq!(app.count_rows("voice_jobs").await, 1);
     assert_eq!(app.count_rows("audio").await, 1);
     assert_eq!(app.queued_messages().await, 1);
+    // What browsers record passes the same check: Chrome's WebM, Firefox's
+    // Ogg/Opus, Safari's fragmented MP4.
+    for recording in [
+        samples::webm(),
+        samples::ogg_opus(5),
+        samples::mp4(samples::Mp4 {
+            fragmented: true,
+            ..samples::Mp4::default()
+        }),
+    ] {
+        assert_eq!(app.upload(&session, &recording, None).await.status(), 202);
+    }
+    assert_eq!(app.count_rows("voice_jobs").await, 4);
     app.stop().await;
 }

@@ -1,12 +1,13 @@
 //! Property tests of the upload path on random input: whatever bytes
 //! arrive, `POST /api/voice/process` answers with a JSON error or accepts,
-//! never a 5xx and never a panic, and the audio sniffer never panics.
+//! never a 5xx and never a panic, and neither the audio sniffer nor the
+//! container check ever panics.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use rose_shared::audio::sniff;
+use rose_shared::audio::{check, samples, sniff};
 use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestApp, spawn_app_with};
 
 /// One request's body and content type.
@@ -161,5 +162,35 @@ proptest! {
     #[test]
     fn sniffing_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = sniff(&bytes);
+    }
+
+    #[test]
+    fn checking_never_panics(bytes in audio()) {
+        let _ = check(&bytes);
+    }
+
+    /// Real structures with bytes changed and cut: deep paths of every walk.
+    #[test]
+    fn checking_damaged_samples_never_panics(
+        which in 0usize..8,
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = match which {
+            0 => samples::wav(),
+            1 => samples::webm(),
+            2 => samples::ogg_opus(2),
+            3 => samples::ogg_flac(1),
+            4 => samples::mp3(3),
+            5 => samples::flac(2),
+            6 => samples::mp4(samples::Mp4::default()),
+            _ => samples::mp4(samples::Mp4 { fragmented: true, ..samples::Mp4::default() }),
+        };
+        for (at, byte) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+        }
+        bytes.truncate(cut.index(bytes.len() + 1));
+        let _ = check(&bytes);
     }
 }

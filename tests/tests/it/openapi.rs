@@ -71,6 +71,18 @@ async fn the_document_covers_every_route_and_matches_real_answers() {
             .map(|c| c.keys().cloned().collect::<Vec<_>>()),
         Some(vec!["multipart/form-data".to_owned()])
     );
+    // Each refusal of a recording is documented with its code.
+    let responses = &doc["paths"]["/api/voice/process"]["post"]["responses"];
+    for (status, code) in [
+        ("415", "unsupported_audio_format"),
+        ("422", "invalid_audio"),
+        ("413", "audio_too_large"),
+    ] {
+        let description = responses[status]["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(description.contains(code), "{status}: {description:?}");
+    }
 
     // The schemas are the shapes the api really answers with.
     let session = app.start_session().await;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use rose_shared::audio::{AudioFormat, sniff};
-use rose_shared::domain::Role;
+use rose_shared::audio::{AudioFormat, samples, sniff};
+use rose_shared::domain::{Role, VoiceTask};
+use rose_shared::store::{JobInput, NewJob};
 use rose_tests::{Deployment, SPOKEN_TEXT, SPOKEN_WAV, TestApp, spawn_app};
 use serde_json::{Value, json};
 
@@ -263,6 +264,55 @@ async fn embedded_permanent_failure_fails_at_once() {
 #[tokio::test]
 async fn scaled_permanent_failure_fails_at_once() {
     permanent_failure(spawn_app(Deployment::Scaled).await).await;
+}
+
+/// A stored recording with no decodable audio (it bypassed the api's check:
+/// written through the store, as an older Rose or a restored backup would
+/// have kept it) reaches the provider, which refuses it as Groq does: the job
+/// fails at once with `invalid_audio`.
+async fn undecodable_stored_audio(app: TestApp) {
+    let session = app.start_session().await;
+    let (job, _) = app
+        .rose
+        .store
+        .create_job(NewJob {
+            session_id: session.parse().expect("session id"),
+            input: JobInput::Audio {
+                bytes: samples::wav_zero_fmt(),
+                mime: "audio/wav".to_owned(),
+            },
+            idempotency_key: None,
+            request_id: None,
+            callback_url: None,
+            max_in_flight: None,
+        })
+        .await
+        .expect("job stored");
+    app.rose
+        .queue
+        .push_voice(&VoiceTask {
+            job_id: job.id,
+            request_id: None,
+        })
+        .await
+        .expect("job queued");
+    let job = app.wait_for_job(&job.id.to_string(), LIMIT).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "invalid_audio", "{job}");
+    assert_eq!(job["attempts"], 1, "a refused file is not retried");
+    assert_eq!(app.sim.count("transcriptions"), 1, "the provider was asked");
+    assert_eq!(app.sim.count("chat_completions"), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_undecodable_stored_audio_fails_with_invalid_audio() {
+    undecodable_stored_audio(spawn_app(Deployment::Embedded).await).await;
+}
+
+#[tokio::test]
+async fn scaled_undecodable_stored_audio_fails_with_invalid_audio() {
+    undecodable_stored_audio(spawn_app(Deployment::Scaled).await).await;
 }
 
 /// Speech failing for good still delivers the text reply, marked degraded.

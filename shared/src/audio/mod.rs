@@ -1,8 +1,28 @@
-//! Audio container detection by magic bytes, and the WAV facts Rose reads.
+//! Audio container detection by magic bytes, the check that a container
+//! really holds decodable audio, and the WAV facts Rose reads.
 //!
 //! Uploads are accepted when their first bytes name one of the containers the
 //! speech-to-text providers take (WAV, WebM, Ogg, MP3, FLAC, MP4/M4A); the
-//! declared `Content-Type` and file name are never trusted.
+//! declared `Content-Type` and file name are never trusted. [`sniff`] only
+//! reads the magic; [`check`] then walks the container's structure as a
+//! demuxer would, far enough to see at least one audio frame or packet, and
+//! says why when there is none. It never decodes: a file that passes can
+//! still hold silence, and a codec bitstream is not verified beyond its
+//! headers. The walk skips elements by their sizes and stops at the first
+//! audio it finds, so its cost follows the number of elements before that
+//! audio, not the number of bytes.
+//!
+//! One module per container: `wav`, `ebml` (WebM/Matroska), `ogg`,
+//! `mpeg` (MP3), `flac`, `mp4`; [`samples`] builds small valid and
+//! broken files of each for tests.
+
+mod ebml;
+mod flac;
+mod mp4;
+mod mpeg;
+mod ogg;
+pub mod samples;
+mod wav;
 
 /// An audio container Rose accepts, told from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +100,50 @@ pub fn sniff(bytes: &[u8]) -> Option<AudioFormat> {
     None
 }
 
+/// Why an upload is not audio Rose can send on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AudioError {
+    /// The first bytes name none of the accepted containers.
+    #[error("the audio is not WAV, WebM, Ogg, MP3, FLAC or MP4/M4A")]
+    UnknownContainer,
+    /// A known container with no decodable audio in it.
+    #[error("the {} file holds no decodable audio: {reason}", .format.name())]
+    Undecodable {
+        /// The container its magic bytes named.
+        format: AudioFormat,
+        /// What is missing or impossible, in words (no audio bytes).
+        reason: String,
+    },
+}
+
+/// What a container check found wrong (the reason of [`AudioError::Undecodable`]).
+type Verdict = Result<(), String>;
+
+/// Tells the container from its magic bytes and checks that it holds at
+/// least one decodable audio frame: a sane WAV `fmt ` and a `data` chunk
+/// with a whole frame, a WebM audio track with a block, an Ogg audio stream
+/// with a packet past its headers, chaining MPEG audio frames, a FLAC
+/// STREAMINFO and frame, an MP4 sound track with media bytes.
+///
+/// # Errors
+/// [`AudioError::UnknownContainer`] when the magic is none Rose accepts,
+/// [`AudioError::Undecodable`] when the container holds no audio a decoder
+/// could play (a provider would refuse it too).
+pub fn check(bytes: &[u8]) -> Result<AudioFormat, AudioError> {
+    let format = sniff(bytes).ok_or(AudioError::UnknownContainer)?;
+    let verdict = match format {
+        AudioFormat::Wav => wav::check(bytes),
+        AudioFormat::WebM => ebml::check(bytes),
+        AudioFormat::Ogg => ogg::check(bytes),
+        AudioFormat::Mp3 => mpeg::check(bytes),
+        AudioFormat::Flac => flac::check(bytes),
+        AudioFormat::Mp4 => mp4::check(bytes),
+    };
+    verdict
+        .map(|()| format)
+        .map_err(|reason| AudioError::Undecodable { format, reason })
+}
+
 /// An MPEG audio frame header: 11 sync bits, a valid version, layer,
 /// bitrate and sample-rate index.
 fn is_mpeg_audio_frame(bytes: &[u8]) -> bool {
@@ -146,7 +210,7 @@ pub fn wav_info(bytes: &[u8]) -> Option<WavInfo> {
 
 /// The chunk at `pos`: its id, its body (clamped to the buffer) and the next chunk's offset.
 fn chunk_at(bytes: &[u8], pos: usize) -> Option<(&[u8; 4], &[u8], usize)> {
-    let header = bytes.get(pos..pos + 8)?;
+    let header = bytes.get(pos..pos.checked_add(8)?)?;
     let id: &[u8; 4] = header[0..4].try_into().ok()?;
     let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
     let start = pos + 8;
@@ -203,48 +267,4 @@ pub fn build_wav(sample_rate: u32, samples: &[i16], comment: Option<&str>) -> Ve
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sniffs_every_accepted_container() {
-        let wav = build_wav(16_000, &[0; 160], None);
-        assert_eq!(sniff(&wav), Some(AudioFormat::Wav));
-        assert_eq!(
-            sniff(&[0x1A, 0x45, 0xDF, 0xA3, 0x01]),
-            Some(AudioFormat::WebM)
-        );
-        assert_eq!(sniff(b"OggS\0\x02rest"), Some(AudioFormat::Ogg));
-        assert_eq!(sniff(b"fLaC\0\0\0\x22"), Some(AudioFormat::Flac));
-        assert_eq!(sniff(b"\0\0\0\x20ftypM4A \0\0\0\0"), Some(AudioFormat::Mp4));
-        assert_eq!(sniff(b"ID3\x04\0\0\0\0\0\0"), Some(AudioFormat::Mp3));
-        assert_eq!(sniff(&[0xFF, 0xFB, 0x90, 0x64]), Some(AudioFormat::Mp3));
-    }
-
-    #[test]
-    fn refuses_other_bytes() {
-        assert_eq!(sniff(b""), None);
-        assert_eq!(sniff(b"hello, this is text"), None);
-        assert_eq!(sniff(b"%PDF-1.7"), None);
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n"), None);
-        // Sync bits with a reserved version are not MPEG audio.
-        assert_eq!(sniff(&[0xFF, 0xEA, 0x90, 0x00]), None);
-    }
-
-    #[test]
-    fn reads_comment_and_duration() {
-        let wav = build_wav(8_000, &vec![0; 8_000], Some("I miss my mother"));
-        let info = wav_info(&wav).expect("a wav");
-        assert_eq!(info.comment.as_deref(), Some("I miss my mother"));
-        let secs = info.duration_secs.expect("a duration");
-        assert!((secs - 1.0).abs() < 1e-9, "{secs}");
-    }
-
-    #[test]
-    fn truncated_wav_does_not_panic() {
-        let wav = build_wav(8_000, &[1, 2, 3], Some("odd"));
-        for cut in 0..wav.len() {
-            let _ = wav_info(&wav[..cut]);
-        }
-    }
-}
+mod tests;
