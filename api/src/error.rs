@@ -65,10 +65,10 @@ pub enum ApiError {
     AudioNotFound,
     #[error("this audio has expired and was erased")]
     AudioExpired,
-    #[error("`callback_url` must be an absolute http(s) URL whose host resolves")]
-    InvalidCallbackUrl,
+    #[error("`callback_url` must be an absolute http(s) URL whose host resolves: {0}")]
+    InvalidCallbackUrl(String),
     #[error(
-        "`callback_url` points at a loopback, private, link-local or metadata address, which Rose does not call"
+        "`callback_url` points at a loopback, private, link-local, metadata or other special-purpose address, which Rose does not call"
     )]
     CallbackUrlForbidden,
     #[error("callbacks are not configured on this server (ROSE_WEBHOOK_SECRET is unset)")]
@@ -125,7 +125,7 @@ impl ApiError {
             Self::JobNotFound => (S::NOT_FOUND, "job_not_found"),
             Self::AudioNotFound => (S::NOT_FOUND, "audio_not_found"),
             Self::AudioExpired => (S::NOT_FOUND, "expired"),
-            Self::InvalidCallbackUrl => (S::BAD_REQUEST, "invalid_callback_url"),
+            Self::InvalidCallbackUrl(_) => (S::BAD_REQUEST, "invalid_callback_url"),
             Self::CallbackUrlForbidden => (S::BAD_REQUEST, "callback_url_forbidden"),
             Self::CallbacksNotConfigured => (S::BAD_REQUEST, "callbacks_not_configured"),
             Self::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),

@@ -302,14 +302,16 @@ async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
     let callback_url = upload.callback_url.filter(|s| !s.is_empty());
     if let Some(url) = &callback_url {
         if !is_http_url(url) {
-            return Err(ApiError::InvalidCallbackUrl);
+            return Err(ApiError::InvalidCallbackUrl(
+                "not an absolute http(s) URL".to_owned(),
+            ));
         }
         if rose.config.webhook_secret.is_none() {
             return Err(ApiError::CallbacksNotConfigured);
         }
         match callback::resolve(url, rose.config.callback_allow_private).await {
             Ok(_) => {}
-            Err(UrlError::Invalid(_)) => return Err(ApiError::InvalidCallbackUrl),
+            Err(UrlError::Invalid(why)) => return Err(ApiError::InvalidCallbackUrl(why)),
             Err(UrlError::Forbidden(_)) => return Err(ApiError::CallbackUrlForbidden),
         }
     }
