@@ -7,6 +7,7 @@
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod serve;
 pub use rose_shared::view;
 
 use axum::Router;
@@ -99,14 +100,14 @@ pub async fn serve_metrics(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics listening");
-    axum::serve(listener, routes::metrics::router().with_state(rose))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let bound = rose.config.header_read_timeout;
+    let app = routes::metrics::router().with_state(rose);
+    serve::serve(listener, app, bound, shutdown).await;
     Ok(())
 }
 
 /// Serves the api on `listener` until `shutdown` is cancelled, then drains
-/// in-flight requests.
+/// in-flight requests (see [`serve::serve`] for the connections' bounds).
 ///
 /// # Errors
 /// When the listener fails.
@@ -118,9 +119,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
     tokio::spawn(report_active_sessions(rose.clone(), shutdown.clone()));
-    let app = router(rose).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let bound = rose.config.header_read_timeout;
+    serve::serve(listener, router(rose), bound, shutdown).await;
     Ok(())
 }

@@ -192,6 +192,10 @@ pub struct Config {
     /// `ROSE_REQUEST_TIMEOUT_SECS`: an api request taking longer is answered
     /// 408 (default 90, above the longest `?wait=` of 60).
     pub request_timeout: Duration,
+    /// `ROSE_HEADER_READ_TIMEOUT_SECS`: how long a client may take to send a
+    /// request's head, and how long a connection may stay open with no
+    /// request in flight, before the api closes it (default 10, 1-3600).
+    pub header_read_timeout: Duration,
 
     /// `LOG_FORMAT` (default `pretty`).
     pub log_format: LogFormat,
@@ -581,6 +585,12 @@ impl Config {
                 "ROSE_REQUEST_TIMEOUT_SECS",
                 90u64,
                 61,
+                3_600,
+            )),
+            header_read_timeout: Duration::from_secs(r.bounded(
+                "ROSE_HEADER_READ_TIMEOUT_SECS",
+                10u64,
+                1,
                 3_600,
             )),
             log_format: r

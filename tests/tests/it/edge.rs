@@ -1,0 +1,148 @@
+//! The api's HTTP edge: how long a client may take to send a request head or
+//! leave a connection idle.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rose_tests::{AppOptions, Deployment, TestApp, spawn_app_with};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Long enough that a connection the server keeps open is told apart from
+/// one it closed at its one-second bound.
+const GUARD: Duration = Duration::from_secs(30);
+
+fn with_env(pairs: &[(&str, &str)]) -> AppOptions {
+    AppOptions {
+        env: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<HashMap<_, _>>(),
+        ..AppOptions::default()
+    }
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .expect("connect to the api")
+}
+
+/// Everything read until the peer closes the connection (end of stream or
+/// reset), or `None` when it is still open after [`GUARD`].
+async fn read_until_closed(stream: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(GUARD, read).await.ok().map(|()| seen)
+}
+
+/// A client sending its request head one header line at a time never gets
+/// to hold the connection: it is closed at the head's time bound.
+#[tokio::test]
+async fn a_request_head_sent_slowly_is_cut_off() {
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        with_env(&[("ROSE_HEADER_READ_TIMEOUT_SECS", "1")]),
+    )
+    .await;
+    let (mut read, mut write) = connect(&app).await.into_split();
+    let trickle = tokio::spawn(async move {
+        write
+            .write_all(b"GET /api/health HTTP/1.1\r\nHost: rose\r\n")
+            .await
+            .expect("request line");
+        // A line every 300 ms for 30 s; the blank line ending the head never comes.
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let line = format!("x-slow-{i}: 1\r\n");
+            if write.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = read_until_closed(&mut read).await;
+    trickle.abort();
+    let answer = answer.expect("the server closed the slow connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        !text.contains("200 OK"),
+        "an unfinished head is never answered: {text}"
+    );
+    app.stop().await;
+}
+
+/// A connection that sends nothing, and a kept-alive one that sends no next
+/// request, are both closed after the bound.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        with_env(&[("ROSE_HEADER_READ_TIMEOUT_SECS", "1")]),
+    )
+    .await;
+
+    let mut silent = connect(&app).await;
+    assert!(
+        read_until_closed(&mut silent).await.is_some(),
+        "a connection that never sends a request is closed"
+    );
+
+    let mut kept = connect(&app).await;
+    kept.write_all(b"GET /api/openapi.json HTTP/1.1\r\nHost: rose\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = read_until_closed(&mut kept)
+        .await
+        .expect("the idle kept-alive connection is closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "answered first: {text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "the answer itself kept the connection alive: {text}"
+    );
+    app.stop().await;
+}
+
+/// The idle bound is about connections with nothing in flight: a long-poll
+/// longer than it is answered in full.
+#[tokio::test]
+async fn a_long_poll_outlasts_the_idle_bound() {
+    let mut options = with_env(&[("ROSE_HEADER_READ_TIMEOUT_SECS", "1")]);
+    options.no_worker = true;
+    let app = spawn_app_with(Deployment::Embedded, options).await;
+    let session = app.start_session().await;
+    let form = reqwest::multipart::Form::new()
+        .text("session_id", session)
+        .text("text", "Still here.");
+    let accepted: Value = app
+        .http
+        .post(format!("{}/api/voice/process", app.url))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let job_id = accepted["job_id"].as_str().expect("job id");
+    // No worker: the job stays queued and the long-poll runs its full 3 s.
+    let response = app
+        .http
+        .get(format!("{}/api/jobs/{job_id}?wait=3", app.url))
+        .send()
+        .await
+        .expect("long-poll answered");
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.expect("job json");
+    assert_eq!(job["status"], "queued", "{job}");
+    app.stop().await;
+}
