@@ -1,5 +1,5 @@
 //! The api's HTTP edge: how long a client may take to send a request head or
-//! leave a connection idle.
+//! leave a connection idle, and the admin token compared exactly.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -144,5 +144,65 @@ async fn a_long_poll_outlasts_the_idle_bound() {
     assert_eq!(response.status(), 200);
     let job: Value = response.json().await.expect("job json");
     assert_eq!(job["status"], "queued", "{job}");
+    app.stop().await;
+}
+
+async fn error_of(response: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = response.status().as_u16();
+    let allow = response
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.text().await.expect("body");
+    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    (status, allow, json)
+}
+
+const TOKEN: &str = "adm1n-t0ken-of-forty-characters-01234567";
+
+#[tokio::test]
+async fn the_admin_token_must_match_exactly() {
+    assert!(TOKEN.len() >= 32, "long enough to start with");
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        with_env(&[("ROSE_ADMIN_TOKEN", TOKEN)]),
+    )
+    .await;
+    let url = format!("{}/api/admin/queues", app.url);
+    let short = &TOKEN[..3];
+    // (Whitespace at either end of a header value is not part of it in HTTP,
+    // so `Bearer <token> ` arrives as `Bearer <token>`; inside, it counts.)
+    for header in [
+        format!("Bearer  {TOKEN}  "),
+        format!("Bearer  {TOKEN}"),
+        format!("Bearer \t{TOKEN}"),
+        format!("Bearer {short}"),
+        format!("Bearer {TOKEN}x"),
+        format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]),
+        format!("Basic {TOKEN}"),
+        TOKEN.to_owned(),
+    ] {
+        let response = app
+            .http
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        let (status, _, body) = error_of(response).await;
+        assert_eq!(status, 401, "{header:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{header:?}");
+    }
+    for header in [format!("Bearer {TOKEN}"), format!("bearer {TOKEN}")] {
+        let response = app
+            .http
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{header:?}");
+    }
     app.stop().await;
 }
