@@ -83,6 +83,10 @@ pub enum ApiError {
     InvalidUserId,
     #[error("not found")]
     AdminDisabled,
+    #[error("no such route; the routes are listed at /api/openapi.json")]
+    RouteNotFound,
+    #[error("this route does not take this method; `Allow` lists the ones it takes")]
+    MethodNotAllowed,
     #[error("a valid `Authorization: Bearer` admin token is required")]
     Unauthorized,
     #[error("no such schedule")]
@@ -132,7 +136,8 @@ impl ApiError {
             Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),
             Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
-            Self::AdminDisabled => (S::NOT_FOUND, "not_found"),
+            Self::AdminDisabled | Self::RouteNotFound => (S::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
             Self::JobNotFailed => (S::CONFLICT, "job_not_failed"),

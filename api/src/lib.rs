@@ -30,7 +30,9 @@ pub fn api_routes() -> (Router<Rose>, OpenApi) {
 }
 
 /// Every route, with request ids, request logs, a time bound, CORS for
-/// `ALLOWED_ORIGINS` and security headers on every response.
+/// `ALLOWED_ORIGINS` and security headers on every response; a path that
+/// matches no route, or a method its route does not take, is answered with
+/// the error JSON (`not_found`, `method_not_allowed` with `Allow`).
 pub fn router(rose: Rose) -> Router {
     let (api, doc) = api_routes();
     let cors = middleware::cors(&rose.config.allowed_origins);
@@ -39,6 +41,9 @@ pub fn router(rose: Rose) -> Router {
         .merge(routes::openapi::router(doc))
         .merge(routes::metrics::router())
         .merge(routes::web::router())
+        // After every route is in: it is set on the routes present.
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .fallback(|| async { error::ApiError::RouteNotFound })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,

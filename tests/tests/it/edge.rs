@@ -1,10 +1,11 @@
 //! The api's HTTP edge: how long a client may take to send a request head or
-//! leave a connection idle, and the admin token compared exactly.
+//! leave a connection idle, the error JSON of unmatched routes, and the admin
+//! token compared exactly.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rose_tests::{AppOptions, Deployment, TestApp, spawn_app_with};
+use rose_tests::{AppOptions, Deployment, TestApp, spawn_app, spawn_app_with};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -157,6 +158,66 @@ async fn error_of(response: reqwest::Response) -> (u16, Option<String>, Value) {
     let body = response.text().await.expect("body");
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
     (status, allow, json)
+}
+
+#[tokio::test]
+async fn unmatched_routes_answer_the_error_json() {
+    let app = spawn_app(Deployment::Embedded).await;
+    for path in [
+        "/api/nope",
+        "/nope",
+        "/api/jobs",
+        "/api/session/start/extra",
+    ] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .expect("request");
+        let (status, _, body) = error_of(response).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["code"], "not_found", "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+    for (method, path, allowed) in [
+        (reqwest::Method::PUT, "/api/health", "GET"),
+        (reqwest::Method::GET, "/api/session/start", "POST"),
+        (
+            reqwest::Method::POST,
+            "/api/jobs/01J0000000000000000000000",
+            "GET",
+        ),
+        (reqwest::Method::DELETE, "/", "GET"),
+    ] {
+        let response = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.url))
+            .send()
+            .await
+            .expect("request");
+        let (status, allow, body) = error_of(response).await;
+        assert_eq!(status, 405, "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+        assert!(
+            allow.as_deref().is_some_and(|a| a.contains(allowed)),
+            "{method} {path}: Allow {allow:?}"
+        );
+    }
+    // The web client is still served.
+    for path in ["/", "/app.js", "/app.css"] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    app.stop().await;
 }
 
 const TOKEN: &str = "adm1n-t0ken-of-forty-characters-01234567";
