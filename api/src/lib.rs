@@ -19,14 +19,19 @@ use utoipa_axum::router::OpenApiRouter;
 
 /// The `/api` routes and the OpenAPI document describing exactly them.
 pub fn api_routes() -> (Router<Rose>, OpenApi) {
-    OpenApiRouter::with_openapi(routes::openapi::base())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(routes::openapi::base())
         .merge(routes::session::router())
         .merge(routes::voice::router())
         .merge(routes::jobs::router())
         .merge(routes::audio::router())
         .merge(routes::health::router())
         .merge(routes::admin::router())
-        .split_for_parts()
+        .split_for_parts();
+    // What the handlers' annotations cannot say, said by the code that enforces it.
+    routes::session::document(&mut doc);
+    routes::voice::document(&mut doc);
+    middleware::document_rate_limit(&mut doc);
+    (routes, doc)
 }
 
 /// Every route, with request ids, request logs, a time bound, CORS for

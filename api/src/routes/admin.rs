@@ -84,12 +84,19 @@ async fn queues(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<
 
 /// The `?status=&limit=&cursor=` of the jobs listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
-    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent.
+    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent or empty.
+    #[param(
+        nullable = false,
+        pattern = "^(queued|processing|succeeded|failed|dead)?$"
+    )]
     status: Option<String>,
     /// 1-200 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (a job id).
+    #[param(nullable = false, pattern = "^([0-7][0-9A-HJKMNP-TV-Z]{25})?$")]
     cursor: Option<String>,
 }
 
