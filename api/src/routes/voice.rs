@@ -99,8 +99,8 @@ struct TypedForm {
 
 /// Says in `doc` which other parts the form takes: any whose name a
 /// multipart body can carry. They are read past; a name with a control
-/// character other than tab, CR or LF (which clients percent-encode) cannot
-/// stand in a part's header, and that body is 400 `malformed_multipart`.
+/// character cannot stand in a part's header (tab can, and clients
+/// percent-encode CR and LF), and such a body is 400 `malformed_multipart`.
 /// `#[derive(ToSchema)]` has no word for `propertyNames`.
 pub fn document(doc: &mut OpenApi) {
     let names: Schema = ObjectBuilder::new()
