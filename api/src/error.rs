@@ -69,10 +69,10 @@ pub enum ApiError {
     AudioNotFound,
     #[error("this audio has expired and was erased")]
     AudioExpired,
-    #[error("`callback_url` must be an absolute http(s) URL whose host resolves")]
-    InvalidCallbackUrl,
+    #[error("`callback_url` must be an absolute http(s) URL whose host resolves: {0}")]
+    InvalidCallbackUrl(String),
     #[error(
-        "`callback_url` points at a loopback, private, link-local or metadata address, which Rose does not call"
+        "`callback_url` points at a loopback, private, link-local, metadata or other special-purpose address, which Rose does not call"
     )]
     CallbackUrlForbidden,
     #[error("callbacks are not configured on this server (ROSE_WEBHOOK_SECRET is unset)")]
@@ -87,6 +87,10 @@ pub enum ApiError {
     InvalidUserId,
     #[error("not found")]
     AdminDisabled,
+    #[error("no such route; the routes are listed at /api/openapi.json")]
+    RouteNotFound,
+    #[error("this route does not take this method; `Allow` lists the ones it takes")]
+    MethodNotAllowed,
     #[error("a valid `Authorization: Bearer` admin token is required")]
     Unauthorized,
     #[error("no such schedule")]
@@ -130,14 +134,15 @@ impl ApiError {
             Self::JobNotFound => (S::NOT_FOUND, "job_not_found"),
             Self::AudioNotFound => (S::NOT_FOUND, "audio_not_found"),
             Self::AudioExpired => (S::NOT_FOUND, "expired"),
-            Self::InvalidCallbackUrl => (S::BAD_REQUEST, "invalid_callback_url"),
+            Self::InvalidCallbackUrl(_) => (S::BAD_REQUEST, "invalid_callback_url"),
             Self::CallbackUrlForbidden => (S::BAD_REQUEST, "callback_url_forbidden"),
             Self::CallbacksNotConfigured => (S::BAD_REQUEST, "callbacks_not_configured"),
             Self::InvalidIdempotencyKey => (S::BAD_REQUEST, "invalid_idempotency_key"),
             Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),
             Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
-            Self::AdminDisabled => (S::NOT_FOUND, "not_found"),
+            Self::AdminDisabled | Self::RouteNotFound => (S::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
             Self::JobNotFailed => (S::CONFLICT, "job_not_failed"),

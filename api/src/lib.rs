@@ -7,6 +7,7 @@
 pub mod error;
 pub mod middleware;
 pub mod routes;
+pub mod serve;
 pub use rose_shared::view;
 
 use axum::Router;
@@ -18,18 +19,25 @@ use utoipa_axum::router::OpenApiRouter;
 
 /// The `/api` routes and the OpenAPI document describing exactly them.
 pub fn api_routes() -> (Router<Rose>, OpenApi) {
-    OpenApiRouter::with_openapi(routes::openapi::base())
+    let (routes, mut doc) = OpenApiRouter::with_openapi(routes::openapi::base())
         .merge(routes::session::router())
         .merge(routes::voice::router())
         .merge(routes::jobs::router())
         .merge(routes::audio::router())
         .merge(routes::health::router())
         .merge(routes::admin::router())
-        .split_for_parts()
+        .split_for_parts();
+    // What the handlers' annotations cannot say, said by the code that enforces it.
+    routes::session::document(&mut doc);
+    routes::voice::document(&mut doc);
+    middleware::document_rate_limit(&mut doc);
+    (routes, doc)
 }
 
 /// Every route, with request ids, request logs, a time bound, CORS for
-/// `ALLOWED_ORIGINS` and security headers on every response.
+/// `ALLOWED_ORIGINS` and security headers on every response; a path that
+/// matches no route, or a method its route does not take, is answered with
+/// the error JSON (`not_found`, `method_not_allowed` with `Allow`).
 pub fn router(rose: Rose) -> Router {
     let (api, doc) = api_routes();
     let cors = middleware::cors(&rose.config.allowed_origins);
@@ -38,6 +46,9 @@ pub fn router(rose: Rose) -> Router {
         .merge(routes::openapi::router(doc))
         .merge(routes::metrics::router())
         .merge(routes::web::router())
+        // After every route is in: it is set on the routes present.
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .fallback(|| async { error::ApiError::RouteNotFound })
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -99,14 +110,14 @@ pub async fn serve_metrics(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics listening");
-    axum::serve(listener, routes::metrics::router().with_state(rose))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let bound = rose.config.header_read_timeout;
+    let app = routes::metrics::router().with_state(rose);
+    serve::serve(listener, app, bound, shutdown).await;
     Ok(())
 }
 
 /// Serves the api on `listener` until `shutdown` is cancelled, then drains
-/// in-flight requests.
+/// in-flight requests (see [`serve::serve`] for the connections' bounds).
 ///
 /// # Errors
 /// When the listener fails.
@@ -118,9 +129,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
     tokio::spawn(report_active_sessions(rose.clone(), shutdown.clone()));
-    let app = router(rose).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let bound = rose.config.header_read_timeout;
+    serve::serve(listener, router(rose), bound, shutdown).await;
     Ok(())
 }

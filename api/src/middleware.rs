@@ -169,3 +169,40 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// Adds the rate limit's answer to every operation of `doc` it applies to
+/// (all but `GET /api/health`): 429 `rate_limited` with `Retry-After`.
+pub fn document_rate_limit(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let answer = ResponseBuilder::new()
+        .description(
+            "`rate_limited`: this client address spent its request budget; `Retry-After` says \
+             when to come back",
+        )
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build();
+    for (path, item) in &mut doc.paths.paths {
+        if path == "/api/health" {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("429".to_owned())
+                .or_insert_with(|| RefOr::T(answer.clone()));
+        }
+    }
+}

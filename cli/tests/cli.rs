@@ -61,6 +61,22 @@ fn a_bad_setting_stops_with_one_line_naming_it() {
 }
 
 #[test]
+fn a_short_admin_token_stops_rose_naming_the_variable() {
+    let out = rose()
+        .arg("migrate")
+        .env("ROSE_ADMIN_TOKEN", "adm")
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("ROSE_ADMIN_TOKEN") && stderr.contains("32"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn scaled_roles_require_their_services() {
     let out = rose().arg("worker").output().expect("run rose");
     assert!(!out.status.success());

@@ -10,7 +10,7 @@ use tokio::process::Command;
 use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestApp, redis_url, spawn_app_with};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "admin-test-token-7f3a";
+const TOKEN: &str = "admin-test-token-7f3a-0123456789abcdef";
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs `rose queue …` without blocking the runtime the test's Rose runs on

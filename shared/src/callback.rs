@@ -11,10 +11,14 @@
 //! receiver can drop duplicates.
 //!
 //! Safety: only http(s); unless `ROSE_CALLBACK_ALLOW_PRIVATE`, a host that
-//! resolves to a loopback, private, link-local (cloud metadata), CGNAT,
-//! unique-local, multicast or unspecified address is refused, at submit time
-//! and again at delivery, and the delivery connects to the addresses it
-//! checked (no second lookup an attacker could answer differently).
+//! resolves to an address of any block in the IANA IPv4 and IPv6
+//! Special-Purpose Address Registries (loopback, private, link-local and
+//! cloud metadata, CGNAT, benchmarking, documentation, reserved, …), to
+//! multicast, or to an IPv6 form that carries a refused IPv4 address (see
+//! [`is_forbidden`]) is refused, at submit time and again at delivery, and
+//! the delivery connects to the addresses it checked (no second lookup an
+//! attacker could answer differently). The lookup itself is bounded by
+//! [`LOOKUP_TIMEOUT`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -31,55 +35,126 @@ use crate::webhook::{decode_secret, sign};
 /// A receiver gets this long to answer.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A callback host's DNS lookup gets this long, at submit and at delivery.
+///
+/// At submit, a lookup that takes longer is refused like a host that does
+/// not resolve: 400 `invalid_callback_url`, its message saying the lookup
+/// timed out. The client hears at once, with a reason it can act on (fix the
+/// name, or try again), instead of holding its upload open on a slow
+/// resolver; a new code would break clients that already handle that one.
+/// At delivery it is a failed attempt, retried on the usual schedule. (The
+/// system resolver's thread may run on past the bound; nothing waits for it.)
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a callback URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
     #[error("`callback_url` must be an absolute http(s) URL with a host that resolves: {0}")]
     Invalid(String),
     #[error(
-        "`callback_url` points at an address Rose does not call ({0}): loopback, private, link-local and metadata addresses are refused"
+        "`callback_url` points at an address Rose does not call ({0}): loopback, private, link-local, metadata and other special-purpose addresses are refused"
     )]
     Forbidden(IpAddr),
 }
 
-/// Addresses no callback may reach unless private ones are allowed.
-#[must_use]
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
-                || (first & 0xffc0) == 0xfe80 // link local
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe) // NAT64 of 169.254.169.254
+/// IPv4 blocks no callback may reach: the IANA IPv4 Special-Purpose Address
+/// Registry (every entry; sub-blocks are named under the block holding
+/// them), multicast and the rest of the reserved space.
+const REFUSED_V4: [(Ipv4Addr, u8); 18] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8),       // "this network"
+    (Ipv4Addr::new(10, 0, 0, 0), 8),      // private use
+    (Ipv4Addr::new(100, 64, 0, 0), 10),   // shared address space (CGNAT)
+    (Ipv4Addr::new(127, 0, 0, 0), 8),     // loopback
+    (Ipv4Addr::new(169, 254, 0, 0), 16),  // link local, where cloud metadata answers
+    (Ipv4Addr::new(172, 16, 0, 0), 12),   // private use
+    (Ipv4Addr::new(192, 0, 0, 0), 24), // IETF protocol assignments: DS-Lite, dummy, PCP and TURN anycast, NAT64 discovery
+    (Ipv4Addr::new(192, 0, 2, 0), 24), // documentation (TEST-NET-1)
+    (Ipv4Addr::new(192, 31, 196, 0), 24), // AS112-v4
+    (Ipv4Addr::new(192, 52, 193, 0), 24), // AMT
+    (Ipv4Addr::new(192, 88, 99, 0), 24), // deprecated 6to4 relay anycast
+    (Ipv4Addr::new(192, 168, 0, 0), 16), // private use
+    (Ipv4Addr::new(192, 175, 48, 0), 24), // direct delegation AS112 service
+    (Ipv4Addr::new(198, 18, 0, 0), 15), // benchmarking
+    (Ipv4Addr::new(198, 51, 100, 0), 24), // documentation (TEST-NET-2)
+    (Ipv4Addr::new(203, 0, 113, 0), 24), // documentation (TEST-NET-3)
+    (Ipv4Addr::new(224, 0, 0, 0), 4),  // multicast
+    (Ipv4Addr::new(240, 0, 0, 0), 4),  // reserved, with the limited broadcast 255.255.255.255
+];
+
+/// IPv6 blocks no callback may reach: the IANA IPv6 Special-Purpose Address
+/// Registry (the forms that carry an IPv4 address are judged by that
+/// address instead, see [`embedded_v4`]), multicast and the deprecated
+/// site-local block.
+const REFUSED_V6: [(Ipv6Addr, u8); 12] = [
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48), // local-use IPv4/IPv6 translation
+    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),     // discard-only
+    (Ipv6Addr::new(0x100, 0, 0, 1, 0, 0, 0, 0), 64),     // dummy IPv6 prefix
+    // IETF protocol assignments: Teredo (2001::/32, whose client address is
+    // obfuscated), PCP, TURN and DNS-SD anycast, benchmarking, AMT, AS112-v6,
+    // ORCHID and ORCHIDv2, drone remote ID.
+    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation
+    (Ipv6Addr::new(0x2620, 0x4f, 0x8000, 0, 0, 0, 0, 0), 48), // direct delegation AS112 service
+    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),     // documentation
+    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16),     // segment routing SIDs
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),      // unique local (incl. fd00:ec2::254)
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),     // link local
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),     // site local (deprecated)
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),      // multicast
+];
+
+fn in_v4(ip: Ipv4Addr, (network, len): (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(network) & mask
+}
+
+fn in_v6(ip: Ipv6Addr, (network, len): (Ipv6Addr, u8)) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(network) & mask
+}
+
+/// The IPv4 address an IPv6 address stands for, in the forms that carry one
+/// a host or router may act on: IPv4-mapped `::ffff:0:0/96`, IPv4-compatible
+/// `::/96` (deprecated; it holds `::` and `::1` too, which stand for
+/// 0.0.0.0 and 0.0.0.1 and are refused with them), NAT64's well-known prefix
+/// `64:ff9b::/96`, and 6to4 `2002::/16` (the address is bits 16..48).
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let join = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0xffff | 0, high, low] | [0x64, 0xff9b, 0, 0, 0, 0, high, low] => {
+            Some(join(high, low))
         }
+        [0x2002, high, low, ..] => Some(join(high, low)),
+        _ => None,
     }
 }
 
-fn forbidden_v4(v4: Ipv4Addr) -> bool {
-    let [a, b, ..] = v4.octets();
-    v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local() // 169.254.0.0/16: cloud metadata
-        || v4.is_unspecified()
-        || v4.is_broadcast()
-        || v4.is_multicast()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // CGNAT
-        || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+/// Addresses no callback may reach unless private ones are allowed: every
+/// block of [`REFUSED_V4`] and [`REFUSED_V6`], and any IPv6 address that
+/// carries a refused IPv4 one.
+///
+/// The registries mark a few of their blocks globally reachable (anycast
+/// for PCP, TURN, DNS-SD, AMT relays and the AS112 DNS sinks; ORCHIDv2 and
+/// drone identifiers). They are refused too: none is where a webhook
+/// receiver lives, and an anycast address is answered by its nearest
+/// instance, which can sit inside the operator's own network.
+#[must_use]
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => REFUSED_V4.iter().any(|block| in_v4(v4, *block)),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => is_forbidden(IpAddr::V4(v4)),
+            None => REFUSED_V6.iter().any(|block| in_v6(v6, *block)),
+        },
+    }
 }
 
-/// Parses and resolves `url`; refuses forbidden addresses unless `allow_private`.
+/// Parses and resolves `url` (the lookup bounded by [`LOOKUP_TIMEOUT`]);
+/// refuses forbidden addresses unless `allow_private`.
 ///
 /// # Errors
-/// [`UrlError::Invalid`] for a malformed or unresolvable URL,
-/// [`UrlError::Forbidden`] for a refused address.
+/// [`UrlError::Invalid`] for a malformed URL or a host that does not resolve
+/// in time, [`UrlError::Forbidden`] for a refused address.
 pub async fn resolve(url: &str, allow_private: bool) -> Result<(Url, Vec<SocketAddr>), UrlError> {
     let parsed = Url::parse(url).map_err(|e| UrlError::Invalid(e.to_string()))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -92,10 +167,17 @@ pub async fn resolve(url: &str, allow_private: bool) -> Result<(Url, Vec<SocketA
         Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
         Some(url::Host::Domain(domain)) if !domain.is_empty() => {
-            tokio::net::lookup_host((domain, port))
-                .await
-                .map_err(|e| UrlError::Invalid(format!("{domain}: {e}")))?
-                .collect()
+            let lookup = tokio::net::lookup_host((domain, port));
+            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => found.collect(),
+                Ok(Err(e)) => return Err(UrlError::Invalid(format!("{domain}: {e}"))),
+                Err(_) => {
+                    return Err(UrlError::Invalid(format!(
+                        "{domain} did not resolve within {} s",
+                        LOOKUP_TIMEOUT.as_secs()
+                    )));
+                }
+            }
         }
         _ => return Err(UrlError::Invalid("no host".to_owned())),
     };
@@ -219,6 +301,154 @@ mod tests {
             assert!(is_forbidden(ip.parse().expect("ip")), "{ip}");
         }
         for ip in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(!is_forbidden(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    /// `(block, name)`: every block of the IANA IPv4 and IPv6
+    /// Special-Purpose Address Registries (and multicast, and IPv6's
+    /// deprecated site-local), none of which a callback may reach.
+    const REGISTRY: &[(&str, &str)] = &[
+        ("0.0.0.0/8", "this network"),
+        ("10.0.0.0/8", "private use"),
+        ("100.64.0.0/10", "shared address space (CGNAT)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link local (cloud metadata)"),
+        ("172.16.0.0/12", "private use"),
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.0.0.0/29", "DS-Lite"),
+        ("192.0.0.8/32", "IPv4 dummy address"),
+        ("192.0.0.9/32", "port control protocol anycast"),
+        ("192.0.0.10/32", "traversal using relays around NAT anycast"),
+        ("192.0.0.170/31", "NAT64/DNS64 discovery"),
+        ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+        ("192.31.196.0/24", "AS112-v4"),
+        ("192.52.193.0/24", "AMT"),
+        ("192.88.99.0/24", "deprecated 6to4 relay anycast"),
+        ("192.168.0.0/16", "private use"),
+        ("192.175.48.0/24", "direct delegation AS112 service"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+        ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("255.255.255.255/32", "limited broadcast"),
+        ("::1/128", "loopback"),
+        ("::/128", "unspecified"),
+        ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
+        ("100::/64", "discard-only"),
+        ("100:0:0:1::/64", "dummy IPv6 prefix"),
+        ("2001::/23", "IETF protocol assignments"),
+        ("2001::/32", "Teredo"),
+        ("2001:1::1/128", "port control protocol anycast"),
+        ("2001:1::2/128", "traversal using relays around NAT anycast"),
+        (
+            "2001:1::3/128",
+            "DNS-SD service registration protocol anycast",
+        ),
+        ("2001:2::/48", "benchmarking"),
+        ("2001:3::/32", "AMT"),
+        ("2001:4:112::/48", "AS112-v6"),
+        ("2001:10::/28", "deprecated ORCHID"),
+        ("2001:20::/28", "ORCHIDv2"),
+        ("2001:30::/28", "drone remote ID"),
+        ("2001:db8::/32", "documentation"),
+        ("2620:4f:8000::/48", "direct delegation AS112 service"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing SIDs"),
+        ("fc00::/7", "unique local"),
+        ("fe80::/10", "link local"),
+        ("fec0::/10", "deprecated site local"),
+        ("ff00::/8", "multicast"),
+    ];
+
+    /// The first, a middle and the last address of `block`.
+    fn samples(block: &str) -> [IpAddr; 3] {
+        let (base, len) = block.split_once('/').expect("a block");
+        let len: u32 = len.parse().expect("prefix length");
+        match base.parse::<IpAddr>().expect("an address") {
+            IpAddr::V4(v4) => {
+                let host = u32::MAX.checked_shr(len).unwrap_or(0);
+                let first = u32::from(v4) & !host;
+                [first, first | (host / 2), first | host].map(|a| IpAddr::V4(a.into()))
+            }
+            IpAddr::V6(v6) => {
+                let host = u128::MAX.checked_shr(len).unwrap_or(0);
+                let first = u128::from(v6) & !host;
+                [first, first | (host / 2), first | host].map(|a| IpAddr::V6(a.into()))
+            }
+        }
+    }
+
+    #[test]
+    fn every_special_purpose_block_is_refused() {
+        for (block, name) in REGISTRY {
+            for ip in samples(block) {
+                assert!(is_forbidden(ip), "{ip} in {block} ({name}) is refused");
+            }
+        }
+    }
+
+    /// The IPv6 forms that carry an IPv4 address take that address's verdict.
+    fn embeddings(v4: Ipv4Addr) -> [Ipv6Addr; 4] {
+        let [a, b, c, d] = v4.octets();
+        let high = u16::from_be_bytes([a, b]);
+        let low = u16::from_be_bytes([c, d]);
+        [
+            v4.to_ipv6_mapped(),
+            Ipv6Addr::new(0, 0, 0, 0, 0, 0, high, low), // IPv4-compatible (deprecated)
+            Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, high, low), // NAT64 well-known prefix
+            Ipv6Addr::new(0x2002, high, low, 0x1234, 0, 0, 0, 1), // 6to4
+        ]
+    }
+
+    #[test]
+    fn ipv6_forms_embedding_a_refused_ipv4_address_are_refused() {
+        for (block, name) in REGISTRY.iter().filter(|(b, _)| !b.contains(':')) {
+            for ip in samples(block) {
+                let IpAddr::V4(v4) = ip else { unreachable!() };
+                for v6 in embeddings(v4) {
+                    assert!(is_forbidden(IpAddr::V6(v6)), "{v6} embeds {v4} ({name})");
+                }
+            }
+        }
+        for v4 in ["1.1.1.1", "93.184.216.34"] {
+            let v4: Ipv4Addr = v4.parse().expect("ip");
+            for v6 in embeddings(v4) {
+                assert!(!is_forbidden(IpAddr::V6(v6)), "{v6} embeds a public {v4}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reported_forms_are_refused() {
+        for ip in [
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "198.18.0.1",
+        ] {
+            assert!(is_forbidden(ip.parse().expect("ip")), "{ip}");
+        }
+    }
+
+    #[test]
+    fn global_addresses_next_to_the_blocks_are_allowed() {
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "93.184.216.34",
+            "100.63.255.255",
+            "100.128.0.0",
+            "192.0.1.1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "2606:4700:4700::1111",
+            "2001:200::1",
+            "2003::1",
+            "2620:4f:7fff:ffff::1",
+        ] {
             assert!(!is_forbidden(ip.parse().expect("ip")), "{ip}");
         }
     }

@@ -21,6 +21,11 @@ pub const DEFAULT_ELEVENLABS_BASE_URL: &str = "https://api.elevenlabs.io";
 /// A stock ElevenLabs voice (calm, warm) used when `ELEVENLABS_VOICE_ID` is unset.
 pub const DEFAULT_ELEVENLABS_VOICE_ID: &str = "21m00Tcm4TlvDq8ikWAM";
 
+/// The shortest `ROSE_ADMIN_TOKEN` Rose starts with: a guessable operator
+/// token is refused at start rather than accepted without a word
+/// (`openssl rand -hex 32` makes a good one).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 /// Which text-to-speech backend speaks Rose's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TtsProvider {
@@ -160,7 +165,8 @@ pub struct Config {
     /// `BACKUP_KEEP` (default 7).
     pub backup_keep: usize,
 
-    /// `ROSE_ADMIN_TOKEN`: the admin API is off (404) when unset.
+    /// `ROSE_ADMIN_TOKEN`: the admin API is off (404) when unset; when set,
+    /// at least [`MIN_ADMIN_TOKEN_CHARS`] characters, or Rose does not start.
     pub admin_token: Option<SecretString>,
     /// `ROSE_WEBHOOK_SECRET`: `whsec_` + base64 key for signing callbacks.
     pub webhook_secret: Option<SecretString>,
@@ -192,6 +198,10 @@ pub struct Config {
     /// `ROSE_REQUEST_TIMEOUT_SECS`: an api request taking longer is answered
     /// 408 (default 90, above the longest `?wait=` of 60).
     pub request_timeout: Duration,
+    /// `ROSE_HEADER_READ_TIMEOUT_SECS`: how long a client may take to send a
+    /// request's head, and how long a connection may stay open with no
+    /// request in flight, before the api closes it (default 10, 1-3600).
+    pub header_read_timeout: Duration,
 
     /// `LOG_FORMAT` (default `pretty`).
     pub log_format: LogFormat,
@@ -515,6 +525,17 @@ impl Config {
                 "expected whsec_ followed by base64".to_owned(),
             ));
         }
+        if let Some(raw) = r.raw("ROSE_ADMIN_TOKEN")
+            && raw.chars().count() < MIN_ADMIN_TOKEN_CHARS
+        {
+            r.problems.push((
+                "ROSE_ADMIN_TOKEN".to_owned(),
+                format!(
+                    "must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`), got {}",
+                    raw.chars().count()
+                ),
+            ));
+        }
         let redis_prefix = r.string("ROSE_REDIS_PREFIX", "rose");
         if redis_prefix.contains(char::is_whitespace) {
             r.problems.push((
@@ -581,6 +602,12 @@ impl Config {
                 "ROSE_REQUEST_TIMEOUT_SECS",
                 90u64,
                 61,
+                3_600,
+            )),
+            header_read_timeout: Duration::from_secs(r.bounded(
+                "ROSE_HEADER_READ_TIMEOUT_SECS",
+                10u64,
+                1,
                 3_600,
             )),
             log_format: r
@@ -865,6 +892,26 @@ mod tests {
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         )]));
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn the_admin_token_is_long_enough_or_refused() {
+        let almost = "x".repeat(31);
+        for short in ["adm", "  adm  ", almost.as_str()] {
+            let err = Config::from_map(&vars(&[("ROSE_ADMIN_TOKEN", short)])).expect_err(short);
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert_eq!(err.problems[0].0, "ROSE_ADMIN_TOKEN", "{err}");
+            assert!(err.to_string().contains("32"), "{err}");
+            assert!(
+                !err.to_string().contains(short.trim()),
+                "the token is not echoed: {err}"
+            );
+        }
+        let token = "x".repeat(32);
+        let c = Config::from_map(&vars(&[("ROSE_ADMIN_TOKEN", &token)])).expect("valid");
+        assert!(c.admin_token.is_some());
+        let c = Config::from_map(&HashMap::new()).expect("valid");
+        assert!(c.admin_token.is_none(), "unset: the admin api is off");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The operator API under `/api/admin`, guarded by
-//! `Authorization: Bearer $ROSE_ADMIN_TOKEN` (compared in constant time).
+//! `Authorization: Bearer $ROSE_ADMIN_TOKEN`, taken exactly as sent and
+//! compared in constant time (see [`authorize`]); the token is at least 32
+//! characters, or Rose does not start.
 //! With no token configured every admin route answers 404, as if it did not
 //! exist: an unset token never means "open".
 //!
@@ -28,6 +30,7 @@ use rose_shared::view::job_json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -81,12 +84,19 @@ async fn queues(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<
 
 /// The `?status=&limit=&cursor=` of the jobs listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
-    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent.
+    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent or empty.
+    #[param(
+        nullable = false,
+        pattern = "^(queued|processing|succeeded|failed|dead)?$"
+    )]
     status: Option<String>,
     /// 1-200 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 200)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (a job id).
+    #[param(nullable = false, pattern = "^([0-7][0-9A-HJKMNP-TV-Z]{25})?$")]
     cursor: Option<String>,
 }
 
@@ -199,9 +209,27 @@ async fn retry_job(
     Ok(Json(json!({ "job_id": job_id, "queue": queue })))
 }
 
-/// Equal length and equal bytes, without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer <token>` header, exactly as sent:
+/// the scheme is matched regardless of case (RFC 9110 §11.1), one space
+/// follows it, and nothing is trimmed (a token with a space before it is not
+/// the token).
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(b"Bearer ".len())?;
+    scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
+}
+
+/// Whether `given` is `token`, in a time that tells nothing about either:
+/// both are hashed (SHA-256) and the digests compared whole, so neither a
+/// wrong length nor a wrong first byte answers sooner.
+fn same(given: &[u8], token: &[u8]) -> bool {
+    let given = Sha256::digest(given);
+    let token = Sha256::digest(token);
+    given
+        .iter()
+        .zip(token.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Lets the request through only with the configured token.
@@ -213,13 +241,8 @@ pub fn authorize(rose: &Rose, headers: &HeaderMap) -> ApiResult<()> {
     let Some(token) = &rose.config.admin_token else {
         return Err(ApiError::AdminDisabled);
     };
-    let given = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    if same(given.as_bytes(), token.expose_secret().as_bytes()) {
+    let given = bearer(headers).ok_or(ApiError::Unauthorized)?;
+    if same(given, token.expose_secret().as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -359,13 +382,31 @@ async fn run_now(
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn tokens_compare_whole() {
         assert!(same(b"secret-token", b"secret-token"));
         assert!(!same(b"secret-token", b"secret-tokem"));
         assert!(!same(b"secret", b"secret-token"));
+        assert!(!same(b"secret-token ", b"secret-token"));
         assert!(!same(b"", b"x"));
+    }
+
+    #[test]
+    fn the_bearer_token_is_taken_as_sent() {
+        let token = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, HeaderValue::from_static(value));
+            bearer(&headers).map(<[u8]>::to_vec)
+        };
+        assert_eq!(token("Bearer abc"), Some(b"abc".to_vec()));
+        assert_eq!(token("bEARER abc"), Some(b"abc".to_vec()));
+        assert_eq!(token("Bearer  abc"), Some(b" abc".to_vec()));
+        assert_eq!(token("Bearer abc  "), Some(b"abc  ".to_vec()));
+        assert_eq!(token("Basic abc"), None);
+        assert_eq!(token("Bearer"), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }

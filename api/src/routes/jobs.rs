@@ -18,10 +18,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use rose_shared::Rose;
-use rose_shared::domain::{Job, JobId, JobStatus};
+use rose_shared::domain::{Job, JobId, JobStatus, Stage};
 use rose_shared::events::{JobWatch, RECHECK};
 use serde_json::Value;
 
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -43,7 +46,7 @@ pub fn router() -> OpenApiRouter<Rose> {
     tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id"),
-        ("wait" = Option<f64>, Query, description = "Seconds (0-60) to wait for the job to finish"),
+        ("wait" = Option<f64>, Query, minimum = 0, maximum = 60, description = "Seconds (0-60) to wait for the job to finish"),
     ),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -132,6 +135,52 @@ impl Follow {
     }
 }
 
+/// One event of the stream, as the document describes it (OpenAPI 3.1: the
+/// schema of an event stream is the schema of each event).
+struct JobEvent;
+
+impl PartialSchema for JobEvent {
+    fn schema() -> RefOr<Schema> {
+        let states = [
+            JobStatus::Queued.as_str(),
+            Stage::Stt.as_str(),
+            Stage::Memory.as_str(),
+            Stage::Llm.as_str(),
+            Stage::Tts.as_str(),
+            JobStatus::Succeeded.as_str(),
+            JobStatus::Failed.as_str(),
+        ];
+        ObjectBuilder::new()
+            .description(Some(
+                "One Server-Sent Event: `event` is the state the job was seen in, `data` the \
+                 job JSON at that moment.",
+            ))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(states)),
+            )
+            .required("event")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .content_schema(Some(Ref::from_schema_name(JobView::name()))),
+            )
+            .required("data")
+            .into()
+    }
+}
+
+impl ToSchema for JobEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((JobView::name().into_owned(), JobView::schema()));
+        <JobView as ToSchema>::schemas(schemas);
+    }
+}
+
 /// `GET /api/jobs/{id}/events`.
 /// The job's states as Server-Sent Events: event name = state (`queued`,
 /// `stt`, `memory`, `llm`, `tts`, `succeeded`, `failed`), data = the job
@@ -142,7 +191,7 @@ impl Follow {
     tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
     responses(
-        (status = 200, description = "An event stream; each event's data is a Job", content_type = "text/event-stream", body = JobView),
+        (status = 200, description = "An event stream of the job's states", content_type = "text/event-stream", body = JobEvent),
         (status = 404, description = "`job_not_found`", body = ErrorBody),
     )
 )]

@@ -9,6 +9,7 @@ use rose_shared::Rose;
 use rose_shared::domain::SessionId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,7 +26,13 @@ pub fn router() -> OpenApiRouter<Rose> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    /// 1-200 characters: a stable id for the person across sessions.
+    /// 1-200 characters once trimmed, not only whitespace: a stable id for
+    /// the person across sessions.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     user_id: Option<String>,
 }
 
@@ -40,7 +47,7 @@ struct Started {
     post,
     path = "/api/session/start",
     tag = "sessions",
-    request_body(content = Option<StartBody>, content_type = "application/json"),
+    request_body(content = StartBody, content_type = "application/json", description = "Optional: no body, or a JSON object"),
     responses(
         (status = 201, description = "Session started", body = Started),
         (status = 400, description = "`invalid_json`, `invalid_user_id`", body = ErrorBody),
@@ -64,6 +71,22 @@ async fn start(State(rose): State<Rose>, body: Bytes) -> ApiResult<Response> {
         session_id: session.id.to_string(),
     };
     Ok((StatusCode::CREATED, Json(started)).into_response())
+}
+
+/// Marks the start body optional in `doc`. `request_body` can only say
+/// "optional" by making the schema nullable, which would promise that a
+/// `null` body is taken; it is refused (400 `invalid_json`): the body is
+/// absent (or blank), or a JSON object.
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    if let Some(RefOr::T(body)) = doc
+        .paths
+        .paths
+        .get_mut("/api/session/start")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|operation| operation.request_body.as_mut())
+    {
+        body.required = Some(utoipa::openapi::Required::False);
+    }
 }
 
 /// Erases the session and everything it owned. Its memories go first: when

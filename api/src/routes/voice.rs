@@ -28,6 +28,8 @@ use rose_shared::domain::{JobError, SessionId, VoiceTask};
 use rose_shared::store::{Created, JobInput, NewJob, StoreError};
 
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{OpenApi, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -49,22 +51,75 @@ pub fn router() -> OpenApiRouter<Rose> {
 }
 
 /// The multipart form `POST /api/voice/process` reads (documentation of
-/// the parts; they are read as they stream).
+/// the parts; they are read as they stream): a recording or typed words,
+/// exactly one of the two (both, or neither, is 400).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum VoiceForm {
+    Spoken(SpokenForm),
+    Typed(TypedForm),
+}
+
+/// A recording.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-struct VoiceForm {
-    /// The recording: WAV, WebM, Ogg, MP3, FLAC or MP4/M4A, up to 10 MB,
-    /// holding at least one decodable audio frame.
-    /// Either this or `text`.
-    #[schema(value_type = Option<String>, format = Binary)]
-    audio: Option<Vec<u8>>,
-    /// Typed words instead of a recording (up to 2,000 characters); the
-    /// STT stage is skipped.
-    text: Option<String>,
+struct SpokenForm {
+    /// The recording, 1 byte to 10 MB (empty is 400, larger 413): WAV,
+    /// WebM, Ogg, MP3, FLAC or MP4/M4A, told by its first bytes (anything
+    /// else is 415), holding at least one decodable audio frame (else 422).
+    #[schema(value_type = String, format = Binary)]
+    audio: Vec<u8>,
     /// From `POST /api/session/start`.
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     session_id: String,
-    /// Receives the finished job, signed per Standard Webhooks.
+    /// An absolute http(s) URL that receives the finished job, signed per
+    /// Standard Webhooks.
+    #[schema(nullable = false, max_length = 2048)]
     callback_url: Option<String>,
+}
+
+/// Typed words instead of a recording; the STT stage is skipped.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TypedForm {
+    /// Up to 2,000 characters once trimmed, not only whitespace (the
+    /// pattern: a character outside Unicode's White_Space, which is what
+    /// trimming takes off).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = r"[^\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
+    text: String,
+    /// From `POST /api/session/start`.
+    #[schema(pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+    session_id: String,
+    /// An absolute http(s) URL that receives the finished job, signed per
+    /// Standard Webhooks.
+    #[schema(nullable = false, max_length = 2048)]
+    callback_url: Option<String>,
+}
+
+/// Says in `doc` which other parts the form takes: any whose name a
+/// multipart body can carry. They are read past; a name with a control
+/// character cannot stand in a part's header (tab can, and clients
+/// percent-encode CR and LF), and such a body is 400 `malformed_multipart`.
+/// `#[derive(ToSchema)]` has no word for `propertyNames`.
+pub fn document(doc: &mut OpenApi) {
+    let names: Schema = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"))
+        .build()
+        .into();
+    let Some(components) = doc.components.as_mut() else {
+        return;
+    };
+    for form in [SpokenForm::name(), TypedForm::name()] {
+        if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut(form.as_ref()) {
+            form.property_names = Some(Box::new(names.clone()));
+        }
+    }
 }
 
 /// The parts of an upload Rose reads.
@@ -91,8 +146,8 @@ struct Accepted {
     tag = "jobs",
     request_body(content = VoiceForm, content_type = "multipart/form-data"),
     params(
-        ("wait" = Option<f64>, Query, description = "Seconds (0-60) to wait for the job to finish"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key in the same session returns the same job"),
+        ("wait" = Option<f64>, Query, minimum = 0, maximum = 60, description = "Seconds (0-60) to wait for the job to finish"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "1-255 visible ASCII characters: the same key in the same session returns the same job"),
     ),
     responses(
         (status = 202, description = "Queued", body = AcceptedView),
@@ -326,14 +381,16 @@ async fn validate(rose: &Rose, upload: Upload) -> ApiResult<Accepted> {
     let callback_url = upload.callback_url.filter(|s| !s.is_empty());
     if let Some(url) = &callback_url {
         if !is_http_url(url) {
-            return Err(ApiError::InvalidCallbackUrl);
+            return Err(ApiError::InvalidCallbackUrl(
+                "not an absolute http(s) URL".to_owned(),
+            ));
         }
         if rose.config.webhook_secret.is_none() {
             return Err(ApiError::CallbacksNotConfigured);
         }
         match callback::resolve(url, rose.config.callback_allow_private).await {
             Ok(_) => {}
-            Err(UrlError::Invalid(_)) => return Err(ApiError::InvalidCallbackUrl),
+            Err(UrlError::Invalid(why)) => return Err(ApiError::InvalidCallbackUrl(why)),
             Err(UrlError::Forbidden(_)) => return Err(ApiError::CallbackUrlForbidden),
         }
     }

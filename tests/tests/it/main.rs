@@ -5,6 +5,7 @@
 mod backup;
 mod bad_input;
 mod callbacks;
+mod edge;
 mod events;
 mod fuzz;
 mod memory;

@@ -435,7 +435,7 @@ async fn admin_api_lists_and_runs_schedules() {
     let app = spawn_app_with(
         Deployment::Embedded,
         AppOptions {
-            env: env(&[("ROSE_ADMIN_TOKEN", "s3cret-admin-token")]),
+            env: env(&[("ROSE_ADMIN_TOKEN", "s3cret-admin-token-0123456789abcdef")]),
             ..AppOptions::default()
         },
     )
@@ -457,7 +457,7 @@ async fn admin_api_lists_and_runs_schedules() {
     let run = app
         .http
         .post(format!("{url}/stale_jobs/run"))
-        .bearer_auth("s3cret-admin-token")
+        .bearer_auth("s3cret-admin-token-0123456789abcdef")
         .send()
         .await
         .expect("run");
@@ -469,7 +469,7 @@ async fn admin_api_lists_and_runs_schedules() {
     let unknown = app
         .http
         .post(format!("{url}/defragment/run"))
-        .bearer_auth("s3cret-admin-token")
+        .bearer_auth("s3cret-admin-token-0123456789abcdef")
         .send()
         .await
         .expect("run");
@@ -480,7 +480,7 @@ async fn admin_api_lists_and_runs_schedules() {
     let listed: Value = app
         .http
         .get(&url)
-        .bearer_auth("s3cret-admin-token")
+        .bearer_auth("s3cret-admin-token-0123456789abcdef")
         .send()
         .await
         .expect("get")
