@@ -13,8 +13,8 @@
 //! contents). Then only the newest `BACKUP_KEEP` of that kind are kept.
 //!
 //! Restore verifies first and refuses a corrupt or truncated file before
-//! touching the database; it refuses a target that holds sessions or jobs
-//! unless forced.
+//! touching the database; it refuses a target that holds sessions or jobs,
+//! or one whose contents cannot be counted, unless forced.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,6 +59,10 @@ pub enum BackupError {
         "the target database already holds {rows} sessions and jobs; restore with --force to replace them"
     )]
     TargetNotEmpty { rows: i64 },
+    #[error(
+        "cannot tell whether the target database is empty ({0}); restore with --force to replace it anyway"
+    )]
+    TargetUnchecked(String),
     #[error("{0}")]
     Unsupported(String),
 }
@@ -467,7 +471,10 @@ pub struct Restored {
     pub jobs: i64,
 }
 
-/// Rows in `sessions` + `voice_jobs` (0 where the tables do not exist yet).
+/// Rows in `sessions` + `voice_jobs`. A table that does not exist yet (a
+/// fresh database) holds none; any other failure to count — a file that is
+/// not a database, a table that cannot be read — is an error, so a target
+/// that cannot be checked is never taken for an empty one.
 async fn occupancy_sqlite(path: &Path) -> Result<(i64, i64), BackupError> {
     if !path.exists() {
         return Ok((0, 0));
@@ -477,35 +484,74 @@ async fn occupancy_sqlite(path: &Path) -> Result<(i64, i64), BackupError> {
         .read_only(true)
         .connect()
         .await
-        .map_err(db_err)?;
-    let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .map_err(occupancy_err)?;
+    let mut counts = [0i64; 2];
+    for (count, table) in counts.iter_mut().zip(["sessions", "voice_jobs"]) {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = $1",
+        )
+        .bind(table)
         .fetch_one(&mut conn)
         .await
-        .unwrap_or(0);
-    let jobs = sqlx::query_scalar("SELECT COUNT(*) FROM voice_jobs")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
+        .map_err(occupancy_err)?;
+        if exists > 0 {
+            *count =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(occupancy_err)?;
+        }
+    }
     let _ = conn.close().await;
-    Ok((sessions, jobs))
+    Ok((counts[0], counts[1]))
 }
 
+/// [`occupancy_sqlite`] on PostgreSQL (`to_regclass` tells a missing table).
 async fn occupancy_postgres(url: &str, schema: Option<&str>) -> Result<(i64, i64), BackupError> {
     let mut options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(db_err)?;
     if let Some(schema) = schema {
         options = options.options([("search_path", schema)]);
     }
-    let mut conn = options.connect().await.map_err(db_err)?;
-    let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
-    let jobs = sqlx::query_scalar("SELECT COUNT(*) FROM voice_jobs")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
+    let mut conn = options.connect().await.map_err(occupancy_err)?;
+    let mut counts = [0i64; 2];
+    for (count, table) in counts.iter_mut().zip(["sessions", "voice_jobs"]) {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(occupancy_err)?;
+        if exists {
+            *count =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(occupancy_err)?;
+        }
+    }
     let _ = conn.close().await;
-    Ok((sessions, jobs))
+    Ok((counts[0], counts[1]))
+}
+
+fn occupancy_err(e: sqlx::Error) -> BackupError {
+    BackupError::TargetUnchecked(e.to_string())
+}
+
+/// Refuses a target holding sessions or jobs, or one that cannot be checked,
+/// unless `force` (then it is not looked at).
+async fn check_empty(target: &Target, force: bool) -> Result<(), BackupError> {
+    if force {
+        return Ok(());
+    }
+    let (sessions, jobs) = match target {
+        Target::Sqlite(db) => occupancy_sqlite(db).await?,
+        Target::Postgres { url, schema } => occupancy_postgres(url, schema.as_deref()).await?,
+    };
+    if sessions + jobs > 0 {
+        return Err(BackupError::TargetNotEmpty {
+            rows: sessions + jobs,
+        });
+    }
+    Ok(())
 }
 
 /// Restores `path` into `target`. The file is verified first; a damaged one
@@ -514,7 +560,8 @@ async fn occupancy_postgres(url: &str, schema: Option<&str>) -> Result<(i64, i64
 ///
 /// # Errors
 /// [`BackupError::Invalid`] for a damaged file or one of the wrong kind,
-/// [`BackupError::TargetNotEmpty`], or the restore's own failure.
+/// [`BackupError::TargetNotEmpty`], [`BackupError::TargetUnchecked`] when the
+/// target cannot be counted, or the restore's own failure.
 pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restored, BackupError> {
     let verification = verify(path).await?;
     if !verification.ok {
@@ -525,12 +572,7 @@ pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restor
     }
     match (verification.kind, target) {
         (Kind::Sqlite, Target::Sqlite(db)) => {
-            let (sessions, jobs) = occupancy_sqlite(db).await?;
-            if sessions + jobs > 0 && !force {
-                return Err(BackupError::TargetNotEmpty {
-                    rows: sessions + jobs,
-                });
-            }
+            check_empty(target, force).await?;
             let staging = db.with_extension("restore-partial");
             std::fs::copy(path, &staging).map_err(|source| BackupError::Io {
                 path: staging.clone(),
@@ -554,12 +596,7 @@ pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restor
             })
         }
         (Kind::Pgdump, Target::Postgres { url, schema }) => {
-            let (sessions, jobs) = occupancy_postgres(url, schema.as_deref()).await?;
-            if sessions + jobs > 0 && !force {
-                return Err(BackupError::TargetNotEmpty {
-                    rows: sessions + jobs,
-                });
-            }
+            check_empty(target, force).await?;
             let mut args: Vec<&std::ffi::OsStr> = vec![
                 "--clean".as_ref(),
                 "--if-exists".as_ref(),
