@@ -670,3 +670,154 @@ fn extraction_waits_a_bounded_time_for_the_model() {
         RetryDecision::GiveUp
     );
 }
+
+/// A full embedding queue refuses at once instead of growing without bound.
+#[tokio::test]
+async fn the_embedding_queue_is_bounded_and_refuses_when_full() {
+    use rose_shared::memory::EmbedError;
+    use rose_shared::memory::embed::MAX_BATCH;
+    let capacity = 4;
+    let embedder = Arc::new(
+        Embedder::load(&model_dir())
+            .expect("the model")
+            .with_queue_capacity(capacity),
+    );
+    let n = 100;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let embedder = embedder.clone();
+        // On this current-thread runtime every call is queued in one burst,
+        // faster than a batch can run.
+        calls.spawn(async move {
+            embedder
+                .embed_batched(format!("we planted a tree {i}"))
+                .await
+        });
+    }
+    let (mut busy, mut done) = (0, 0);
+    while let Some(joined) = calls.join_next().await {
+        match joined.expect("task") {
+            Ok(vector) => {
+                assert_eq!(vector.len(), DIMENSIONS);
+                done += 1;
+            }
+            Err(EmbedError::Busy(cap)) => {
+                assert_eq!(cap, capacity);
+                busy += 1;
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    // At most the queue plus the batches taken at once (≤ 4 threads) got in.
+    assert!(done <= capacity + 4 * MAX_BATCH, "{done} embedded");
+    assert_eq!(busy + done, n);
+    assert!(busy > 0, "the queue never refused");
+    assert!(
+        EmbedError::Busy(capacity)
+            .to_string()
+            .contains("embedding queue full")
+    );
+}
+
+/// A text whose caller stopped waiting (a recall that timed out) is skipped,
+/// not embedded for nobody.
+#[tokio::test]
+async fn texts_whose_caller_gave_up_are_not_embedded() {
+    use rose_shared::memory::embed::MAX_BATCH;
+    let embedder = Arc::new(Embedder::load(&model_dir()).expect("the model"));
+    let n = 200u64; // under the queue's capacity: every text is queued
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let embedder = embedder.clone();
+        calls.spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(1),
+                embedder.embed_batched(format!("we planted a tree {i}")),
+            )
+            .await
+        });
+    }
+    while calls.join_next().await.is_some() {}
+    // The batcher drains what is left; wait for it to have looked at all.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let (embedded, abandoned) = loop {
+        let (waiting, embedded, abandoned) = embedder.batcher_counts();
+        if waiting == 0 && embedded + abandoned == n {
+            break (embedded, abandoned);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} {embedded} {abandoned}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        embedded <= (4 * MAX_BATCH) as u64,
+        "only batches taken before the callers gave up run: {embedded} embedded, {abandoned} skipped"
+    );
+}
+
+/// The embedded store's cache keeps to its limits (least recently used out
+/// first) and drops an erased owner at once.
+#[tokio::test]
+async fn the_embedded_cache_is_bounded_and_forgets_erased_owners() {
+    use rose_shared::memory::embedded::{CacheLimits, EmbeddedMemory};
+    use rose_shared::memory::{MemoryStore, NewMemory};
+    let dir = tempfile::tempdir().expect("dir");
+    let db = rose_tests::sqlite_database(&dir.path().join("memory.db")).await;
+    db.migrate().await.expect("migrate");
+    let store = EmbeddedMemory::with_cache_limits(
+        db,
+        CacheLimits {
+            owners: 2,
+            vectors: 5,
+            idle: Duration::from_secs(3600),
+        },
+    );
+    let mut unit = vec![0.0f32; DIMENSIONS];
+    unit[0] = 1.0;
+    let mut sessions = std::collections::HashMap::new();
+    for (owner, rows) in [("a", 2), ("b", 2), ("c", 2), ("d", 1), ("big", 6)] {
+        let session = SessionId::new();
+        sessions.insert(owner, session);
+        for i in 0..rows {
+            store
+                .add(NewMemory {
+                    owner: owner.to_owned(),
+                    session_id: session,
+                    text: format!("{owner} {i}"),
+                    vector: unit.clone(),
+                    source_job: None,
+                })
+                .await
+                .expect("add");
+        }
+    }
+    let search = |owner: &'static str| {
+        let (store, unit) = (store.clone(), unit.clone());
+        async move { store.search(owner, &unit, 10).await.expect("search") }
+    };
+    search("a").await;
+    search("b").await;
+    assert_eq!(store.cached(), (vec!["a".to_owned(), "b".to_owned()], 4));
+    search("c").await; // over both limits: the least recently used (a) goes
+    assert_eq!(store.cached(), (vec!["b".to_owned(), "c".to_owned()], 4));
+    search("b").await;
+    search("d").await; // c is now the least recently used
+    assert_eq!(store.cached(), (vec!["b".to_owned(), "d".to_owned()], 3));
+    assert_eq!(
+        search("big").await.len(),
+        6,
+        "served, though too big to cache"
+    );
+    assert_eq!(store.cached().0, vec!["b".to_owned(), "d".to_owned()]);
+
+    // Erasure evicts at once.
+    store
+        .delete_session(sessions["b"])
+        .await
+        .expect("erase session");
+    assert_eq!(store.cached(), (vec!["d".to_owned()], 1));
+    store.delete_owner("d").await.expect("erase owner");
+    assert_eq!(store.cached(), (Vec::new(), 0));
+}
