@@ -114,10 +114,10 @@ pub trait MemoryStore: Send + Sync {
     /// Keeps `owner`'s `keep` most recently recalled memories and erases the
     /// rest; returns how many went.
     async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError>;
-    /// Takes a snapshot where the store keeps its own data (Qdrant); returns
-    /// its name. The embedded store lives in the database backup: `None`.
-    async fn snapshot(&self) -> Result<Option<String>, MemoryError> {
-        Ok(None)
+    /// The Qdrant store, when memories live there (backups snapshot it);
+    /// the embedded store lives in the database backup: `None`.
+    fn as_qdrant(&self) -> Option<&qdrant::QdrantMemory> {
+        None
     }
 }
 

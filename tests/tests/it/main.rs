@@ -10,6 +10,7 @@ mod fuzz;
 mod memory;
 mod openapi;
 mod pipeline;
+mod qdrant;
 mod queue_delay;
 mod redis_queue;
 mod resilience;
