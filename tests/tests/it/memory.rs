@@ -821,3 +821,74 @@ async fn the_embedded_cache_is_bounded_and_forgets_erased_owners() {
     store.delete_owner("d").await.expect("erase owner");
     assert_eq!(store.cached(), (Vec::new(), 0));
 }
+
+/// Four stores starting together on a collection nobody made yet: all
+/// start (a real Qdrant; the stand-in version in `qdrant::` forces the race).
+#[tokio::test]
+async fn qdrant_starters_racing_to_create_the_collection_all_start() {
+    let Some(url) = qdrant_url() else { return };
+    let collection = unique("rose_test_race");
+    let mut starters = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (url, collection) = (url.clone(), collection.clone());
+        starters.spawn(async move {
+            QdrantMemory::connect(&url, None, &collection)
+                .await
+                .map(|_| ())
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(started) = starters.join_next().await {
+        results.push(started.expect("task"));
+    }
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+    for result in results {
+        result.expect("every starter starts");
+    }
+}
+
+/// Three backups with `keep` 1 leave one snapshot file and none on Qdrant
+/// (a real Qdrant: `QDRANT_URL`, and `QDRANT_REST_URL` when its REST port
+/// is not 6333 beside a gRPC 6334).
+#[tokio::test]
+async fn qdrant_backups_keep_one_snapshot_and_none_on_qdrant() {
+    let Some(url) = qdrant_url() else { return };
+    let rest = std::env::var("QDRANT_REST_URL")
+        .ok()
+        .or_else(|| url.strip_suffix(":6334").map(|b| format!("{b}:6333")))
+        .unwrap_or_else(|| url.clone());
+    let collection = unique("rose_test_backup");
+    let store = QdrantMemory::connect(&url, None, &collection)
+        .await
+        .expect("qdrant")
+        .with_rest(Some(rest));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = rose_tests::sqlite_database(&dir.path().join("rose.db")).await;
+    db.migrate().await.expect("migrate");
+    let rose_shared::store::Database::Sqlite(pool) = &db else {
+        panic!("sqlite")
+    };
+    let source = rose_shared::backup::Source::Sqlite(pool.clone());
+    for _ in 0..3 {
+        rose_shared::backup::create_with_memory(&source, Some(&store), dir.path(), 1)
+            .await
+            .expect("backup");
+    }
+    let left = store.snapshots().await.expect("list");
+    let files = rose_shared::backup::list(dir.path()).expect("list");
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(files.len(), 2, "{files:?}");
+}
