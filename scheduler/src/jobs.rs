@@ -227,27 +227,38 @@ async fn lost_callbacks(rose: &Rose, cutoff: i64) -> anyhow::Result<u64> {
 }
 
 /// Backs the database up into `BACKUP_DIR` (verified, the newest
-/// `BACKUP_KEEP` kept), and snapshots Qdrant when it holds the memories.
-/// Without `pg_dump` the run is recorded as skipped, saying why.
+/// `BACKUP_KEEP` kept) and, when Qdrant holds the memories, its snapshot
+/// beside it under the same stamp and retention. Without `pg_dump` the
+/// database part is recorded as skipped, saying why.
 ///
 /// # Errors
-/// When the backup cannot be written or fails verification, or the
-/// snapshot fails.
+/// When a backup cannot be written or fails verification, or the snapshot
+/// fails.
 pub async fn backup(rose: &Rose) -> anyhow::Result<Counts> {
     use rose_shared::backup::{self, Outcome, Source};
     let source = Source::of(&rose.config, &rose.db)?;
-    let outcome = backup::create(&source, &rose.config.backup_dir, rose.config.backup_keep).await?;
-    let snapshot = rose.memory.store.snapshot().await?;
-    Ok(match outcome {
+    let made = backup::create_with_memory(
+        &source,
+        rose.memory.store.as_qdrant(),
+        &rose.config.backup_dir,
+        rose.config.backup_keep,
+    )
+    .await?;
+    let snapshot = made.memory.as_ref().map(|r| r.path.display().to_string());
+    let snapshots_removed = made.memory.as_ref().map_or(0, |r| r.removed.len());
+    Ok(match made.database {
         Outcome::Created(report) => counts(json!({
             "path": report.path.display().to_string(),
             "bytes": report.bytes,
             "verified": report.verification.ok,
             "removed": report.removed.len(),
             "qdrant_snapshot": snapshot,
+            "qdrant_snapshots_removed": snapshots_removed,
         })),
-        Outcome::Skipped { reason } => {
-            counts(json!({ "skipped": reason, "qdrant_snapshot": snapshot }))
-        }
+        Outcome::Skipped { reason } => counts(json!({
+            "skipped": reason,
+            "qdrant_snapshot": snapshot,
+            "qdrant_snapshots_removed": snapshots_removed,
+        })),
     })
 }

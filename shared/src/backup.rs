@@ -13,8 +13,16 @@
 //! contents). Then only the newest `BACKUP_KEEP` of that kind are kept.
 //!
 //! Restore verifies first and refuses a corrupt or truncated file before
-//! touching the database; it refuses a target that holds sessions or jobs
-//! unless forced.
+//! touching the database; it refuses a target that holds sessions or jobs,
+//! or one whose contents cannot be counted, unless forced.
+//!
+//! When the memories live in Qdrant, each backup also holds them:
+//! `rose-<same stamp>.qdrant`, a snapshot of the collection downloaded from
+//! Qdrant (and then deleted there, with any older snapshot of it, so erased
+//! memories live on only in these files). The pair shares its stamp: one
+//! retention (`BACKUP_KEEP` of each kind), listed together, verified
+//! together (a snapshot must read as a complete tar archive), restored
+//! together (`restore` of the database file uploads its snapshot too).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,10 +37,17 @@ use sqlx::{ConnectOptions, Connection};
 use crate::config::{Config, DatabaseUrl};
 use crate::store::Database;
 
+mod memory;
+pub use memory::{
+    Created, RestoredAll, create_with_memory, paired_snapshot, restore_with_memory,
+    verify_with_pair,
+};
+
 /// File name prefix of Rose's backups.
 const PREFIX: &str = "rose-";
 const SQLITE_EXT: &str = "sqlite";
 const PG_EXT: &str = "pgdump";
+const QDRANT_EXT: &str = "qdrant";
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 const PG_MAGIC: &[u8] = b"PGDMP";
 
@@ -59,8 +74,14 @@ pub enum BackupError {
         "the target database already holds {rows} sessions and jobs; restore with --force to replace them"
     )]
     TargetNotEmpty { rows: i64 },
+    #[error(
+        "cannot tell whether the target database is empty ({0}); restore with --force to replace it anyway"
+    )]
+    TargetUnchecked(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("vector memory: {0}")]
+    Memory(String),
 }
 
 fn db_err(e: impl std::fmt::Display) -> BackupError {
@@ -73,6 +94,8 @@ fn db_err(e: impl std::fmt::Display) -> BackupError {
 pub enum Kind {
     Sqlite,
     Pgdump,
+    /// A Qdrant collection snapshot (a tar archive).
+    Qdrant,
 }
 
 impl Kind {
@@ -80,7 +103,14 @@ impl Kind {
         match self {
             Self::Sqlite => SQLITE_EXT,
             Self::Pgdump => PG_EXT,
+            Self::Qdrant => QDRANT_EXT,
         }
+    }
+
+    /// `sqlite`, `pgdump` or `qdrant`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.ext()
     }
 }
 
@@ -193,6 +223,7 @@ fn parse_name(path: &Path) -> Option<(Kind, String)> {
     let kind = match ext {
         SQLITE_EXT => Kind::Sqlite,
         PG_EXT => Kind::Pgdump,
+        QDRANT_EXT => Kind::Qdrant,
         _ => return None,
     };
     chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%S%.3fZ").ok()?;
@@ -277,6 +308,34 @@ fn quoted(path: &Path) -> String {
 /// When the directory cannot be made or written, the copy fails, or the new
 /// file fails verification (it is then removed; earlier backups stay).
 pub async fn create(source: &Source, dir: &Path, keep: usize) -> Result<Outcome, BackupError> {
+    std::fs::create_dir_all(dir).map_err(|source| BackupError::Dir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let stamp = free_stamp(dir).await;
+    create_at(source, dir, keep, &stamp).await
+}
+
+/// A stamp no backup in `dir` has yet.
+async fn free_stamp(dir: &Path) -> String {
+    loop {
+        let stamp = stamp();
+        let taken = [SQLITE_EXT, PG_EXT, QDRANT_EXT]
+            .iter()
+            .any(|ext| dir.join(format!("{PREFIX}{stamp}.{ext}")).exists());
+        if !taken {
+            return stamp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+async fn create_at(
+    source: &Source,
+    dir: &Path,
+    keep: usize,
+    stamp: &str,
+) -> Result<Outcome, BackupError> {
     let started = Instant::now();
     let kind = match source {
         Source::Sqlite(_) => Kind::Sqlite,
@@ -287,15 +346,7 @@ pub async fn create(source: &Source, dir: &Path, keep: usize) -> Result<Outcome,
             reason: "pg_dump not found on PATH; PostgreSQL backup skipped".to_owned(),
         });
     }
-    std::fs::create_dir_all(dir).map_err(|source| BackupError::Dir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let mut path = dir.join(format!("{PREFIX}{}.{}", stamp(), kind.ext()));
-    while path.exists() {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        path = dir.join(format!("{PREFIX}{}.{}", stamp(), kind.ext()));
-    }
+    let path = dir.join(format!("{PREFIX}{stamp}.{}", kind.ext()));
     let partial = path.with_extension(format!("{}.partial", kind.ext()));
     let written = match source {
         Source::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -367,19 +418,30 @@ fn prune(dir: &Path, kind: Kind, keep: usize) -> Result<Vec<PathBuf>, BackupErro
 
 fn sniff(path: &Path) -> Result<Option<Kind>, BackupError> {
     use std::io::Read as _;
-    let mut head = [0u8; 16];
+    let mut head = [0u8; 512];
     let mut file = std::fs::File::open(path).map_err(|source| BackupError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let n = file.read(&mut head).map_err(|source| BackupError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut n = 0;
+    while n < head.len() {
+        let got = file
+            .read(&mut head[n..])
+            .map_err(|source| BackupError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
     Ok(if head[..n].starts_with(SQLITE_MAGIC) {
         Some(Kind::Sqlite)
     } else if head[..n].starts_with(PG_MAGIC) {
         Some(Kind::Pgdump)
+    } else if n >= 263 && &head[257..262] == b"ustar" {
+        Some(Kind::Qdrant)
     } else {
         None
     })
@@ -393,11 +455,13 @@ fn sniff(path: &Path) -> Result<Option<Kind>, BackupError> {
 pub async fn verify(path: &Path) -> Result<Verification, BackupError> {
     let kind = sniff(path)?.ok_or_else(|| BackupError::Invalid {
         path: path.to_path_buf(),
-        detail: "neither a SQLite database nor a pg_dump custom-format file".to_owned(),
+        detail: "neither a SQLite database, a pg_dump custom-format file nor a Qdrant snapshot"
+            .to_owned(),
     })?;
     let checked = match kind {
         Kind::Sqlite => verify_sqlite(path).await,
         Kind::Pgdump => verify_pgdump(path).await,
+        Kind::Qdrant => memory::verify_tar(path),
     };
     let (ok, detail) = match checked {
         Ok(detail) => (true, detail),
@@ -467,7 +531,10 @@ pub struct Restored {
     pub jobs: i64,
 }
 
-/// Rows in `sessions` + `voice_jobs` (0 where the tables do not exist yet).
+/// Rows in `sessions` + `voice_jobs`. A table that does not exist yet (a
+/// fresh database) holds none; any other failure to count — a file that is
+/// not a database, a table that cannot be read — is an error, so a target
+/// that cannot be checked is never taken for an empty one.
 async fn occupancy_sqlite(path: &Path) -> Result<(i64, i64), BackupError> {
     if !path.exists() {
         return Ok((0, 0));
@@ -477,35 +544,74 @@ async fn occupancy_sqlite(path: &Path) -> Result<(i64, i64), BackupError> {
         .read_only(true)
         .connect()
         .await
-        .map_err(db_err)?;
-    let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
+        .map_err(occupancy_err)?;
+    let mut counts = [0i64; 2];
+    for (count, table) in counts.iter_mut().zip(["sessions", "voice_jobs"]) {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = $1",
+        )
+        .bind(table)
         .fetch_one(&mut conn)
         .await
-        .unwrap_or(0);
-    let jobs = sqlx::query_scalar("SELECT COUNT(*) FROM voice_jobs")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
+        .map_err(occupancy_err)?;
+        if exists > 0 {
+            *count =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(occupancy_err)?;
+        }
+    }
     let _ = conn.close().await;
-    Ok((sessions, jobs))
+    Ok((counts[0], counts[1]))
 }
 
+/// [`occupancy_sqlite`] on PostgreSQL (`to_regclass` tells a missing table).
 async fn occupancy_postgres(url: &str, schema: Option<&str>) -> Result<(i64, i64), BackupError> {
     let mut options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(db_err)?;
     if let Some(schema) = schema {
         options = options.options([("search_path", schema)]);
     }
-    let mut conn = options.connect().await.map_err(db_err)?;
-    let sessions = sqlx::query_scalar("SELECT COUNT(*) FROM sessions")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
-    let jobs = sqlx::query_scalar("SELECT COUNT(*) FROM voice_jobs")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap_or(0);
+    let mut conn = options.connect().await.map_err(occupancy_err)?;
+    let mut counts = [0i64; 2];
+    for (count, table) in counts.iter_mut().zip(["sessions", "voice_jobs"]) {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(occupancy_err)?;
+        if exists {
+            *count =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(occupancy_err)?;
+        }
+    }
     let _ = conn.close().await;
-    Ok((sessions, jobs))
+    Ok((counts[0], counts[1]))
+}
+
+fn occupancy_err(e: sqlx::Error) -> BackupError {
+    BackupError::TargetUnchecked(e.to_string())
+}
+
+/// Refuses a target holding sessions or jobs, or one that cannot be checked,
+/// unless `force` (then it is not looked at).
+async fn check_empty(target: &Target, force: bool) -> Result<(), BackupError> {
+    if force {
+        return Ok(());
+    }
+    let (sessions, jobs) = match target {
+        Target::Sqlite(db) => occupancy_sqlite(db).await?,
+        Target::Postgres { url, schema } => occupancy_postgres(url, schema.as_deref()).await?,
+    };
+    if sessions + jobs > 0 {
+        return Err(BackupError::TargetNotEmpty {
+            rows: sessions + jobs,
+        });
+    }
+    Ok(())
 }
 
 /// Restores `path` into `target`. The file is verified first; a damaged one
@@ -514,7 +620,8 @@ async fn occupancy_postgres(url: &str, schema: Option<&str>) -> Result<(i64, i64
 ///
 /// # Errors
 /// [`BackupError::Invalid`] for a damaged file or one of the wrong kind,
-/// [`BackupError::TargetNotEmpty`], or the restore's own failure.
+/// [`BackupError::TargetNotEmpty`], [`BackupError::TargetUnchecked`] when the
+/// target cannot be counted, or the restore's own failure.
 pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restored, BackupError> {
     let verification = verify(path).await?;
     if !verification.ok {
@@ -525,12 +632,7 @@ pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restor
     }
     match (verification.kind, target) {
         (Kind::Sqlite, Target::Sqlite(db)) => {
-            let (sessions, jobs) = occupancy_sqlite(db).await?;
-            if sessions + jobs > 0 && !force {
-                return Err(BackupError::TargetNotEmpty {
-                    rows: sessions + jobs,
-                });
-            }
+            check_empty(target, force).await?;
             let staging = db.with_extension("restore-partial");
             std::fs::copy(path, &staging).map_err(|source| BackupError::Io {
                 path: staging.clone(),
@@ -554,12 +656,7 @@ pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restor
             })
         }
         (Kind::Pgdump, Target::Postgres { url, schema }) => {
-            let (sessions, jobs) = occupancy_postgres(url, schema.as_deref()).await?;
-            if sessions + jobs > 0 && !force {
-                return Err(BackupError::TargetNotEmpty {
-                    rows: sessions + jobs,
-                });
-            }
+            check_empty(target, force).await?;
             let mut args: Vec<&std::ffi::OsStr> = vec![
                 "--clean".as_ref(),
                 "--if-exists".as_ref(),
@@ -583,6 +680,9 @@ pub async fn restore(path: &Path, target: &Target, force: bool) -> Result<Restor
                 jobs,
             })
         }
+        (Kind::Qdrant, _) => Err(BackupError::Unsupported(
+            "a Qdrant snapshot is restored into Qdrant, not into the database".to_owned(),
+        )),
         (kind, _) => Err(BackupError::Unsupported(format!(
             "a {kind:?} backup cannot be restored into this database"
         ))),

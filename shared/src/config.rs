@@ -151,6 +151,13 @@ pub struct Config {
     pub qdrant_url: Option<String>,
     /// `QDRANT_API_KEY`.
     pub qdrant_api_key: Option<SecretString>,
+    /// `QDRANT_REST_URL`: Qdrant's REST API, for snapshot download and
+    /// upload (gRPC has neither). Default: `QDRANT_URL` with Qdrant's gRPC
+    /// port 6334 swapped for its REST port 6333 (see [`Config::qdrant_rest`]).
+    pub qdrant_rest_url: Option<String>,
+    /// `ROSE_QDRANT_START_TIMEOUT_SECS`: how long a starting process waits for
+    /// Qdrant to answer, retrying with backoff (default 60; 0: no retry).
+    pub qdrant_start_timeout: Duration,
     /// `MEMORY_TOP_K` (default 3).
     pub memory_top_k: usize,
     /// `EMBEDDING_MODEL_DIR`: `model.safetensors`, `tokenizer.json`, `config.json`.
@@ -488,6 +495,20 @@ impl Reader<'_> {
 }
 
 impl Config {
+    /// Qdrant's REST URL: `QDRANT_REST_URL`, else `QDRANT_URL` with port
+    /// 6334 (gRPC) replaced by 6333 (REST), else `QDRANT_URL` itself.
+    #[must_use]
+    pub fn qdrant_rest(&self) -> Option<String> {
+        if let Some(url) = &self.qdrant_rest_url {
+            return Some(url.clone());
+        }
+        let grpc = self.qdrant_url.as_ref()?;
+        Some(match grpc.strip_suffix(":6334") {
+            Some(base) => format!("{base}:6333"),
+            None => grpc.clone(),
+        })
+    }
+
     /// Reads the process environment.
     ///
     /// # Errors
@@ -574,6 +595,13 @@ impl Config {
             )),
             qdrant_url: r.url("QDRANT_URL", None),
             qdrant_api_key: r.secret("QDRANT_API_KEY"),
+            qdrant_rest_url: r.url("QDRANT_REST_URL", None),
+            qdrant_start_timeout: Duration::from_secs(r.bounded(
+                "ROSE_QDRANT_START_TIMEOUT_SECS",
+                60u64,
+                0,
+                3_600,
+            )),
             memory_top_k: r.bounded("MEMORY_TOP_K", 3usize, 1, 50),
             embedding_model_dir: r.raw("EMBEDDING_MODEL_DIR").map(PathBuf::from),
             session_retention_days: r.bounded("SESSION_RETENTION_DAYS", 7u32, 1, 36_500),

@@ -120,9 +120,16 @@ impl Rose {
             Queue::Sqlite(_) => RequestLimiter::local(),
         };
         let memory_store: Arc<dyn MemoryStore> = match &config.qdrant_url {
+            // A Qdrant still starting is waited for (ROSE_QDRANT_START_TIMEOUT_SECS).
             Some(url) => Arc::new(
-                QdrantMemory::connect(url, config.qdrant_api_key.as_ref(), qdrant::COLLECTION)
-                    .await?,
+                QdrantMemory::connect_patiently(
+                    url,
+                    config.qdrant_api_key.as_ref(),
+                    qdrant::COLLECTION,
+                    config.qdrant_start_timeout,
+                )
+                .await?
+                .with_rest(config.qdrant_rest()),
             ),
             None => Arc::new(EmbeddedMemory::new(db.clone())),
         };

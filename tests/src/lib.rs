@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod probe;
 pub mod process;
+pub mod qdrant;
 
 /// The shipped recording: real speech whose `ICMT` comment is its transcript.
 pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");

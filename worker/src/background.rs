@@ -8,6 +8,9 @@
 //! running summary once more than 30 turns are unsummarized, so prompts stay
 //! bounded however long a conversation runs. Malformed model output is logged
 //! and dropped; a provider or store failure is returned for the queue to retry.
+//! While the embedding model is unavailable an extraction is not attempted
+//! (no model call is paid for a fact that could not be kept): the task waits
+//! for the model, for a bounded time (see the worker's `MODEL_WAIT`).
 
 use rose_shared::Rose;
 use rose_shared::domain::{MemoryTask, Role, SummaryTask};
@@ -44,11 +47,28 @@ struct Extraction {
 
 /// A background failure worth retrying.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(pub String);
+#[error("{reason}")]
+pub struct Retry {
+    pub reason: String,
+    /// Set when the embedding model is unavailable: the task waits for it
+    /// (see `MODEL_WAIT` in the worker) instead of spending its attempts.
+    /// The job's creation time, unix ms.
+    pub waiting_for_model_since: Option<i64>,
+}
+
+impl Retry {
+    /// A failure that is not the model's.
+    #[must_use]
+    pub fn new(reason: String) -> Self {
+        Self {
+            reason,
+            waiting_for_model_since: None,
+        }
+    }
+}
 
 fn retry(e: impl std::fmt::Display) -> Retry {
-    Retry(e.to_string())
+    Retry::new(e.to_string())
 }
 
 /// Parses the model's answer: `Some(fact)`, `None` for "nothing to keep", or
@@ -81,6 +101,14 @@ pub async fn extract(rose: &Rose, task: &MemoryTask) -> Result<(), Retry> {
     else {
         return Ok(());
     };
+    // Without the model a fact could not be kept: wait for it before paying
+    // for the extraction.
+    if let Err(e) = rose.memory.embedder().await {
+        return Err(Retry {
+            waiting_for_model_since: e.is_model_unavailable().then_some(job.created_at),
+            reason: e.to_string(),
+        });
+    }
     let request = ChatRequest {
         model: rose.config.llm_small_model.clone(),
         messages: vec![
@@ -117,7 +145,10 @@ pub async fn extract(rose: &Rose, task: &MemoryTask) -> Result<(), Retry> {
         .memory
         .remember(&owner, session.id, &fact, Some(job.id.to_string()))
         .await
-        .map_err(retry)?;
+        .map_err(|e| Retry {
+            waiting_for_model_since: e.is_model_unavailable().then_some(job.created_at),
+            reason: e.to_string(),
+        })?;
     match outcome {
         Remembered::Added(id) => {
             tracing::info!(job_id = %job.id, memory = %id, "memory added");

@@ -20,8 +20,8 @@ use apalis::layers::catch_panic::CatchPanicLayer;
 use rose_shared::callback::{self, Attempt};
 use rose_shared::domain::{CallbackTask, MemoryTask, SummaryTask, VoiceTask};
 use rose_shared::queue::{
-    Abort, CALLBACK_QUEUE, ConsumerOptions, MEMORY_QUEUE, Panicked, QUEUES, Queue, RetryPolicy,
-    SUMMARY_QUEUE, VOICE_QUEUE,
+    Abort, CALLBACK_QUEUE, ConsumerOptions, Defer, MEMORY_QUEUE, Panicked, QUEUES, Queue,
+    RetryPolicy, SUMMARY_QUEUE, VOICE_QUEUE,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -104,14 +104,54 @@ pub fn voice_retry(config: &rose_shared::config::Config) -> RetryPolicy {
     }
 }
 
+/// How long a memory extraction waits for a missing embedding model (from
+/// its job's creation) before it goes to the dead letters; its attempts are
+/// not spent meanwhile. A day covers an operator fixing
+/// `EMBEDDING_MODEL_DIR` the next morning.
+pub const MODEL_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// While waiting for the model, an extraction is tried again this often.
+pub const MODEL_WAIT_RETRY: Duration = Duration::from_secs(300);
+
+/// The queue error a failed background task hands back, at `now_ms`: a
+/// task waiting for the embedding model is deferred every
+/// [`MODEL_WAIT_RETRY`] without spending an attempt, for up to
+/// [`MODEL_WAIT`], then given up to the dead letters; any other failure is
+/// retried by the queue's [`background_retry`] policy.
+#[must_use]
+pub fn background_error(error: background::Retry, now_ms: i64) -> BoxDynError {
+    let Some(since) = error.waiting_for_model_since else {
+        return Box::new(error);
+    };
+    let waited = u64::try_from(now_ms.saturating_sub(since)).unwrap_or(0);
+    if u128::from(waited) < MODEL_WAIT.as_millis() {
+        // The model's absence was logged once at error level already.
+        tracing::debug!(
+            delay_ms = MODEL_WAIT_RETRY.as_millis() as u64,
+            "background task waits for the embedding model"
+        );
+        Box::new(Defer {
+            after: MODEL_WAIT_RETRY,
+            reason: error.reason,
+        })
+    } else {
+        tracing::warn!(error = %error, waited_h = MODEL_WAIT.as_secs() / 3600, "background task gave up waiting for the embedding model; moved to the dead letters");
+        Box::new(Abort(format!(
+            "gave up waiting for the embedding model: {}",
+            error.reason
+        )))
+    }
+}
+
 async fn handle_memory(task: MemoryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
-    background::extract(&rose, &task).await?;
-    Ok(())
+    background::extract(&rose, &task)
+        .await
+        .map_err(|e| background_error(e, rose_shared::domain::now_ms()))
 }
 
 async fn handle_summary(task: SummaryTask, rose: Data<Rose>) -> Result<(), BoxDynError> {
-    background::summarize(&rose, &task).await?;
-    Ok(())
+    background::summarize(&rose, &task)
+        .await
+        .map_err(|e| background_error(e, rose_shared::domain::now_ms()))
 }
 
 /// Delivers one finished job to its callback URL; a failed attempt is
@@ -320,12 +360,11 @@ pub async fn run(
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    // Load the embedding model now rather than in the first job.
+    // Load the embedding model now rather than in the first job; a failure
+    // is logged there, once, naming the fix.
     let memory = rose.memory.clone();
     tokio::spawn(async move {
-        if let Err(e) = memory.embedder().await {
-            tracing::error!(error = %e, "embedding model could not be loaded; replies go without memories");
-        }
+        let _ = memory.embedder().await;
     });
     let names = [
         options.name.clone(),

@@ -4,8 +4,11 @@
 //! breakers, without spending their quota: `unhealthy` while a breaker is
 //! open, `degraded` while it is half-open or counting failures, otherwise
 //! `healthy` (or `simulated` when the simulator answers); `disabled` when not
-//! used. The overall status is `degraded` when a provider is not healthy;
-//! 503 only when Rose cannot serve at all (database or queue down).
+//! used. `memory` is long-term memory as a whole — the embedding model and
+//! the vector store — `unhealthy` when either cannot work, with the reason
+//! under `reasons.memory` (`qdrant` stays the store alone). The overall
+//! status is `degraded` when a provider or memory is not healthy; 503 only
+//! when Rose cannot serve at all (database or queue down).
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,21 +35,30 @@ async fn check<E: std::fmt::Display>(
     what: &str,
     fut: impl Future<Output = Result<(), E>>,
 ) -> &'static str {
+    check_why(what, fut).await.0
+}
+
+/// [`check`], with the reason when it failed.
+async fn check_why<E: std::fmt::Display>(
+    what: &str,
+    fut: impl Future<Output = Result<(), E>>,
+) -> (&'static str, Option<String>) {
     match tokio::time::timeout(CHECK_TIMEOUT, fut).await {
-        Ok(Ok(())) => "healthy",
+        Ok(Ok(())) => ("healthy", None),
         Ok(Err(e)) => {
             tracing::warn!(service = what, error = %e, "health check failed");
-            "unhealthy"
+            ("unhealthy", Some(e.to_string()))
         }
         Err(_) => {
             tracing::warn!(service = what, "health check timed out");
-            "unhealthy"
+            ("unhealthy", Some(format!("no answer in {CHECK_TIMEOUT:?}")))
         }
     }
 }
 
 /// `{"status", "simulated", "services": {database, queue, redis, qdrant,
-/// groq, elevenlabs}, "deployment", "circuit_breakers"}`.
+/// memory, groq, elevenlabs}, "reasons": {service: why}, "deployment",
+/// "circuit_breakers"}`.
 #[utoipa::path(
     get,
     path = "/api/health",
@@ -62,10 +74,10 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
         check("queue", rose.queue.ping()),
         async {
             let started = std::time::Instant::now();
-            let state = check("memory", rose.memory.store.ping()).await;
+            let state = check_why("memory", rose.memory.store.ping()).await;
             tracing::debug!(
                 store = rose.memory.store.kind(),
-                state,
+                state = state.0,
                 qdrant_duration_ms = started.elapsed().as_millis() as u64,
                 "vector memory checked"
             );
@@ -95,10 +107,20 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
         Queue::Redis(_) => queue,
         Queue::Sqlite(_) => "disabled",
     };
+    let (store, store_reason) = memory;
     // The embedded store lives in the database: its check is the database's.
     let qdrant = match rose.memory.store.kind() {
-        "qdrant" => memory,
+        "qdrant" => store,
         _ => "disabled",
+    };
+    let mut reasons = serde_json::Map::new();
+    let memory = match (rose.memory.model_health(), store_reason) {
+        (Ok(()), None) => "healthy",
+        (model, store) => {
+            let why: Vec<String> = model.err().into_iter().chain(store).collect();
+            reasons.insert("memory".to_owned(), Value::String(why.join("; ")));
+            "unhealthy"
+        }
     };
     let groq = judge(&["stt", "llm"]);
     let elevenlabs = match rose.config.tts_provider {
@@ -131,9 +153,12 @@ async fn health(State(rose): State<Rose>) -> (StatusCode, Json<Value>) {
             "queue": queue,
             "redis": redis,
             "qdrant": qdrant,
+            "memory": memory,
             "groq": groq,
             "elevenlabs": elevenlabs,
         },
+        // Why a service is not healthy, where Rose can tell.
+        "reasons": reasons,
         "deployment": {
             "database": rose.store.backend(),
             "queue": rose.queue.kind(),

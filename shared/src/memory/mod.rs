@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod qdrant;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,6 +44,14 @@ pub enum MemoryError {
     Qdrant(String),
     #[error("memory store misconfigured: {0}")]
     Config(String),
+}
+
+impl MemoryError {
+    /// The embedding model cannot be had (see [`EmbedError::is_unavailable`]).
+    #[must_use]
+    pub fn is_model_unavailable(&self) -> bool {
+        matches!(self, Self::Embed(e) if e.is_unavailable())
+    }
 }
 
 /// Whose memories these are.
@@ -105,10 +114,10 @@ pub trait MemoryStore: Send + Sync {
     /// Keeps `owner`'s `keep` most recently recalled memories and erases the
     /// rest; returns how many went.
     async fn cap(&self, owner: &str, keep: usize) -> Result<u64, MemoryError>;
-    /// Takes a snapshot where the store keeps its own data (Qdrant); returns
-    /// its name. The embedded store lives in the database backup: `None`.
-    async fn snapshot(&self) -> Result<Option<String>, MemoryError> {
-        Ok(None)
+    /// The Qdrant store, when memories live there (backups snapshot it);
+    /// the embedded store lives in the database backup: `None`.
+    fn as_qdrant(&self) -> Option<&qdrant::QdrantMemory> {
+        None
     }
 }
 
@@ -137,13 +146,25 @@ pub enum Remembered {
     Refreshed(String),
 }
 
+/// After a failed load, how long until the model is tried again (not on
+/// every job).
+pub const MODEL_RETRY: Duration = Duration::from_secs(60);
+
+/// The last failed load: when to try again, and why it failed.
+#[derive(Debug)]
+struct LoadFailure {
+    retry_at: Instant,
+    reason: String,
+}
+
 /// The memory facade: a store plus the (lazily loaded) embedding model.
 pub struct Memory {
     pub store: Arc<dyn MemoryStore>,
     model_dir: Option<PathBuf>,
     embedder: OnceCell<Arc<Embedder>>,
-    /// After a failed load, when to try again (not on every job).
-    retry_load_at: Mutex<Option<Instant>>,
+    failure: Mutex<Option<LoadFailure>>,
+    /// The first failure is logged at error level, once; later ones quietly.
+    reported: AtomicBool,
 }
 
 impl std::fmt::Debug for Memory {
@@ -164,26 +185,56 @@ impl Memory {
             store,
             model_dir,
             embedder: OnceCell::new(),
-            retry_load_at: Mutex::new(None),
+            failure: Mutex::new(None),
+            reported: AtomicBool::new(false),
         }
     }
 
-    /// The model, loading it on first use.
+    /// Whether memory can work, without loading anything: `Err(reason)` when
+    /// the model failed to load, or its directory lacks a file. A model not
+    /// loaded yet whose files are there counts as working.
     ///
     /// # Errors
-    /// [`MemoryError::Embed`] when it cannot be loaded (tried again a minute later).
+    /// The reason memory is unavailable, to show an operator.
+    pub fn model_health(&self) -> Result<(), String> {
+        if self.embedder.get().is_some() {
+            return Ok(());
+        }
+        if let Ok(guard) = self.failure.lock()
+            && let Some(failure) = &*guard
+        {
+            return Err(failure.reason.clone());
+        }
+        match &self.model_dir {
+            Some(dir) => match embed::missing_file(dir) {
+                Some(missing) => Err(EmbedError::NotFound {
+                    dir: dir.clone(),
+                    reason: format!("{missing} is missing"),
+                }
+                .to_string()),
+                None => Ok(()),
+            },
+            // Downloaded on first use; nothing to say before it is tried.
+            None => Ok(()),
+        }
+    }
+
+    /// The model, loading it on first use. The first failure is logged once
+    /// at error level, naming the fix; later attempts (one a
+    /// [`MODEL_RETRY`] at most) quietly.
+    ///
+    /// # Errors
+    /// [`MemoryError::Embed`] when it cannot be loaded; until the next
+    /// attempt is due, [`EmbedError::Unavailable`] with the last reason.
     pub async fn embedder(&self) -> Result<Arc<Embedder>, MemoryError> {
         if let Some(e) = self.embedder.get() {
             return Ok(e.clone());
         }
-        if let Ok(guard) = self.retry_load_at.lock()
-            && let Some(at) = *guard
-            && Instant::now() < at
+        if let Ok(guard) = self.failure.lock()
+            && let Some(failure) = &*guard
+            && Instant::now() < failure.retry_at
         {
-            return Err(EmbedError::Run(
-                "the embedding model failed to load; retrying later".to_owned(),
-            )
-            .into());
+            return Err(EmbedError::Unavailable(failure.reason.clone()).into());
         }
         let loaded = self
             .embedder
@@ -198,11 +249,25 @@ impl Memory {
             })
             .await;
         match loaded {
-            Ok(e) => Ok(e.clone()),
+            Ok(e) => {
+                if let Ok(mut guard) = self.failure.lock()
+                    && guard.take().is_some()
+                {
+                    tracing::info!("embedding model loaded; memory is back");
+                }
+                Ok(e.clone())
+            }
             Err(e) => {
-                tracing::error!(error = %e, "embedding model unavailable; memory is degraded");
-                if let Ok(mut guard) = self.retry_load_at.lock() {
-                    *guard = Some(Instant::now() + Duration::from_secs(60));
+                if self.reported.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(error = %e, "embedding model still unavailable");
+                } else {
+                    tracing::error!("{e}");
+                }
+                if let Ok(mut guard) = self.failure.lock() {
+                    *guard = Some(LoadFailure {
+                        retry_at: Instant::now() + MODEL_RETRY,
+                        reason: e.to_string(),
+                    });
                 }
                 Err(e.into())
             }
@@ -220,16 +285,18 @@ impl Memory {
 
     /// What `owner` shared that bears on `text`: at most `top_k`, re-ranked by
     /// recency, marked recalled. A person with no memories yet (a first
-    /// conversation) costs one count, not a run of the model.
+    /// conversation) costs one count, not a run of the model — but a missing
+    /// model is an error even then: that turn's memory did not work.
     ///
     /// # Errors
-    /// When embedding or the store fails.
+    /// When the model is unavailable, or embedding or the store fails.
     pub async fn recall(
         &self,
         owner: &str,
         text: &str,
         top_k: usize,
     ) -> Result<Vec<Scored>, MemoryError> {
+        self.embedder().await?;
         if self.store.count(owner).await? == 0 {
             return Ok(Vec::new());
         }

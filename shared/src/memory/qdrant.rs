@@ -4,10 +4,23 @@
 //! indexes on `user_id` and `session_id`. Every search is filtered by owner.
 //!
 //! [`QdrantMemory::connect`] creates the collection and indexes when missing
-//! and refuses a collection whose vectors are not 384-long, so a mismatch
-//! stops a worker at start, not mid-job.
+//! and refuses a collection whose vectors are not 384-long cosine, so a
+//! mismatch stops a worker at start, not mid-job. Processes starting together
+//! race to create it: "already exists" is success, and the collection is then
+//! read back and its shape checked like any existing one. A Qdrant that does
+//! not answer yet is waited for ([`QdrantMemory::connect_patiently`]:
+//! backoff from 250 ms doubling to 5 s, within `ROSE_QDRANT_START_TIMEOUT_SECS`,
+//! each retry logged).
+//!
+//! Snapshots for backups go through Qdrant's REST API (gRPC can create, list
+//! and delete them but neither download nor upload one):
+//! [`QdrantMemory::snapshot_to`] creates one, downloads it into a file and
+//! deletes it (and any older one of the collection) from Qdrant, so erased
+//! memories survive only in the backup files Rose prunes;
+//! [`QdrantMemory::recover_from`] uploads such a file, replacing the collection.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qdrant_client::qdrant::{
@@ -23,6 +36,8 @@ use serde_json::json;
 use super::{DIMENSIONS, MemoryError, MemoryStore, NewMemory, Scored};
 use crate::domain::{SessionId, now_ms};
 
+mod snapshots;
+
 /// The collection Rose keeps memories in.
 pub const COLLECTION: &str = "long_term_memory";
 
@@ -30,10 +45,71 @@ fn qerr(e: impl std::fmt::Display) -> MemoryError {
     MemoryError::Qdrant(e.to_string())
 }
 
+/// Why one connection attempt failed.
+enum Attempt {
+    /// Qdrant did not answer (not up yet, or unreachable): worth waiting for.
+    Unreachable(String),
+    /// Qdrant answered, and the answer is wrong (or the setup is).
+    Failed(MemoryError),
+}
+
+impl From<MemoryError> for Attempt {
+    fn from(e: MemoryError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// A gRPC failure that means "nobody answered", not "Qdrant said no": a
+/// refused connection (`Unavailable`), one dropped mid-handshake
+/// (`Cancelled`, as while Qdrant starts), no answer in time, or a transport
+/// error tonic cannot classify (`Unknown`). qdrant-client reports a refused
+/// TCP connection as `Internal`, "Failed to connect to …".
+fn unreachable(e: &qdrant_client::QdrantError) -> bool {
+    match e {
+        qdrant_client::QdrantError::ResponseError { status } => {
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+            ) || (status.code() == tonic::Code::Internal
+                && status.message().starts_with("Failed to connect to"))
+        }
+        _ => false,
+    }
+}
+
+fn attempt_err(e: qdrant_client::QdrantError) -> Attempt {
+    if unreachable(&e) {
+        Attempt::Unreachable(e.to_string())
+    } else {
+        Attempt::Failed(qerr(e))
+    }
+}
+
+/// Qdrant's answer when a collection of that name exists (Qdrant 1.15:
+/// `InvalidArgument`, "Wrong input: Collection `…` already exists!").
+fn already_exists(e: &qdrant_client::QdrantError) -> bool {
+    match e {
+        qdrant_client::QdrantError::ResponseError { status } => {
+            matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::AlreadyExists
+            ) && status.message().contains("already exists")
+        }
+        _ => false,
+    }
+}
+
 /// A Qdrant-backed [`MemoryStore`].
 pub struct QdrantMemory {
     client: Qdrant,
     collection: String,
+    /// Qdrant's REST API (snapshot download and upload).
+    rest: Option<String>,
+    api_key: Option<SecretString>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for QdrantMemory {
@@ -62,15 +138,92 @@ fn point_id(ulid: &str) -> String {
 
 impl QdrantMemory {
     /// Connects, and makes sure the collection exists with the right shape.
+    /// One attempt: see [`QdrantMemory::connect_patiently`] to wait for a
+    /// Qdrant that is starting.
     ///
     /// # Errors
     /// [`MemoryError::Config`] when the collection's vectors are not
-    /// [`DIMENSIONS`]-long; [`MemoryError::Qdrant`] when Qdrant cannot be reached.
+    /// [`DIMENSIONS`]-long cosine; [`MemoryError::Qdrant`] when Qdrant cannot
+    /// be reached or refuses.
     pub async fn connect(
         url: &str,
         api_key: Option<&SecretString>,
         collection: &str,
     ) -> Result<Self, MemoryError> {
+        match Self::connect_once(url, api_key, collection).await {
+            Ok(me) => Ok(me),
+            Err(Attempt::Failed(e)) => Err(e),
+            Err(Attempt::Unreachable(e)) => Err(MemoryError::Qdrant(e)),
+        }
+    }
+
+    /// [`QdrantMemory::connect`], retrying while Qdrant does not answer (it is
+    /// starting: compose only waits for its container to start) with backoff
+    /// from 250 ms doubling to 5 s, for at most `patience`, each retry logged.
+    /// A Qdrant that answers wrongly (a collection of another shape) is not
+    /// retried.
+    ///
+    /// # Errors
+    /// As [`QdrantMemory::connect`]; unreachable after `patience`, an error
+    /// saying how long it waited.
+    pub async fn connect_patiently(
+        url: &str,
+        api_key: Option<&SecretString>,
+        collection: &str,
+        patience: Duration,
+    ) -> Result<Self, MemoryError> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(250);
+        let mut attempt = 1u32;
+        loop {
+            match Self::connect_once(url, api_key, collection).await {
+                Ok(me) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            attempt,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "Qdrant answered; vector memory ready"
+                        );
+                    }
+                    return Ok(me);
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Unreachable(e)) => {
+                    if started.elapsed() + wait > patience {
+                        return Err(MemoryError::Qdrant(format!(
+                            "Qdrant at {url} did not answer within {} s ({e}); check QDRANT_URL, \
+                             or wait longer with ROSE_QDRANT_START_TIMEOUT_SECS",
+                            patience.as_secs()
+                        )));
+                    }
+                    tracing::warn!(
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        patience_s = patience.as_secs(),
+                        error = %e,
+                        "Qdrant not answering yet; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Where snapshots are downloaded from and uploaded to (Qdrant's REST
+    /// API; see `QDRANT_REST_URL`).
+    #[must_use]
+    pub fn with_rest(mut self, rest_url: Option<String>) -> Self {
+        self.rest = rest_url.map(|u| u.trim_end_matches('/').to_owned());
+        self
+    }
+
+    async fn connect_once(
+        url: &str,
+        api_key: Option<&SecretString>,
+        collection: &str,
+    ) -> Result<Self, Attempt> {
         let mut builder = Qdrant::from_url(url).skip_compatibility_check();
         if let Some(key) = api_key {
             builder = builder.api_key(key.expose_secret().to_owned());
@@ -79,50 +232,40 @@ impl QdrantMemory {
         let me = Self {
             client,
             collection: collection.to_owned(),
+            rest: None,
+            api_key: api_key.cloned(),
+            http: reqwest::Client::new(),
         };
         me.ensure_collection().await?;
         Ok(me)
     }
 
-    async fn ensure_collection(&self) -> Result<(), MemoryError> {
+    async fn ensure_collection(&self) -> Result<(), Attempt> {
         let exists = self
             .client
             .collection_exists(&self.collection)
             .await
-            .map_err(qerr)?;
+            .map_err(attempt_err)?;
         if !exists {
-            self.client
+            let created = self
+                .client
                 .create_collection(
                     CreateCollectionBuilder::new(&self.collection).vectors_config(
                         VectorParamsBuilder::new(DIMENSIONS as u64, Distance::Cosine),
                     ),
                 )
-                .await
-                .map_err(qerr)?;
-        } else {
-            let info = self
-                .client
-                .collection_info(&self.collection)
-                .await
-                .map_err(qerr)?;
-            let size = info
-                .result
-                .and_then(|r| r.config)
-                .and_then(|c| c.params)
-                .and_then(|p| p.vectors_config)
-                .and_then(|v| v.config)
-                .and_then(|c| match c {
-                    vectors_config::Config::Params(p) => Some(p.size),
-                    vectors_config::Config::ParamsMap(_) => None,
-                });
-            if size != Some(DIMENSIONS as u64) {
-                return Err(MemoryError::Config(format!(
-                    "Qdrant collection {} has vectors of size {size:?}, Rose's embeddings have {DIMENSIONS}; \
-                     point QDRANT_URL at another instance or drop the collection",
-                    self.collection
-                )));
+                .await;
+            match created {
+                Ok(_) => tracing::info!(collection = %self.collection, "Qdrant collection created"),
+                // Another process starting at the same time won the race.
+                Err(e) if already_exists(&e) => tracing::info!(
+                    collection = %self.collection,
+                    "Qdrant collection created by another process meanwhile; checking its shape"
+                ),
+                Err(e) => return Err(attempt_err(e)),
             }
         }
+        self.check_shape().await?;
         for field in ["user_id", "session_id"] {
             // Creating an index that exists is accepted by Qdrant.
             self.client
@@ -135,9 +278,48 @@ impl QdrantMemory {
                     .wait(true),
                 )
                 .await
-                .map_err(qerr)?;
+                .map_err(attempt_err)?;
         }
         Ok(())
+    }
+
+    /// Refuses a collection whose vectors are not one unnamed
+    /// [`DIMENSIONS`]-long cosine vector.
+    async fn check_shape(&self) -> Result<(), Attempt> {
+        let info = self
+            .client
+            .collection_info(&self.collection)
+            .await
+            .map_err(attempt_err)?;
+        let config = info
+            .result
+            .and_then(|r| r.config)
+            .and_then(|c| c.params)
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config);
+        let wrong = match config {
+            Some(vectors_config::Config::Params(p)) => {
+                if p.size != DIMENSIONS as u64 {
+                    Some(format!("has vectors of size {}", p.size))
+                } else if p.distance != Distance::Cosine as i32 {
+                    let distance = Distance::try_from(p.distance)
+                        .map_or_else(|_| p.distance.to_string(), |d| format!("{d:?}"));
+                    Some(format!("uses {distance} distance"))
+                } else {
+                    None
+                }
+            }
+            Some(vectors_config::Config::ParamsMap(_)) => Some("has named vectors".to_owned()),
+            None => Some("has no vector configuration".to_owned()),
+        };
+        match wrong {
+            None => Ok(()),
+            Some(what) => Err(Attempt::Failed(MemoryError::Config(format!(
+                "Qdrant collection {} {what}; Rose's embeddings are {DIMENSIONS} long, compared by cosine; \
+                 point QDRANT_URL at another instance or drop the collection",
+                self.collection
+            )))),
+        }
     }
 
     fn owner_filter(owner: &str) -> Filter {
@@ -197,6 +379,10 @@ fn payload_i64(payload: &HashMap<String, qdrant_client::qdrant::Value>, key: &st
 impl MemoryStore for QdrantMemory {
     fn kind(&self) -> &'static str {
         "qdrant"
+    }
+
+    fn as_qdrant(&self) -> Option<&QdrantMemory> {
+        Some(self)
     }
 
     async fn ping(&self) -> Result<(), MemoryError> {
@@ -312,15 +498,6 @@ impl MemoryStore for QdrantMemory {
             .await
             .map_err(qerr)?;
         Ok(count)
-    }
-
-    async fn snapshot(&self) -> Result<Option<String>, MemoryError> {
-        let made = self
-            .client
-            .create_snapshot(self.collection.as_str())
-            .await
-            .map_err(qerr)?;
-        Ok(made.snapshot_description.map(|d| d.name))
     }
 
     async fn owners(&self) -> Result<Vec<String>, MemoryError> {

@@ -304,3 +304,104 @@ async fn postgres_backup_verifies_and_restores() {
     assert_eq!(app.count_rows("voice_jobs").await, 1);
     app.stop().await;
 }
+
+/// A target whose "is it empty?" check cannot run is refused without
+/// `--force`, with the reason; a fresh file (no tables yet) is empty.
+#[tokio::test]
+async fn sqlite_restore_refuses_a_target_it_cannot_check() {
+    let app = spawn_app(Deployment::Embedded).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let source = Source::Sqlite(sqlite_pool(&app.rose.db));
+    let report = created(
+        backup::create(&source, &dir.path().join("backups"), 7)
+            .await
+            .expect("create"),
+    );
+
+    // `sessions` is there but cannot be read (a view over a missing table).
+    let broken = dir.path().join("broken.db");
+    let pool = rose_tests::sqlite_pool(&broken).await;
+    sqlx::query("CREATE TABLE gone (x INTEGER)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    sqlx::query("CREATE VIEW sessions AS SELECT x FROM gone")
+        .execute(&pool)
+        .await
+        .expect("view");
+    sqlx::query("DROP TABLE gone")
+        .execute(&pool)
+        .await
+        .expect("drop");
+    pool.close().await;
+    let before = std::fs::read(&broken).expect("read");
+    let refused = backup::restore(&report.path, &Target::Sqlite(broken.clone()), false).await;
+    let error = refused
+        .expect_err("an unreadable target is not empty")
+        .to_string();
+    assert!(error.contains("gone"), "the reason is given: {error}");
+    assert_eq!(std::fs::read(&broken).expect("read"), before, "untouched");
+
+    // A file that is not a database at all.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x5a; 8192]).expect("junk");
+    let refused = backup::restore(&report.path, &Target::Sqlite(junk.clone()), false).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(std::fs::read(&junk).expect("read"), vec![0x5a; 8192]);
+
+    // --force replaces either.
+    let forced = backup::restore(&report.path, &Target::Sqlite(broken), true)
+        .await
+        .expect("forced");
+    assert_eq!(forced.kind, Kind::Sqlite);
+
+    // An empty SQLite file (no tables yet) counts as empty.
+    let fresh = dir.path().join("fresh.db");
+    rose_tests::sqlite_pool(&fresh).await.close().await;
+    backup::restore(&report.path, &Target::Sqlite(fresh), false)
+        .await
+        .expect("a database without Rose's tables is empty");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_restore_refuses_a_target_it_cannot_check() {
+    if !pg_tools() {
+        return;
+    }
+    let app = spawn_app(Deployment::Scaled).await;
+    let schema = app.schema().expect("schema").to_owned();
+    let dir = tempfile::tempdir().expect("dir");
+    let source = Source::Postgres {
+        url: database_url(),
+        schema: Some(schema.clone()),
+    };
+    let report = created(
+        backup::create(&source, dir.path(), 7)
+            .await
+            .expect("create"),
+    );
+    // Another schema whose `sessions` raises when read.
+    let other = rose_tests::unique("t");
+    for statement in [
+        format!("CREATE SCHEMA {other}"),
+        format!(
+            "CREATE FUNCTION {other}.boom() RETURNS boolean LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'sessions cannot be read'; END $$"
+        ),
+        format!("CREATE VIEW {other}.sessions AS SELECT 1 AS x WHERE {other}.boom()"),
+    ] {
+        app.execute(&statement).await;
+    }
+    let target = Target::Postgres {
+        url: database_url(),
+        schema: Some(other.clone()),
+    };
+    let refused = backup::restore(&report.path, &target, false).await;
+    let error = refused
+        .expect_err("an unreadable target is not empty")
+        .to_string();
+    assert!(error.contains("sessions cannot be read"), "{error}");
+    app.execute(&format!("DROP SCHEMA {other} CASCADE")).await;
+    app.stop().await;
+}

