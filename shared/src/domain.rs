@@ -190,6 +190,19 @@ impl Role {
     }
 }
 
+/// One line of a person's profile (see [`crate::store::PersonStore`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileLine {
+    pub id: String,
+    /// What the line is about: `name`, `loss`, `date`, `helps`, `avoid` or `other`.
+    pub field: String,
+    pub text: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
 /// One utterance in a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Turn {

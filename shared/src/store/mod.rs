@@ -11,6 +11,7 @@
 //! Migrations live in `migrations/{sqlite,postgres}` and are recorded in
 //! `_rose_migrations` (the queue's own tables keep sqlx's default table).
 
+pub mod person;
 mod rows;
 mod sql;
 pub mod sqlite;
@@ -25,6 +26,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::DatabaseUrl;
 use crate::domain::{Audio, AudioId, Job, JobError, JobId, Session, SessionId, Stage, Turn};
 
+pub use person::{Erased, PersonStore};
 pub use sql::{PgStore, SqliteStore};
 
 /// A storage failure.
@@ -97,7 +99,7 @@ pub enum Created {
 
 /// Where Rose keeps sessions, turns, jobs and audio.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PersonStore + Send + Sync + 'static {
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
 

@@ -22,6 +22,10 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }
+
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
 }
 
 /// [`Store`] on PostgreSQL (the scaled deployment).
@@ -35,6 +39,10 @@ impl PgStore {
     #[must_use]
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 

@@ -348,3 +348,108 @@ async fn sqlite_in_flight_cap_is_atomic() {
 async fn postgres_in_flight_cap_is_atomic() {
     the_cap_holds_under_concurrency(postgres().await).await;
 }
+
+/// A person's profile, what they forgot and their erasure, kept apart from
+/// every other person's.
+async fn people(f: Fixture) {
+    let store = f.store.clone();
+    let anna = "pk_anna";
+    let ben = "pk_ben";
+    let a1 = store.create_session(Some(anna)).await.expect("session");
+    let a2 = store.create_session(Some(anna)).await.expect("session");
+    let b1 = store.create_session(Some(ben)).await.expect("session");
+    store.create_job(new_job(a1.id, None)).await.expect("job");
+    store.create_job(new_job(b1.id, None)).await.expect("job");
+
+    let name = store
+        .add_profile_line(anna, "name", "Her name is Anna.", Some("job-1"))
+        .await
+        .expect("add");
+    store
+        .add_profile_line(anna, "loss", "Her mother Rosa died last spring.", None)
+        .await
+        .expect("add");
+    store
+        .add_profile_line(ben, "name", "His name is Ben.", None)
+        .await
+        .expect("add");
+    let lines = store.profile(anna).await.expect("profile");
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0].field, "name");
+    assert!(
+        !store
+            .update_profile_line(ben, &name, "stolen")
+            .await
+            .expect("update"),
+        "another owner's line cannot be changed"
+    );
+    assert!(!store.delete_profile_line(ben, &name).await.expect("delete"));
+    assert!(
+        store
+            .update_profile_line(anna, &name, "She is called Anna.")
+            .await
+            .expect("update")
+    );
+    assert_eq!(
+        store.profile(anna).await.expect("profile")[0].text,
+        "She is called Anna."
+    );
+
+    store
+        .forget(anna, "She is called Anna.", Some("job-1"))
+        .await
+        .expect("forget");
+    assert!(
+        store
+            .is_forgotten(anna, "she is called anna", None)
+            .await
+            .expect("check")
+    );
+    assert!(
+        store
+            .is_forgotten(anna, "Anna is her name.", Some("job-1"))
+            .await
+            .expect("check"),
+        "nothing is learnt again from the job it came from"
+    );
+    assert!(
+        !store
+            .is_forgotten(ben, "She is called Anna.", None)
+            .await
+            .expect("check")
+    );
+
+    let sessions = store.sessions_of(anna, 10).await.expect("sessions");
+    assert_eq!(
+        sessions.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [a2.id, a1.id],
+        "newest first, Anna's only"
+    );
+
+    let erased = store.erase_owner(anna).await.expect("erase");
+    assert_eq!((erased.sessions, erased.profile_lines), (2, 2));
+    assert!(store.get_session(a1.id).await.expect("get").is_none());
+    assert!(store.profile(anna).await.expect("profile").is_empty());
+    assert!(
+        !store
+            .is_forgotten(anna, "She is called Anna.", None)
+            .await
+            .expect("check")
+    );
+    assert!(
+        store.get_session(b1.id).await.expect("get").is_some(),
+        "Ben is untouched"
+    );
+    assert_eq!(store.profile(ben).await.expect("profile").len(), 1);
+    f.drop_schema().await;
+}
+
+#[tokio::test]
+async fn sqlite_people_are_kept_apart_and_erased_whole() {
+    people(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_people_are_kept_apart_and_erased_whole() {
+    people(postgres().await).await;
+}
