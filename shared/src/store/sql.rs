@@ -339,12 +339,13 @@ macro_rules! sql_store {
                 let resource = serde_json::to_string(resource)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let done = sqlx::query(
-                    "UPDATE voice_jobs SET safety = 'crisis', safety_resource = $2, updated_at = $3 \
+                    "UPDATE voice_jobs SET safety = $4, safety_resource = $2, updated_at = $3 \
                      WHERE id = $1 AND safety IS NULL AND reply_text IS NULL",
                 )
                 .bind(id.to_string())
                 .bind(resource)
                 .bind(now_ms())
+                .bind("crisis")
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() > 0)
