@@ -25,6 +25,7 @@ pub fn api_routes() -> (Router<Rose>, OpenApi) {
         .merge(routes::jobs::router())
         .merge(routes::audio::router())
         .merge(routes::health::router())
+        .merge(routes::resources::router())
         .merge(routes::admin::router())
         .split_for_parts();
     // What the handlers' annotations cannot say, said by the code that enforces it.

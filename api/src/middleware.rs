@@ -108,10 +108,13 @@ fn client_address(request: &Request, trust_forwarded: bool) -> String {
 }
 
 /// Per-client request limits: voice jobs and other requests have their own
-/// budgets per minute; health checks, metrics and CORS preflights are free.
+/// budgets per minute; health checks, metrics, the crisis resources (someone
+/// looking for help is never turned away) and CORS preflights are free.
 pub async fn rate_limit(State(rose): State<Rose>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if matches!(path, "/api/health" | "/metrics") || request.method() == Method::OPTIONS {
+    if matches!(path, "/api/health" | "/metrics" | "/api/resources")
+        || request.method() == Method::OPTIONS
+    {
         return next.run(request).await;
     }
     let voice = request.method() == Method::POST && path == "/api/voice/process";
@@ -171,7 +174,8 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
 }
 
 /// Adds the rate limit's answer to every operation of `doc` it applies to
-/// (all but `GET /api/health`): 429 `rate_limited` with `Retry-After`.
+/// (all but `GET /api/health` and `GET /api/resources`): 429 `rate_limited`
+/// with `Retry-After`.
 pub fn document_rate_limit(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     let answer = ResponseBuilder::new()
@@ -187,7 +191,7 @@ pub fn document_rate_limit(doc: &mut utoipa::openapi::OpenApi) {
         )
         .build();
     for (path, item) in &mut doc.paths.paths {
-        if path == "/api/health" {
+        if path == "/api/health" || path == "/api/resources" {
             continue;
         }
         let operations = [

@@ -2,6 +2,8 @@
 // Server-Sent Events with long-polling as the fallback, play Rose's answer.
 // Plain JavaScript against the public HTTP API; no build step.
 
+import { loadResources, showSafety } from "/safety.js";
+
 const $ = (id) => document.getElementById(id);
 const talk = $("talk");
 const talkLabel = $("talk-label");
@@ -165,6 +167,7 @@ async function poll(statusUrl) {
 
 /** Shows and plays the finished job. */
 async function present(job) {
+  showSafety(job);
   const result = job.result ?? {};
   if (job.status !== "succeeded") {
     showNotice(job.error?.code === "invalid_audio" ? NOTHING_HEARD : GENTLE_FAILURE);
@@ -278,6 +281,7 @@ voice.addEventListener("error", () => {
 });
 
 async function init() {
+  loadResources();
   try {
     const health = await fetch("/api/health").then((r) => r.json());
     $("simulated").hidden = !health.simulated;

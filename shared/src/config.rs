@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::safety::CrisisResource;
+
 /// Groq's OpenAI-compatible base URL.
 pub const DEFAULT_GROQ_BASE_URL: &str = "https://api.groq.com/openai/v1";
 /// ElevenLabs' API root.
@@ -212,6 +214,12 @@ pub struct Config {
 
     /// `LOG_FORMAT` (default `pretty`).
     pub log_format: LogFormat,
+
+    /// `ROSE_CRISIS_RESOURCES`: the human resource a crisis turn's reply
+    /// carries and the web client's "Need help now?" link points to. JSON
+    /// `{"text": "…", "url": "https://…"}` or `text|url` (see
+    /// [`CrisisResource::parse`]); default [`CrisisResource::international`].
+    pub crisis_resource: CrisisResource,
 
     /// `ROSE_WORKER_CONCURRENCY`: voice jobs one worker process runs at once (default 32).
     pub worker_concurrency: usize,
@@ -479,6 +487,17 @@ impl Reader<'_> {
         out
     }
 
+    /// A crisis resource (see [`CrisisResource::parse`]); the default when unset.
+    fn crisis_resource(&mut self, name: &str) -> CrisisResource {
+        let Some(raw) = self.raw(name).map(str::to_owned) else {
+            return CrisisResource::international();
+        };
+        CrisisResource::parse(&raw).unwrap_or_else(|problem| {
+            self.problems.push((name.to_owned(), problem));
+            CrisisResource::international()
+        })
+    }
+
     fn url(&mut self, name: &str, default: Option<&str>) -> Option<String> {
         let value = self.raw(name).or(default)?;
         let trimmed = value.trim_end_matches('/');
@@ -641,6 +660,7 @@ impl Config {
             log_format: r
                 .parse("LOG_FORMAT", "expected json or pretty")
                 .unwrap_or(LogFormat::Pretty),
+            crisis_resource: r.crisis_resource("ROSE_CRISIS_RESOURCES"),
             worker_concurrency: r.bounded("ROSE_WORKER_CONCURRENCY", 32usize, 1, 100_000),
             history_turns: r.bounded("ROSE_HISTORY_TURNS", 32usize, 0, 200),
             queue_visibility_timeout: Duration::from_secs(r.bounded(
@@ -907,6 +927,34 @@ mod tests {
         let line = err.to_string();
         assert!(
             line.contains("DATABASE_URL") && line.contains("REDIS_URL"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn the_crisis_resource_has_a_default_and_is_checked() {
+        let c = Config::from_map(&HashMap::new()).expect("valid");
+        assert_eq!(c.crisis_resource, CrisisResource::international());
+        let c = Config::from_map(&vars(&[(
+            "ROSE_CRISIS_RESOURCES",
+            r#"{"text": "Call or text 988.", "url": "tel:988"}"#,
+        )]))
+        .expect("valid");
+        assert_eq!(c.crisis_resource.url, "tel:988");
+        let c = Config::from_map(&vars(&[(
+            "ROSE_CRISIS_RESOURCES",
+            "Samaritans, 116 123|https://www.samaritans.org",
+        )]))
+        .expect("valid");
+        assert_eq!(c.crisis_resource.text, "Samaritans, 116 123");
+        let err = Config::from_map(&vars(&[
+            ("ROSE_CRISIS_RESOURCES", "Help|ftp://x"),
+            ("PORT", "eighty"),
+        ]))
+        .expect_err("bad");
+        let line = err.to_string();
+        assert!(
+            line.contains("ROSE_CRISIS_RESOURCES") && line.contains("PORT"),
             "{line}"
         );
     }

@@ -296,6 +296,8 @@ pub struct Job {
     pub deferrals: i64,
     /// Delivery of the finished job to `callback_url`, once it was queued.
     pub callback: Option<CallbackState>,
+    /// The turn's safety mark (`None`: an ordinary turn).
+    pub safety: Option<crate::safety::Safety>,
 }
 
 /// Where a callback delivery stands.

@@ -14,6 +14,7 @@ pub mod providers;
 pub mod queue;
 pub mod resilience;
 pub mod rose;
+pub mod safety;
 pub mod store;
 pub mod telemetry;
 pub mod view;

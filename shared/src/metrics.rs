@@ -13,6 +13,7 @@
 //! | `rose_jobs_failed_total` | counter | `queue`, `code` |
 //! | `rose_job_retries_total` | counter | `queue`, `reason` (`retry`, `breaker`) |
 //! | `rose_orphan_messages_total` | counter | `queue` (messages naming no row, acknowledged and dropped) |
+//! | `rose_safety_marked_total` | counter | (none: turns marked `safety: crisis`; nothing of their content) |
 //! | `rose_queue_wait_seconds` | histogram | `queue` |
 //! | `rose_stage_duration_seconds` | histogram | `stage` (`stt`, `memory`, `llm`, `tts`) |
 //! | `rose_job_duration_seconds` | histogram | `queue` (end to end, created → finished) |
@@ -156,6 +157,12 @@ pub fn job_retried(queue: &'static str, breaker: bool) {
 /// A message of `queue` that named no row was acknowledged and dropped.
 pub fn orphan_message(queue: &str) {
     counter!("rose_orphan_messages_total", "queue" => queue.to_owned()).increment(1);
+}
+
+/// A turn was marked `safety: crisis`. No labels: nothing of the turn, nor
+/// who spoke it, goes with the count.
+pub fn safety_marked() {
+    counter!("rose_safety_marked_total").increment(1);
 }
 
 /// Push → first stage start of a job's first attempt.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::domain::{CallbackState, Job, JobError, JobStatus, rfc3339};
+use crate::safety::{CrisisResource, Safety};
 
 /// Where a client polls a job.
 #[must_use]
@@ -51,6 +52,10 @@ pub struct JobView {
     pub events_url: String,
     /// Callback delivery, when the job was submitted with `callback_url`.
     pub callback: Option<CallbackState>,
+    /// `"crisis"` when the person spoke of ending their life or harming
+    /// themselves (the reply then carries `result.resource`); `null` for an
+    /// ordinary turn, and until the words are known.
+    pub safety: Option<&'static str>,
 }
 
 /// What Rose heard and said.
@@ -64,6 +69,9 @@ pub struct JobResult {
     pub audio_url: Option<String>,
     /// Stages that fell back: `tts` (text only), `memory` (no recall).
     pub degraded: Vec<String>,
+    /// On a turn marked `safety: "crisis"`, the human resource the reply
+    /// ends with (`ROSE_CRISIS_RESOURCES`); `null` otherwise.
+    pub resource: Option<CrisisResource>,
 }
 
 /// The answer to an accepted upload (202).
@@ -84,6 +92,7 @@ impl From<&Job> for JobView {
             text: job.reply_text.clone(),
             audio_url: job.reply_audio_id.map(|id| format!("/api/audio/{id}")),
             degraded: job.degraded.clone(),
+            resource: job.safety.as_ref().map(|s| s.resource().clone()),
         });
         Self {
             job_id: job.id.to_string(),
@@ -104,6 +113,7 @@ impl From<&Job> for JobView {
             status_url: status_url(job),
             events_url: events_url(job),
             callback: job.callback.clone(),
+            safety: job.safety.as_ref().map(Safety::as_str),
         }
     }
 }

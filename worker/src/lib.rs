@@ -8,6 +8,7 @@
 pub mod background;
 pub mod persona;
 pub mod pipeline;
+pub mod safety;
 
 use std::sync::Arc;
 

@@ -388,6 +388,7 @@ impl Pipeline {
             self.transcribe(&mut job).await?;
         }
         let transcript = job.transcript.clone().unwrap_or_default();
+        crate::safety::mark(&self.rose, &mut job, &transcript).await?;
         // What went without, as the row says so far: a memory failure is
         // saved with the reply, so a redelivery after that checkpoint
         // still reports it.
@@ -432,7 +433,9 @@ impl Pipeline {
             let spoken = self
                 .rose
                 .resilience
-                .call(Provider::Tts, || tts.speak(&reply))
+                .call(Provider::Tts, || {
+                    tts.speak(crate::safety::spoken(&reply, &job))
+                })
                 .await;
             match spoken {
                 Ok(speech) => {
@@ -682,7 +685,8 @@ impl Pipeline {
     ) -> Result<String, StageError> {
         self.enter(job, Stage::Llm).await?;
         let config = &self.rose.config;
-        let (messages, earlier) = self.prompt(job, session, memories).await?;
+        let (mut messages, earlier) = self.prompt(job, session, memories).await?;
+        crate::safety::guide(&mut messages, job);
         let request = ChatRequest {
             model: config.llm_model.clone(),
             messages,
@@ -701,6 +705,7 @@ impl Pipeline {
         let ms = elapsed_ms(started);
         metrics::stage("llm", started.elapsed());
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "llm", groq_duration_ms = ms, "job_stage");
+        let reply = crate::safety::finish(reply, job);
         job.reply_text = Some(reply.clone());
         let store = &self.rose.store;
         self.checkpoint(job, async |job, next| {

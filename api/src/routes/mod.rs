@@ -6,6 +6,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod resources;
 pub mod session;
 pub mod voice;
 pub mod web;

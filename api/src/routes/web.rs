@@ -1,4 +1,4 @@
-//! The web client at `/`: three static files under `api/web/`, compiled
+//! The web client at `/`: four static files under `api/web/`, compiled
 //! into the binary so `rose serve` needs nothing beside it. They are small
 //! and change only with the binary, so they are sent whole, revalidated by
 //! an `ETag` derived from the build's contents.
@@ -12,6 +12,7 @@ use rose_shared::Rose;
 const INDEX: &str = include_str!("../../web/index.html");
 const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/app.css");
+const SAFETY: &str = include_str!("../../web/safety.js");
 
 /// What the page may load: only itself, plus recorded audio as blobs.
 const CSP: &str = "default-src 'self'; media-src 'self' blob:; img-src 'self' data:; \
@@ -27,6 +28,10 @@ pub fn router() -> Router<Rose> {
         .route(
             "/app.js",
             get(|h: HeaderMap| async move { asset(&h, SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/safety.js",
+            get(|h: HeaderMap| async move { asset(&h, SAFETY, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/app.css",

@@ -142,6 +142,14 @@ pub trait Store: PersonStore + Send + Sync + 'static {
         llm_ms: i64,
         next: Option<Stage>,
     ) -> StoreResult<()>;
+    /// Marks the job's turn a crisis, with the resource its reply will carry,
+    /// before the reply is written (first write wins: a job already marked,
+    /// or already answered, is left as it is). True when this call marked it.
+    async fn mark_crisis(
+        &self,
+        id: JobId,
+        resource: &crate::safety::CrisisResource,
+    ) -> StoreResult<bool>;
     /// LLM checkpoint for a silent turn: the reply without conversation turns
     /// (nothing was said, so nothing enters the history).
     async fn save_silent_reply(

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use crate::domain::{
     Audio, AudioId, Job, JobError, JobId, Role, Session, SessionId, Timings, Turn,
 };
+use crate::safety::{CrisisResource, Safety};
 use crate::store::{AudioLookup, StoreError};
 
 /// Every column [`JobRow`] reads, for `SELECT` and `RETURNING`.
@@ -14,7 +15,7 @@ macro_rules! job_columns {
          reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
          stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
          callback_url, created_at, updated_at, deferrals, memories, \
-         callback_status, callback_attempts, callback_last_status"
+         callback_status, callback_attempts, callback_last_status, safety, safety_resource"
     };
 }
 pub(super) use job_columns;
@@ -57,6 +58,8 @@ pub(super) struct JobRow {
     callback_status: Option<String>,
     callback_attempts: i64,
     callback_last_status: Option<i64>,
+    safety: Option<String>,
+    safety_resource: Option<String>,
 }
 
 fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
@@ -115,6 +118,7 @@ impl TryFrom<JobRow> for Job {
             created_at: r.created_at,
             updated_at: r.updated_at,
             deferrals: r.deferrals,
+            safety: safety(r.safety.as_deref(), r.safety_resource.as_deref())?,
             callback: r
                 .callback_status
                 .map(|status| crate::domain::CallbackState {
@@ -123,6 +127,20 @@ impl TryFrom<JobRow> for Job {
                     last_status_code: r.callback_last_status,
                 }),
         })
+    }
+}
+
+/// The mark and the resource it was given with; a mark whose resource is
+/// missing or unreadable keeps the mark with the international default.
+fn safety(mark: Option<&str>, resource: Option<&str>) -> Result<Option<Safety>, StoreError> {
+    match mark {
+        None => Ok(None),
+        Some("crisis") => Ok(Some(Safety::Crisis(
+            resource
+                .and_then(|json| serde_json::from_str::<CrisisResource>(json).ok())
+                .unwrap_or_default(),
+        ))),
+        Some(other) => Err(StoreError::Corrupt(format!("safety mark {other:?}"))),
     }
 }
 

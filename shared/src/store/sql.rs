@@ -9,6 +9,7 @@ use super::{AudioLookup, Created, JobInput, NewAudio, NewJob, Store, StoreError,
 use crate::domain::{
     AudioId, Job, JobError, JobId, JobStatus, Role, Session, SessionId, Stage, Turn, now_ms,
 };
+use crate::safety::CrisisResource;
 
 /// [`Store`] on SQLite (the embedded deployment).
 #[derive(Debug, Clone)]
@@ -155,6 +156,7 @@ macro_rules! sql_store {
                     updated_at: now,
                     deferrals: 0,
                     callback: None,
+                    safety: None,
                 })
             }
         }
@@ -339,6 +341,22 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn mark_crisis(&self, id: JobId, resource: &CrisisResource) -> StoreResult<bool> {
+                let resource = serde_json::to_string(resource)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let done = sqlx::query(
+                    "UPDATE voice_jobs SET safety = $4, safety_resource = $2, updated_at = $3 \
+                     WHERE id = $1 AND safety IS NULL AND reply_text IS NULL",
+                )
+                .bind(id.to_string())
+                .bind(resource)
+                .bind(now_ms())
+                .bind("crisis")
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn save_silent_reply(&self, id: JobId, reply: &str, next: Option<Stage>) -> StoreResult<()> {

@@ -18,6 +18,7 @@ mod queue_retry;
 mod redis_queue;
 mod resilience;
 mod resilience_redis;
+mod safety;
 mod scheduler;
 mod security;
 mod sqlite_file;

@@ -55,6 +55,7 @@ async fn the_document_covers_every_route_and_matches_real_answers() {
         "GET /api/jobs/{id}/events",
         "GET /api/audio/{id}",
         "GET /api/health",
+        "GET /api/resources",
         "GET /api/admin/schedules",
         "POST /api/admin/schedules/{name}/run",
         "GET /api/admin/queues",
