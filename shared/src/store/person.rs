@@ -27,7 +27,8 @@ pub struct Erased {
 /// A person's data beside their sessions.
 #[async_trait]
 pub trait PersonStore: Send + Sync {
-    /// `owner`'s profile lines, oldest first.
+    /// `owner`'s profile lines, oldest first (lines of the same millisecond
+    /// in id order).
     async fn profile(&self, owner: &str) -> StoreResult<Vec<ProfileLine>>;
     /// Adds a profile line; returns its id.
     async fn add_profile_line(
