@@ -31,6 +31,7 @@ pub fn api_routes() -> (Router<Rose>, OpenApi) {
         .split_for_parts();
     // What the handlers' annotations cannot say, said by the code that enforces it.
     routes::session::document(&mut doc);
+    routes::me::document(&mut doc);
     routes::voice::document(&mut doc);
     middleware::document_rate_limit(&mut doc);
     (routes, doc)

@@ -89,8 +89,8 @@ pub async fn session_cleanup(rose: &Rose) -> anyhow::Result<Counts> {
     ))
 }
 
-/// Drops memories whose owner is gone (no session of that user, or the
-/// owning session erased), then caps each person at
+/// Drops memories and profile lines whose owner is gone (no session of that
+/// user, or the owning session erased), then caps each person at
 /// `ROSE_MEMORY_CAP_PER_USER`, keeping the most recently recalled.
 ///
 /// # Errors
@@ -109,11 +109,13 @@ pub async fn memory_pruning(rose: &Rose) -> anyhow::Result<Counts> {
         kept_owners += 1;
         capped += store.cap(owner, rose.config.memory_cap_per_user).await?;
     }
+    let profile_lines = rose.store.prune_people().await?;
     Ok(counts(json!({
         "deleted": orphaned + capped,
         "orphaned": orphaned,
         "over_cap": capped,
         "owners": kept_owners,
+        "profile_lines_orphaned": profile_lines,
     })))
 }
 

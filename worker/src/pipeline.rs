@@ -710,16 +710,16 @@ impl Pipeline {
         if session.user_id.is_none() || session.summary.is_some() {
             return Ok(None);
         }
-        let previous = self
+        // The newest earlier session with a summary: sessions opened without
+        // a word in between have none.
+        Ok(self
             .rose
             .store
-            .sessions_of(owner, 2)
+            .sessions_of(owner, LAST_TIME_SESSIONS)
             .await?
             .into_iter()
-            .find(|s| s.id != session.id && s.created_at <= session.created_at);
-        Ok(previous
-            .and_then(|s| s.summary)
-            .filter(|s| !s.trim().is_empty()))
+            .filter(|s| s.id != session.id && s.created_at <= session.created_at)
+            .find_map(|s| s.summary.filter(|s| !s.trim().is_empty())))
     }
 
     async fn reply(
@@ -810,6 +810,9 @@ impl Pipeline {
         }
     }
 }
+
+/// Earlier sessions looked at for the person's last conversation.
+const LAST_TIME_SESSIONS: usize = 6;
 
 /// Records that `job` went without `what` (`memory`, `tts`), once.
 fn mark_degraded(job: &mut Job, what: &str) {

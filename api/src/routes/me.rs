@@ -57,6 +57,35 @@ pub fn person(rose: &Rose, headers: &HeaderMap) -> ApiResult<String> {
     Err(ApiError::IdentityRequired)
 }
 
+/// The published shape of a person key.
+const KEY_PATTERN: &str = r"^[A-Za-z0-9_-]{43}=?$";
+
+/// Says in `doc` what a person key looks like wherever the header is taken
+/// (a plain string: the header is absent or a key, never `null`).
+pub fn document(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::Type;
+    use utoipa::openapi::schema::ObjectBuilder;
+    for item in doc.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let utoipa::openapi::RefOr::T(parameter) = parameter
+                    && parameter.name.eq_ignore_ascii_case(PERSON_KEY_HEADER)
+                {
+                    parameter.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(KEY_PATTERN))
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One thing Rose keeps of the person.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Kept {
@@ -97,8 +126,15 @@ fn parse_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
 /// what sorts after it (newest first, ids descending within a millisecond).
 fn parse_cursor(raw: &str) -> ApiResult<(i64, String)> {
     raw.split_once('.')
+        .filter(|(at, _)| (1..=18).contains(&at.len()) && at.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
-        .filter(|(_, id): &(i64, String)| !id.is_empty())
+        .filter(|(_, id): &(i64, String)| {
+            (id.starts_with("p_") || id.starts_with("m_"))
+                && id.len() > 2
+                && id[2..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
         .ok_or_else(|| ApiError::InvalidQuery("`cursor` is not one this api gave".to_owned()))
 }
 
@@ -111,7 +147,7 @@ fn parse_cursor(raw: &str) -> ApiResult<(i64, String)> {
     params(
         ("X-Person-Key" = Option<String>, Header, description = "The person's key (or send `Authorization: Bearer <user_token>`)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Items per page (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9]{1,18}\.[pm]_[0-9A-Za-z-]+$", description = "`next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "A page, newest first", body = KeptPage),
@@ -272,7 +308,9 @@ mod tests {
             parse_cursor("1733140000000.m_01J").ok(),
             Some((1_733_140_000_000, "m_01J".to_owned()))
         );
-        for bad in ["", "x.m_1", "17.", "17"] {
+        for bad in [
+            "", "x.m_1", "17.", "17", "0.5", "-1.m_1", "1.m_", "1.q_1", "1.m_a b",
+        ] {
             assert!(parse_cursor(bad).is_err(), "{bad}");
         }
     }

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rose_shared::Rose;
-use rose_shared::domain::{Session, SessionId, SummaryTask};
+use rose_shared::domain::{SessionId, SummaryTask};
 use rose_shared::identity;
 use rose_shared::queue::SUMMARY_QUEUE;
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ struct StartBody {
     user_id: Option<String>,
 }
 
+/// The fields that name a person; a body holds at most one.
+const IDENTITY_FIELDS: [&str; 3] = ["person_key", "user_token", "user_id"];
+
 /// A new session.
 #[derive(Debug, Serialize, ToSchema)]
 struct Started {
@@ -56,16 +59,9 @@ struct Started {
     returning: bool,
 }
 
-/// The owner `body` names, checked; `None` for an anonymous session.
+/// The owner `body` names (at most one field, checked by the caller),
+/// checked; `None` for an anonymous session.
 fn owner(rose: &Rose, headers: &HeaderMap, body: StartBody) -> ApiResult<Option<String>> {
-    let named = [
-        body.person_key.is_some(),
-        body.user_token.is_some(),
-        body.user_id.is_some(),
-    ];
-    if named.iter().filter(|n| **n).count() > 1 {
-        return Err(ApiError::AmbiguousIdentity);
-    }
     if let Some(key) = body.person_key {
         return Ok(Some(rose.identity.person_owner(&key)?));
     }
@@ -107,22 +103,28 @@ async fn start(State(rose): State<Rose>, headers: HeaderMap, body: Bytes) -> Api
     let body: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
         StartBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        // Naming two ways is ambiguous even when one of them is `null`.
+        if let Some(fields) = value.as_object()
+            && IDENTITY_FIELDS
+                .iter()
+                .filter(|f| fields.contains_key(**f))
+                .count()
+                > 1
+        {
+            return Err(ApiError::AmbiguousIdentity);
+        }
+        serde_json::from_value(value).map_err(|e| ApiError::InvalidJson(e.to_string()))?
     };
     let owner = owner(&rose, &headers, body)?;
-    let previous = match &owner {
-        Some(owner) => rose.store.sessions_of(owner, 1).await?.into_iter().next(),
-        None => None,
-    };
-    let returning = match (&owner, &previous) {
-        (_, Some(_)) => true,
-        (Some(owner), None) => !rose.store.profile(owner).await?.is_empty(),
-        (None, None) => false,
+    let returning = match &owner {
+        Some(owner) => {
+            close_previous(&rose, owner).await? || !rose.store.profile(owner).await?.is_empty()
+        }
+        None => false,
     };
     let session = rose.store.create_session(owner.as_deref()).await?;
-    if let Some(previous) = previous {
-        close_previous(&rose, &previous).await;
-    }
     let started = Started {
         session_id: session.id.to_string(),
         returning,
@@ -130,32 +132,38 @@ async fn start(State(rose): State<Rose>, headers: HeaderMap, body: Bytes) -> Api
     Ok((StatusCode::CREATED, Json(started)).into_response())
 }
 
-/// Queues the closing summary of `previous` when it has turns its summary
-/// does not hold. Losing it costs only continuity: a failure is logged.
-async fn close_previous(rose: &Rose, previous: &Session) {
-    let unsummarized = match rose
-        .store
-        .count_turns_since(previous.id, previous.summarized_until)
-        .await
-    {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(session_id = %previous.id, error = %e, "could not count the previous session's turns");
-            return;
+/// Sessions looked at for the person's last conversation (a person who
+/// opened the page without speaking leaves empty sessions in between).
+const RECENT_SESSIONS: usize = 5;
+
+/// Finds `owner`'s last conversation among their recent sessions (the
+/// newest one with a turn) and queues its closing summary when turns are
+/// missing from its summary; true when there was one. Losing the summary
+/// costs only continuity: a queue failure is logged.
+async fn close_previous(rose: &Rose, owner: &str) -> ApiResult<bool> {
+    for previous in rose.store.sessions_of(owner, RECENT_SESSIONS).await? {
+        let unsummarized = rose
+            .store
+            .count_turns_since(previous.id, previous.summarized_until)
+            .await?;
+        if unsummarized == 0 {
+            if previous.summary.is_some() {
+                return Ok(true);
+            }
+            continue;
         }
-    };
-    if unsummarized == 0 {
-        return;
+        let task = SummaryTask {
+            session_id: previous.id,
+            attempt: 0,
+            close: true,
+        };
+        let id = format!("{}:close:{}", previous.id, previous.summarized_until);
+        if let Err(e) = rose.queue.push(SUMMARY_QUEUE, &id, &task).await {
+            tracing::warn!(session_id = %previous.id, error = %e, "could not queue the closing summary");
+        }
+        return Ok(true);
     }
-    let task = SummaryTask {
-        session_id: previous.id,
-        attempt: 0,
-        close: true,
-    };
-    let id = format!("{}:close:{}", previous.id, previous.summarized_until);
-    if let Err(e) = rose.queue.push(SUMMARY_QUEUE, &id, &task).await {
-        tracing::warn!(session_id = %previous.id, error = %e, "could not queue the closing summary");
-    }
+    Ok(false)
 }
 
 /// Marks the start body optional in `doc`. `request_body` can only say
@@ -172,6 +180,38 @@ pub fn document(doc: &mut utoipa::openapi::OpenApi) {
     {
         body.required = Some(utoipa::openapi::Required::False);
     }
+    one_identity(doc);
+}
+
+/// Says in `doc` that the start body names the person at most one way:
+/// `StartBody` becomes a `oneOf` of the empty object and one object per
+/// identity field, as the handler enforces (400 `ambiguous_identity`).
+fn one_identity(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema};
+    let Some(schemas) = doc.components.as_mut().map(|c| &mut c.schemas) else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(body))) = schemas.get("StartBody").cloned() else {
+        return;
+    };
+    let closed = || Some(AdditionalProperties::<Schema>::FreeForm(false));
+    let mut one_of = OneOfBuilder::new()
+        .description(body.description.clone())
+        .item(ObjectBuilder::new().additional_properties(closed()));
+    for field in IDENTITY_FIELDS {
+        if let Some(property) = body.properties.get(field) {
+            one_of = one_of.item(
+                ObjectBuilder::new()
+                    .property(field, property.clone())
+                    .required(field)
+                    .additional_properties(closed()),
+            );
+        }
+    }
+    schemas.insert(
+        "StartBody".to_owned(),
+        RefOr::T(Schema::OneOf(one_of.build())),
+    );
 }
 
 /// Erases the session and everything it owned. Its memories go first: when

@@ -52,6 +52,11 @@ pub trait PersonStore: Send + Sync {
     /// embedded memories), the profile and what was forgotten. The memory
     /// store outside the database (Qdrant) is the caller's to erase.
     async fn erase_owner(&self, owner: &str) -> StoreResult<Erased>;
+    /// Erases the profile lines and forgotten marks of owners with no
+    /// session left (their sessions expired or were erased): a person is
+    /// kept exactly as long as a session of theirs is. Returns the profile
+    /// lines erased.
+    async fn prune_people(&self) -> StoreResult<u64>;
 }
 
 /// The fingerprint a forgotten text is kept as.
@@ -215,6 +220,25 @@ macro_rules! person_store {
                     sessions,
                     profile_lines,
                 })
+            }
+
+            async fn prune_people(&self) -> StoreResult<u64> {
+                // An owner is `session:<id>` for an anonymous session, else
+                // the sessions' `user_id`.
+                let gone = "NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = owner) \
+                            AND NOT EXISTS (SELECT 1 FROM sessions s WHERE 'session:' || s.id = owner)";
+                let mut tx = self.pool().begin().await?;
+                let lines = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM profile_lines WHERE {gone}"
+                )))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM forgotten WHERE {gone}")))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(lines)
             }
         }
     };

@@ -174,10 +174,13 @@ async fn a_returning_person_is_known(app: TestApp) {
     .await;
     app.wait_completed(MEMORY_QUEUE, 1, LIMIT).await;
 
-    let second = app.start_session_with_key(&key).await;
-    assert_eq!(second["returning"], true);
+    // The page opened again without a word said: a session with no turn.
+    let between = app.start_session_with_key(&key).await;
+    assert_eq!(between["returning"], true);
     // Starting again closed the first conversation with a summary.
     app.wait_completed(SUMMARY_QUEUE, 1, LIMIT).await;
+    let second = app.start_session_with_key(&key).await;
+    assert_eq!(second["returning"], true);
     let first_session: SessionId = first_id.parse().expect("id");
     let summary = app
         .rose
@@ -244,6 +247,10 @@ async fn identities_are_checked() {
         code_of(bad(json!({ "person_key": person_key(), "user_id": "u" })).await).await,
         (StatusCode::BAD_REQUEST, "ambiguous_identity".to_owned())
     );
+    // Sessions without a word said do not make a person a returning one.
+    let quiet = person_key();
+    assert_eq!(app.start_session_with_key(&quiet).await["returning"], false);
+    assert_eq!(app.start_session_with_key(&quiet).await["returning"], false);
     // A good token and the API key both name the integrator's user.
     let user = unique("user");
     let token = sign_user_token(USER_TOKEN_SECRET, &user, now_secs() + 600);
@@ -251,7 +258,11 @@ async fn identities_are_checked() {
     assert_eq!(by_token.status(), 201);
     let by_key = start(&app, json!({ "user_id": user }), Some(API_KEY)).await;
     assert_eq!(by_key.status(), 201);
-    let body: Value = by_key.json().await.expect("json");
+    let by_token: Value = by_token.json().await.expect("json");
+    let session = by_token["session_id"].as_str().expect("session");
+    say(&app, session, "Hello.").await;
+    let again = start(&app, json!({ "user_id": user }), Some(API_KEY)).await;
+    let body: Value = again.json().await.expect("json");
     assert_eq!(body["returning"], true, "the token's session was theirs");
     // The person routes need an identity, and refuse malformed ones.
     let me = format!("{}/api/me/memories", app.url);

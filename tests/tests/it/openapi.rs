@@ -186,8 +186,22 @@ async fn the_document_says_what_the_server_enforces() {
     let body = &doc["paths"]["/api/session/start"]["post"]["requestBody"];
     assert_ne!(body["required"], true, "{body}");
     let schema = resolve(&doc, &body["content"]["application/json"]["schema"]);
-    assert_eq!(schema["type"], "object", "{schema}");
+    // One object per way of naming the person, each closed: never two.
+    let variants = schema["oneOf"].as_array().expect("oneOf");
+    assert_eq!(variants.len(), 4, "{schema}");
+    for variant in variants {
+        assert_eq!(variant["type"], "object", "{schema}");
+        assert_eq!(variant["additionalProperties"], false, "{schema}");
+    }
     let start = format!("{}/api/session/start", app.url);
+    let two = app
+        .http
+        .post(&start)
+        .json(&serde_json::json!({"person_key": rose_tests::person_key(), "user_token": null}))
+        .send()
+        .await
+        .expect("two identities");
+    assert_eq!(two.status(), 400);
     let null = app
         .http
         .post(&start)

@@ -300,6 +300,18 @@ async fn memory_pruning(app: TestApp) {
     // The two oldest were recalled last: they are the ones to keep.
     tokio::time::sleep(Duration::from_millis(3)).await;
     store.touch(&person, &ids[..2]).await.expect("touch");
+    // Profile lines follow the same rule: the ghost's go, the person's stay.
+    let people = &app.rose.store;
+    for owner in [&person, &ghost] {
+        people
+            .add_profile_line(owner, "name", "Their name is Ada.", None)
+            .await
+            .expect("line");
+        people
+            .forget(owner, "Their dog is Rex.", None)
+            .await
+            .expect("forget");
+    }
 
     let report = run_task(&app.rose, Task::MemoryPruning, None, "test")
         .await
@@ -308,6 +320,21 @@ async fn memory_pruning(app: TestApp) {
     assert_eq!(report.outcome, "ok", "{report:?}");
     assert_eq!(report.counts["orphaned"], 1, "{report:?}");
     assert_eq!(report.counts["over_cap"], 2, "{report:?}");
+    assert_eq!(report.counts["profile_lines_orphaned"], 1, "{report:?}");
+    assert!(people.profile(&ghost).await.expect("profile").is_empty());
+    assert!(
+        !people
+            .is_forgotten(&ghost, "Their dog is Rex.", None)
+            .await
+            .expect("forgotten")
+    );
+    assert_eq!(people.profile(&person).await.expect("profile").len(), 1);
+    assert!(
+        people
+            .is_forgotten(&person, "Their dog is Rex.", None)
+            .await
+            .expect("forgotten")
+    );
     assert_eq!(store.count(&ghost).await.expect("count"), 0);
     assert_eq!(store.count(&person).await.expect("count"), 2);
     let left: HashSet<String> = store
