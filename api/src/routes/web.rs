@@ -36,7 +36,9 @@ pub fn router() -> Router<Rose> {
         )
         .route(
             "/identity.js",
-            get(|h: HeaderMap| async move { asset(&h, IDENTITY, "text/javascript; charset=utf-8") }),
+            get(
+                |h: HeaderMap| async move { asset(&h, IDENTITY, "text/javascript; charset=utf-8") },
+            ),
         )
         .route(
             "/app.css",
