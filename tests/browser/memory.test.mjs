@@ -123,13 +123,19 @@ async function say(page, words) {
   return (await page.locator("#transcript li.rose").last().innerText()).replace(/^Rose\s*/, "");
 }
 
-/** The reply prompt (chat messages) whose last words from the person were `words`. */
+/**
+ * The reply prompt (chat messages) that ends with the person saying `words`;
+ * extraction (JSON mode) and summaries quote them inside a longer message.
+ */
 async function replyPrompt(words) {
   const log = await fetch(`${simBase}/__sim/requests`).then((r) => r.json());
   const prompts = log.requests
     .filter((e) => e.path.endsWith("/chat/completions") && e.body?.response_format == null)
     .map((e) => e.body.messages ?? [])
-    .filter((messages) => messages.filter((m) => m.role === "user").at(-1)?.content?.includes(words));
+    .filter((messages) => {
+      const last = messages.at(-1);
+      return last?.role === "user" && typeof last.content === "string" && last.content.trim() === words;
+    });
   assert.equal(prompts.length, 1, `one reply prompt for ${JSON.stringify(words)}`);
   return prompts[0];
 }
