@@ -83,8 +83,26 @@ pub enum ApiError {
     InvalidWait,
     #[error("the body must be JSON: {0}")]
     InvalidJson(String),
-    #[error("`user_id` must be 1-200 characters")]
+    #[error(
+        "`user_id` must be 1-200 characters, not only whitespace, and not start with `pk_` or `session:`"
+    )]
     InvalidUserId,
+    #[error("`person_key` must be 32 random bytes in base64url (43 characters, no padding)")]
+    InvalidPersonKey,
+    #[error("{0}")]
+    InvalidUserToken(String),
+    #[error(
+        "a bare `user_id` is taken only from a server holding ROSE_API_KEY (Authorization: Bearer); clients send a `person_key` or a `user_token`"
+    )]
+    UserIdRequiresToken,
+    #[error("send one of `person_key`, `user_token` or `user_id`, not several")]
+    AmbiguousIdentity,
+    #[error("say who you are: an `X-Person-Key` header, or `Authorization: Bearer <user_token>`")]
+    IdentityRequired,
+    #[error("person keys are not configured on this server")]
+    PersonKeysUnavailable,
+    #[error("no such memory")]
+    MemoryNotFound,
     #[error("not found")]
     AdminDisabled,
     #[error("no such route; the routes are listed at /api/openapi.json")]
@@ -141,6 +159,13 @@ impl ApiError {
             Self::InvalidWait => (S::BAD_REQUEST, "invalid_wait"),
             Self::InvalidJson(_) => (S::BAD_REQUEST, "invalid_json"),
             Self::InvalidUserId => (S::BAD_REQUEST, "invalid_user_id"),
+            Self::InvalidPersonKey => (S::BAD_REQUEST, "invalid_person_key"),
+            Self::InvalidUserToken(_) => (S::UNAUTHORIZED, "invalid_user_token"),
+            Self::UserIdRequiresToken => (S::UNAUTHORIZED, "user_id_requires_token"),
+            Self::AmbiguousIdentity => (S::BAD_REQUEST, "ambiguous_identity"),
+            Self::IdentityRequired => (S::UNAUTHORIZED, "identity_required"),
+            Self::PersonKeysUnavailable => (S::SERVICE_UNAVAILABLE, "person_keys_unavailable"),
+            Self::MemoryNotFound => (S::NOT_FOUND, "memory_not_found"),
             Self::AdminDisabled | Self::RouteNotFound => (S::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
@@ -184,6 +209,18 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+impl From<rose_shared::identity::IdentityError> for ApiError {
+    fn from(e: rose_shared::identity::IdentityError) -> Self {
+        use rose_shared::identity::IdentityError as E;
+        match e {
+            E::InvalidPersonKey => Self::InvalidPersonKey,
+            E::PersonKeysUnavailable => Self::PersonKeysUnavailable,
+            E::InvalidUserToken(_) => Self::InvalidUserToken(e.to_string()),
+            E::InvalidUserId => Self::InvalidUserId,
+        }
     }
 }
 

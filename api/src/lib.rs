@@ -21,6 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub fn api_routes() -> (Router<Rose>, OpenApi) {
     let (routes, mut doc) = OpenApiRouter::with_openapi(routes::openapi::base())
         .merge(routes::session::router())
+        .merge(routes::me::router())
         .merge(routes::voice::router())
         .merge(routes::jobs::router())
         .merge(routes::audio::router())

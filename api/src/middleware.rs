@@ -64,6 +64,7 @@ pub fn cors(origins: &[String]) -> CorsLayer {
             header::AUTHORIZATION,
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static(REQUEST_ID_HEADER),
+            HeaderName::from_static(crate::routes::me::PERSON_KEY_HEADER),
         ])
         .expose_headers([
             HeaderName::from_static(REQUEST_ID_HEADER),

@@ -98,12 +98,25 @@ fn prepare_data_dir(url: &DatabaseUrl, config: &Config) -> anyhow::Result<()> {
 
 /// `rose serve`: api + worker in one process.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     port: Option<u16>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let database_url = config.embedded_database_url();
     prepare_data_dir(&database_url, &config)?;
+    if config.person_key_secret.is_none() {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create ROSE_DATA_DIR {}", config.data_dir.display())
+        })?;
+        let secret =
+            rose_shared::identity::load_or_create_secret(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot keep the person-key secret in {} (or set ROSE_PERSON_KEY_SECRET)",
+                    config.data_dir.display()
+                )
+            })?;
+        config.person_key_secret = Some(secret);
+    }
     let (endpoints, simulated) = endpoints(&config, true, &shutdown).await?;
     let options = Options {
         endpoints,
@@ -162,6 +175,7 @@ pub async fn api(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.require_scaled()?;
+    config.require_person_key_secret()?;
     let (endpoints, simulated) = endpoints(&config, false, &shutdown).await?;
     let (database_url, options) = scaled_options(&config, endpoints, simulated)?;
     let rose = Rose::open(config, &database_url, options).await?;

@@ -120,6 +120,7 @@ async fn idle_scaled_roles_cost_next_to_nothing() {
         ("REDIS_URL", rose_tests::redis_url()),
         ("ROSE_REDIS_PREFIX", app.prefix.clone()),
         ("ROSE_SIMULATOR_URL", app.sim.url.clone()),
+        ("ROSE_PERSON_KEY_SECRET", "p".repeat(32)),
     ];
     let port = free_port();
     let api = rose(&["api", "--port", &port.to_string()], &env);

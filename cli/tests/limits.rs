@@ -47,6 +47,7 @@ async fn two_api_processes_share_one_budget_per_client() {
         ("ROSE_RATE_LIMIT_PER_MIN", "1000".to_owned()),
         ("ROSE_SESSION_MAX_IN_FLIGHT", "0".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
+        ("ROSE_PERSON_KEY_SECRET", "p".repeat(32)),
     ]);
     let mut bases = Vec::new();
     let mut procs = Vec::new();

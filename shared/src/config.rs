@@ -28,6 +28,10 @@ pub const DEFAULT_ELEVENLABS_VOICE_ID: &str = "21m00Tcm4TlvDq8ikWAM";
 /// (`openssl rand -hex 32` makes a good one).
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
+/// The shortest `ROSE_PERSON_KEY_SECRET`, `ROSE_USER_TOKEN_SECRET` and
+/// `ROSE_API_KEY` Rose starts with (`openssl rand -hex 32` makes a good one).
+pub const MIN_SECRET_CHARS: usize = 32;
+
 /// Which text-to-speech backend speaks Rose's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TtsProvider {
@@ -177,6 +181,16 @@ pub struct Config {
     /// `ROSE_ADMIN_TOKEN`: the admin API is off (404) when unset; when set,
     /// at least [`MIN_ADMIN_TOKEN_CHARS`] characters, or Rose does not start.
     pub admin_token: Option<SecretString>,
+    /// `ROSE_PERSON_KEY_SECRET`: the key under which person keys are hashed
+    /// into owners (see [`crate::identity`]). Required by `rose api`; `rose
+    /// serve` makes one into `ROSE_DATA_DIR` when unset.
+    pub person_key_secret: Option<SecretString>,
+    /// `ROSE_USER_TOKEN_SECRET`: the HS256 key of integrators' user tokens;
+    /// unset: user tokens are refused.
+    pub user_token_secret: Option<SecretString>,
+    /// `ROSE_API_KEY`: the server-to-server credential that may name a bare
+    /// `user_id`; unset: a bare `user_id` is always refused.
+    pub api_key: Option<SecretString>,
     /// `ROSE_WEBHOOK_SECRET`: `whsec_` + base64 key for signing callbacks.
     pub webhook_secret: Option<SecretString>,
     /// `ROSE_CALLBACK_ALLOW_PRIVATE`: let callbacks reach loopback, private,
@@ -576,6 +590,21 @@ impl Config {
                 ),
             ));
         }
+        for name in [
+            "ROSE_PERSON_KEY_SECRET",
+            "ROSE_USER_TOKEN_SECRET",
+            "ROSE_API_KEY",
+        ] {
+            if let Some(raw) = r.raw(name)
+                && raw.chars().count() < MIN_SECRET_CHARS
+            {
+                let problem = format!(
+                    "must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 32`), got {}",
+                    raw.chars().count()
+                );
+                r.problems.push((name.to_owned(), problem));
+            }
+        }
         let redis_prefix = r.string("ROSE_REDIS_PREFIX", "rose");
         if redis_prefix.contains(char::is_whitespace) {
             r.problems.push((
@@ -630,6 +659,9 @@ impl Config {
                 .map_or_else(|| data_dir.join("backups"), PathBuf::from),
             backup_keep: r.bounded("BACKUP_KEEP", 7usize, 1, 10_000),
             admin_token: r.secret("ROSE_ADMIN_TOKEN"),
+            person_key_secret: r.secret("ROSE_PERSON_KEY_SECRET"),
+            user_token_secret: r.secret("ROSE_USER_TOKEN_SECRET"),
+            api_key: r.secret("ROSE_API_KEY"),
             webhook_secret,
             callback_allow_private: r.flag("ROSE_CALLBACK_ALLOW_PRIVATE"),
             callback_retry_delays: r.delays(
@@ -806,6 +838,26 @@ impl Config {
                 },
             ),
         ])
+    }
+
+    /// Checks what `rose api` needs beyond [`Config::require_scaled`]: the
+    /// person-key secret, which every api replica must share (a secret made
+    /// per process would make every person a stranger on the next replica).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming `ROSE_PERSON_KEY_SECRET` when unset.
+    pub fn require_person_key_secret(&self) -> Result<(), ConfigError> {
+        if self.person_key_secret.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError {
+            problems: vec![(
+                "ROSE_PERSON_KEY_SECRET".to_owned(),
+                format!(
+                    "required for `rose api` (at least {MIN_SECRET_CHARS} characters, the same on every replica; `openssl rand -hex 32`)"
+                ),
+            )],
+        })
     }
 
     /// Checks what the scaled roles (`rose api|worker|scheduler`) need.

@@ -190,13 +190,24 @@ impl Role {
     }
 }
 
+/// What a profile line may be about: the person's name, who they are
+/// grieving and their relationship, important dates, what helps, what to
+/// avoid, and anything else about who they are.
+pub const PROFILE_FIELDS: [&str; 6] = ["name", "grieving", "date", "helps", "avoid", "about"];
+/// Most profile lines a person has.
+pub const PROFILE_MAX_LINES: usize = 12;
+/// Most characters of all a person's profile lines together.
+pub const PROFILE_MAX_CHARS: usize = 800;
+
 /// One line of a person's profile (see [`crate::store::PersonStore`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileLine {
     pub id: String,
-    /// What the line is about: `name`, `loss`, `date`, `helps`, `avoid` or `other`.
+    /// What the line is about: one of [`PROFILE_FIELDS`].
     pub field: String,
     pub text: String,
+    /// The job it was learnt from.
+    pub source_job: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.
@@ -349,6 +360,10 @@ pub struct SummaryTask {
     /// Earlier failed runs of this task.
     #[serde(default)]
     pub attempt: u32,
+    /// Fold every unsummarized turn: the session is over (its person began
+    /// a new one), and its summary is what the next session is told.
+    #[serde(default)]
+    pub close: bool,
 }
 
 /// Unix milliseconds now.

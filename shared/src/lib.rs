@@ -8,6 +8,7 @@ pub mod callback;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod identity;
 pub mod memory;
 pub mod metrics;
 pub mod providers;

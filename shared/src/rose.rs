@@ -47,6 +47,8 @@ pub struct Rose {
     pub requests: RequestLimiter,
     /// When the queue depths were last read for `/metrics`.
     pub depth_reads: Arc<crate::metrics::DepthReads>,
+    /// The secrets that name people (person keys, user tokens, the API key).
+    pub identity: crate::identity::Identity,
 }
 
 impl std::fmt::Debug for Rose {
@@ -142,6 +144,7 @@ impl Rose {
             resilience,
             memory,
             store: db.store(),
+            identity: crate::identity::Identity::from_config(&config),
             config: Arc::new(config),
             db,
             queue,

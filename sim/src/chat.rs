@@ -5,7 +5,7 @@
 //! `model_not_found`; JSON mode needs the word "json" in the messages, as
 //! Groq insists. The reply is deterministic for the same last user message
 //! ([`crate::content::reply`]) and says it is simulated; JSON mode answers
-//! `{"fact": …}`. Usage counts about four characters a token. `stream: true`
+//! Rose's extraction JSON (see [`crate::extract`]). Usage counts about four characters a token. `stream: true`
 //! answers the same reply as server-sent `chat.completion.chunk` events.
 //! `tools` with a forced `tool_choice` answer a `tool_calls` message instead
 //! (see [`crate::tools`]); tool results and assistant tool calls in
@@ -147,7 +147,7 @@ fn answer(request: &ChatRequest) -> (Reply, &'static str) {
         return (call, "tool_calls");
     }
     let mut content = if request.json_mode {
-        content::fact_json(&request.last_user)
+        crate::extract::extraction_json(&request.last_user)
     } else {
         content::reply(&request.last_user)
     };

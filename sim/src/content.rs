@@ -77,27 +77,6 @@ pub(crate) fn reply(last_user: &str) -> String {
     out
 }
 
-/// The JSON-mode answer: `{"fact": "The user's name is X."}` when the message
-/// says "my name is X", else `{"fact": null}`.
-pub(crate) fn fact_json(last_user: &str) -> String {
-    let fact = name_in(last_user).map(|name| format!("The user's name is {name}."));
-    serde_json::json!({ "fact": fact }).to_string()
-}
-
-fn name_in(text: &str) -> Option<String> {
-    const CUE: &str = "my name is ";
-    // ASCII lowercasing keeps byte offsets aligned with the original text.
-    let at = text.to_ascii_lowercase().find(CUE)?;
-    let rest = text.get(at + CUE.len()..)?;
-    let word: String = rest
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_alphabetic() || *c == '-' || *c == '\'')
-        .collect();
-    let word = word.trim_matches(|c| c == '-' || c == '\'');
-    (!word.is_empty()).then(|| word.to_owned())
-}
-
 /// About four characters a token, at least one.
 pub(crate) fn tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4).max(1)
@@ -137,24 +116,6 @@ mod tests {
         let distinct: std::collections::HashSet<String> =
             (0..40).map(|i| reply(&format!("message {i}"))).collect();
         assert!(distinct.len() > 5, "{distinct:?}");
-    }
-
-    #[test]
-    fn extracts_names() {
-        assert_eq!(
-            fact_json("Hi, my name is Anna. I lost my mum."),
-            r#"{"fact":"The user's name is Anna."}"#
-        );
-        assert_eq!(
-            fact_json("MY NAME IS jean-luc"),
-            r#"{"fact":"The user's name is jean-luc."}"#
-        );
-        assert_eq!(fact_json("I have no name to give"), r#"{"fact":null}"#);
-        assert_eq!(fact_json("my name is "), r#"{"fact":null}"#);
-        assert_eq!(
-            fact_json("Ünïcode first, then my name is Zoë!"),
-            r#"{"fact":"The user's name is Zoë."}"#
-        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod content;
 mod control;
 mod dropped;
 mod elevenlabs;
+mod extract;
 mod form;
 mod groq;
 mod latency;

@@ -156,7 +156,10 @@ async fn json_mode_extracts_a_name() {
             .expect("content"),
     )
     .expect("content is JSON");
-    assert_eq!(content, json!({"fact": "The user's name is Maria."}));
+    assert_eq!(
+        content,
+        json!({"profile": [{"op": "add", "field": "name", "text": "Their name is Maria."}], "memories": []})
+    );
     let body: Value = ask("It rained all day.").await.json().await.expect("json");
     let content: Value = serde_json::from_str(
         body["choices"][0]["message"]["content"]
@@ -164,7 +167,7 @@ async fn json_mode_extracts_a_name() {
             .expect("content"),
     )
     .expect("content is JSON");
-    assert_eq!(content, json!({"fact": null}));
+    assert_eq!(content, json!({"profile": [], "memories": []}));
 }
 
 #[tokio::test]

@@ -33,6 +33,20 @@ pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");
 /// What `SPOKEN_WAV` says.
 pub const SPOKEN_TEXT: &str = "I lost my mother last spring, and I still talk to her every night.";
 
+/// The test worlds' person-key secret (`ROSE_PERSON_KEY_SECRET`).
+pub const PERSON_KEY_SECRET: &str = "test-person-key-secret-0123456789abcdef";
+/// The test worlds' user-token secret (`ROSE_USER_TOKEN_SECRET`).
+pub const USER_TOKEN_SECRET: &str = "test-user-token-secret-0123456789abcdef";
+/// The test worlds' server credential (`ROSE_API_KEY`).
+pub const API_KEY: &str = "test-api-key-0123456789abcdef0123456789";
+
+/// A new person key, as a client makes one: 32 random bytes, base64url.
+#[must_use]
+pub fn person_key() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
 /// Which deployment a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
@@ -237,6 +251,15 @@ pub async fn spawn_app_with(deployment: Deployment, options: AppOptions) -> Test
             "EMBEDDING_MODEL_DIR".to_owned(),
             model_dir().display().to_string(),
         ),
+        (
+            "ROSE_PERSON_KEY_SECRET".to_owned(),
+            PERSON_KEY_SECRET.to_owned(),
+        ),
+        (
+            "ROSE_USER_TOKEN_SECRET".to_owned(),
+            USER_TOKEN_SECRET.to_owned(),
+        ),
+        ("ROSE_API_KEY".to_owned(), API_KEY.to_owned()),
     ]);
     let (db, schema) = match deployment {
         Deployment::Embedded => (sqlite_database(&dir.path().join("rose.db")).await, None),
@@ -316,7 +339,8 @@ impl TestApp {
             .collect()
     }
 
-    /// Starts a session for `user` (a known person); returns its id.
+    /// Starts a session for `user` (a known person, named by the server
+    /// holding `ROSE_API_KEY`); returns its id.
     ///
     /// # Panics
     /// When the api refuses.
@@ -324,6 +348,7 @@ impl TestApp {
         let response = self
             .http
             .post(format!("{}/api/session/start", self.url))
+            .bearer_auth(API_KEY)
             .json(&serde_json::json!({ "user_id": user }))
             .send()
             .await
@@ -331,6 +356,29 @@ impl TestApp {
         assert_eq!(response.status(), 201, "session start");
         let body: Value = response.json().await.expect("session json");
         body["session_id"].as_str().expect("session_id").to_owned()
+    }
+
+    /// Starts a session for the holder of `key`; returns the answer
+    /// (`session_id`, `returning`).
+    ///
+    /// # Panics
+    /// When the api refuses.
+    pub async fn start_session_with_key(&self, key: &str) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/api/session/start", self.url))
+            .json(&serde_json::json!({ "person_key": key }))
+            .send()
+            .await
+            .expect("session request");
+        assert_eq!(response.status(), 201, "session start");
+        response.json().await.expect("session json")
+    }
+
+    /// The owner `key` names in this world.
+    #[must_use]
+    pub fn owner_of_key(&self, key: &str) -> String {
+        self.rose.identity.person_owner(key).expect("a valid key")
     }
 
     /// Starts a session; returns its id.

@@ -1,23 +1,33 @@
 //! Work kept off the reply's critical path: memory extraction (queue
 //! `memory`) and the rolling summary (queue `summary`).
 //!
-//! Extraction asks the small model, in JSON mode, whether what the person
-//! said holds a durable personal fact; a fact is kept for the session's
+//! Extraction shows the small model, in JSON mode, the person's profile and
+//! what they just said, and takes back operations on the profile (`add`,
+//! `update`, `remove` of its lines) and new episodic memories, validated
+//! against that schema ([`parse_extraction`]); output outside it is logged
+//! (by the rule it broke, never its text) and dropped. The profile stays
+//! within 12 lines and 800 characters; a memory is kept for the session's
 //! owner unless an existing memory scores ≥ 0.90 against it (then that one is
-//! refreshed). The summary folds all but a session's last 10 turns into its
-//! running summary once more than 30 turns are unsummarized, so prompts stay
-//! bounded however long a conversation runs. Malformed model output is logged
-//! and dropped; a provider or store failure is returned for the queue to retry.
+//! refreshed); nothing the person asked to forget is learnt again. The
+//! summary folds all but a session's last 10 turns into its running summary
+//! once more than 30 turns are unsummarized, so prompts stay bounded however
+//! long a conversation runs; a closing summary (queued when the person starts
+//! a new session) folds them all, for the next session's prompt. A provider
+//! or store failure is returned for the queue to retry.
 //! While the embedding model is unavailable an extraction is not attempted
 //! (no model call is paid for a fact that could not be kept): the task waits
 //! for the model, for a bounded time (see the worker's `MODEL_WAIT`).
 
 use rose_shared::Rose;
-use rose_shared::domain::{MemoryTask, Role, SummaryTask};
+use rose_shared::domain::{
+    MemoryTask, PROFILE_FIELDS, PROFILE_MAX_CHARS, PROFILE_MAX_LINES, ProfileLine, Role,
+    SummaryTask,
+};
 use rose_shared::memory::{Remembered, owner_of};
 use rose_shared::providers::{ChatMessage, ChatRequest};
 use rose_shared::queue::{MEMORY_QUEUE, SUMMARY_QUEUE};
 use rose_shared::resilience::{CallError, Provider};
+use rose_shared::store::person::fingerprint;
 use serde::Deserialize;
 
 use crate::pipeline::is_silent;
@@ -28,11 +38,18 @@ pub const KEEP_RECENT: usize = 10;
 pub const SUMMARIZE_AFTER: i64 = 30;
 
 const EXTRACT_PROMPT: &str = "\
-You help a grief companion remember what matters to the person she talks with. Read what the \
-person just said. If it holds a durable personal fact worth remembering in later conversations \
-(a name, a loss, a relationship, a lasting feeling, a goal, something that helps them), answer \
-with JSON {\"fact\": \"<one short third-person sentence about the user>\"}. Otherwise answer \
-{\"fact\": null}. Answer with the JSON object only.";
+You help a grief companion remember what matters to the person she talks with. You get the \
+person's profile (numbered lines) and what they just said. Answer with one JSON object: \
+{\"profile\": [operations], \"memories\": [sentences]}. The profile holds only lasting \
+essentials, one short third-person line each: field \"name\" (their name), \"grieving\" (who \
+they are grieving and how they were related), \"date\" (an important date), \"helps\" (what \
+helps them), \"avoid\" (what to avoid), \"about\" (who they are). Operations: \
+{\"op\": \"add\", \"field\": \"name\", \"text\": \"Their name is Anna.\"}, \
+{\"op\": \"update\", \"line\": 2, \"text\": \"<the corrected line>\"}, \
+{\"op\": \"remove\", \"line\": 3} (for a line that is no longer true). Everything else worth \
+remembering in later conversations (a memory of the one they lost, a place, a story, a lasting \
+feeling) goes into \"memories\" as short third-person sentences. With nothing to keep, answer \
+{\"profile\": [], \"memories\": []}. Answer with the JSON object only.";
 
 const SUMMARY_PROMPT: &str = "\
 You keep the running summary of a conversation between a grieving person and Rose, their \
@@ -40,10 +57,30 @@ companion. Given the summary so far and the next part of the conversation, write
 summary: who the person is, what they shared, how they feel, what helped. At most eight plain \
 sentences, no lists.";
 
-#[derive(Debug, Deserialize)]
+/// What the small model answers (see `EXTRACT_PROMPT`).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct Extraction {
-    fact: Option<String>,
+    #[serde(default)]
+    profile: Vec<ProfileOp>,
+    #[serde(default)]
+    memories: Vec<String>,
 }
+
+/// One change to the profile; `line` numbers the lines as the prompt
+/// showed them, from 1.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum ProfileOp {
+    Add { field: String, text: String },
+    Update { line: usize, text: String },
+    Remove { line: usize },
+}
+
+/// Longest profile line or memory, in characters.
+const MAX_LINE_CHARS: usize = 200;
+/// Most profile operations and memories one turn may bring.
+const MAX_OPS: usize = 12;
 
 /// A background failure worth retrying.
 #[derive(Debug, thiserror::Error)]
@@ -71,14 +108,152 @@ fn retry(e: impl std::fmt::Display) -> Retry {
     Retry::new(e.to_string())
 }
 
-/// Parses the model's answer: `Some(fact)`, `None` for "nothing to keep", or
-/// an error for output that is not the expected JSON.
-fn parse_fact(content: &str) -> Result<Option<String>, String> {
-    let parsed: Extraction = serde_json::from_str(content.trim()).map_err(|e| e.to_string())?;
-    Ok(parsed
-        .fact
-        .map(|f| f.trim().to_owned())
-        .filter(|f| !f.is_empty() && f.chars().count() <= 300))
+/// Parses and validates the model's answer against `lines` (the profile
+/// it was shown): every operation names a known field or an existing line,
+/// every text is 1-200 characters once trimmed, at most 12 of each. One
+/// violation refuses the whole answer (the model misread the task).
+fn parse_extraction(content: &str, lines: usize) -> Result<Extraction, String> {
+    let mut parsed: Extraction = serde_json::from_str(content.trim()).map_err(|e| e.to_string())?;
+    if parsed.profile.len() > MAX_OPS || parsed.memories.len() > MAX_OPS {
+        return Err("too many operations".to_owned());
+    }
+    let text_ok = |t: &str| {
+        let n = t.trim().chars().count();
+        (1..=MAX_LINE_CHARS).contains(&n)
+    };
+    for op in &mut parsed.profile {
+        match op {
+            ProfileOp::Add { field, text } => {
+                if !PROFILE_FIELDS.contains(&field.as_str()) {
+                    return Err(format!("unknown profile field {field:?}"));
+                }
+                if !text_ok(text) {
+                    return Err("a profile line is empty or too long".to_owned());
+                }
+                *text = text.trim().to_owned();
+            }
+            ProfileOp::Update { line, text } => {
+                if !(1..=lines).contains(line) {
+                    return Err(format!("no profile line {line}"));
+                }
+                if !text_ok(text) {
+                    return Err("a profile line is empty or too long".to_owned());
+                }
+                *text = text.trim().to_owned();
+            }
+            ProfileOp::Remove { line } => {
+                if !(1..=lines).contains(line) {
+                    return Err(format!("no profile line {line}"));
+                }
+            }
+        }
+    }
+    for memory in &mut parsed.memories {
+        if !text_ok(memory) {
+            return Err("a memory is empty or too long".to_owned());
+        }
+        *memory = memory.trim().to_owned();
+    }
+    Ok(parsed)
+}
+
+/// What the extraction is shown: the profile as numbered lines, then what
+/// the person said.
+fn extraction_input(profile: &[ProfileLine], transcript: &str) -> String {
+    let mut text = String::from("Profile:\n");
+    if profile.is_empty() {
+        text.push_str("(empty)\n");
+    }
+    for (i, line) in profile.iter().enumerate() {
+        text.push_str(&format!("{}. [{}] {}\n", i + 1, line.field, line.text));
+    }
+    text.push_str("\nThe person just said:\n");
+    text.push_str(transcript);
+    text
+}
+
+/// Whether `lines` with `text` added (or one line replaced by it) stays
+/// within the profile's bounds.
+fn fits(lines: &[ProfileLine], replacing: Option<&str>, text: &str) -> bool {
+    let count = lines.len() + usize::from(replacing.is_none());
+    let chars: usize = lines
+        .iter()
+        .filter(|l| Some(l.id.as_str()) != replacing)
+        .map(|l| l.text.chars().count())
+        .sum::<usize>()
+        + text.chars().count();
+    count <= PROFILE_MAX_LINES && chars <= PROFILE_MAX_CHARS
+}
+
+/// Applies the profile operations for `owner`, learnt from `job`: a
+/// forgotten text is not learnt again; `name` holds one line (a second
+/// name replaces the first); a line already there is not added twice; an
+/// addition past the bounds (12 lines, 800 characters) is dropped.
+async fn apply_profile(
+    rose: &Rose,
+    owner: &str,
+    job: &str,
+    shown: &[ProfileLine],
+    ops: Vec<ProfileOp>,
+) -> Result<(), Retry> {
+    let store = &rose.store;
+    // Line numbers name the lines as shown, whatever the earlier ops did.
+    let id_of = |line: usize| shown.get(line - 1).map(|l| l.id.clone());
+    for op in ops {
+        let lines = store.profile(owner).await.map_err(retry)?;
+        match op {
+            ProfileOp::Remove { line } => {
+                if let Some(id) = id_of(line) {
+                    store.delete_profile_line(owner, &id).await.map_err(retry)?;
+                }
+            }
+            ProfileOp::Update { line, text } => {
+                let Some(id) = id_of(line) else { continue };
+                if store
+                    .is_forgotten(owner, &text, Some(job))
+                    .await
+                    .map_err(retry)?
+                    || !fits(&lines, Some(&id), &text)
+                {
+                    continue;
+                }
+                store
+                    .update_profile_line(owner, &id, &text)
+                    .await
+                    .map_err(retry)?;
+            }
+            ProfileOp::Add { field, text } => {
+                let same = fingerprint(&text);
+                if lines.iter().any(|l| fingerprint(&l.text) == same)
+                    || store
+                        .is_forgotten(owner, &text, Some(job))
+                        .await
+                        .map_err(retry)?
+                {
+                    continue;
+                }
+                let named = (field == "name")
+                    .then(|| lines.iter().find(|l| l.field == "name"))
+                    .flatten();
+                if let Some(old) = named {
+                    if fits(&lines, Some(&old.id), &text) {
+                        store
+                            .update_profile_line(owner, &old.id, &text)
+                            .await
+                            .map_err(retry)?;
+                    }
+                } else if fits(&lines, None, &text) {
+                    store
+                        .add_profile_line(owner, &field, &text, Some(job))
+                        .await
+                        .map_err(retry)?;
+                } else {
+                    tracing::info!(job_id = %job, "profile full; a line was not added");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs one extraction.
@@ -109,14 +284,17 @@ pub async fn extract(rose: &Rose, task: &MemoryTask) -> Result<(), Retry> {
             reason: e.to_string(),
         });
     }
+    let owner = owner_of(&session);
+    let job_id = job.id.to_string();
+    let profile = rose.store.profile(&owner).await.map_err(retry)?;
     let request = ChatRequest {
         model: rose.config.llm_small_model.clone(),
         messages: vec![
             ChatMessage::new("system", EXTRACT_PROMPT),
-            ChatMessage::new("user", transcript),
+            ChatMessage::new("user", extraction_input(&profile, &transcript)),
         ],
         temperature: 0.1,
-        max_tokens: 120,
+        max_tokens: 400,
         json: true,
     };
     let llm = &rose.providers.llm;
@@ -132,44 +310,65 @@ pub async fn extract(rose: &Rose, task: &MemoryTask) -> Result<(), Retry> {
         }
         Err(e) => return Err(retry(e)),
     };
-    let fact = match parse_fact(&content) {
-        Ok(Some(fact)) => fact,
-        Ok(None) => return Ok(()),
+    let extraction = match parse_extraction(&content, profile.len()) {
+        Ok(extraction) => extraction,
         Err(reason) => {
-            tracing::warn!(job_id = %job.id, %reason, "memory extraction answered malformed JSON; dropped");
+            // The reason names the rule broken, never the text.
+            tracing::warn!(job_id = %job.id, %reason, "memory extraction answered outside the schema; dropped");
             return Ok(());
         }
     };
-    let owner = owner_of(&session);
-    let outcome = rose
-        .memory
-        .remember(&owner, session.id, &fact, Some(job.id.to_string()))
-        .await
-        .map_err(|e| Retry {
-            waiting_for_model_since: e.is_model_unavailable().then_some(job.created_at),
-            reason: e.to_string(),
-        })?;
-    match outcome {
-        Remembered::Added(id) => {
-            tracing::info!(job_id = %job.id, memory = %id, "memory added");
-            // The session may have been erased while the model was thinking:
-            // what it owned must not outlive it.
-            if rose
-                .store
-                .get_session(session.id)
-                .await
-                .map_err(retry)?
-                .is_none()
-            {
-                rose.memory
-                    .store
-                    .delete_session(session.id)
-                    .await
-                    .map_err(retry)?;
+    let (ops, facts) = (extraction.profile.len(), extraction.memories.len());
+    apply_profile(rose, &owner, &job_id, &profile, extraction.profile).await?;
+    for fact in extraction.memories {
+        if rose
+            .store
+            .is_forgotten(&owner, &fact, Some(&job_id))
+            .await
+            .map_err(retry)?
+        {
+            continue;
+        }
+        let outcome = rose
+            .memory
+            .remember(&owner, session.id, &fact, Some(job_id.clone()))
+            .await
+            .map_err(|e| Retry {
+                waiting_for_model_since: e.is_model_unavailable().then_some(job.created_at),
+                reason: e.to_string(),
+            })?;
+        match outcome {
+            Remembered::Added(id) => {
+                tracing::info!(job_id = %job.id, memory = %id, "memory added")
+            }
+            Remembered::Refreshed(id) => {
+                tracing::info!(job_id = %job.id, memory = %id, "memory refreshed")
             }
         }
-        Remembered::Refreshed(id) => {
-            tracing::info!(job_id = %job.id, memory = %id, "memory refreshed")
+    }
+    tracing::info!(job_id = %job.id, profile_ops = ops, memories = facts, "memory extraction done");
+    // The session (or the person) may have been erased while the model was
+    // thinking: what it owned must not outlive it.
+    if rose
+        .store
+        .get_session(session.id)
+        .await
+        .map_err(retry)?
+        .is_none()
+    {
+        rose.memory
+            .store
+            .delete_session(session.id)
+            .await
+            .map_err(retry)?;
+        if rose
+            .store
+            .sessions_of(&owner, 1)
+            .await
+            .map_err(retry)?
+            .is_empty()
+        {
+            rose.store.erase_owner(&owner).await.map_err(retry)?;
         }
     }
     Ok(())
@@ -195,12 +394,15 @@ pub async fn summarize(rose: &Rose, task: &SummaryTask) -> Result<(), Retry> {
         .turns_since(session.id, session.summarized_until, 10_000)
         .await
         .map_err(retry)?;
-    if (turns.len() as i64) <= SUMMARIZE_AFTER {
+    // A closing summary folds every turn; a rolling one waits for more than
+    // SUMMARIZE_AFTER and keeps the last KEEP_RECENT verbatim.
+    let keep = if task.close { 0 } else { KEEP_RECENT };
+    if turns.is_empty() || (!task.close && (turns.len() as i64) <= SUMMARIZE_AFTER) {
         return Ok(());
     }
     // Turns stored in the same millisecond as the boundary are folded with
     // it: the summary's mark is a timestamp, so splitting them would drop one.
-    let mut cut = turns.len() - KEEP_RECENT;
+    let mut cut = turns.len() - keep;
     while cut < turns.len() && cut > 0 && turns[cut].created_at == turns[cut - 1].created_at {
         cut += 1;
     }
@@ -249,19 +451,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn facts_are_parsed_and_malformed_output_is_refused() {
+    fn extractions_are_validated_against_the_schema() {
+        let ok = parse_extraction(
+            r#"{"profile": [{"op": "add", "field": "name", "text": " Their name is Anna. "},
+                            {"op": "update", "line": 1, "text": "Their mother died last spring."},
+                            {"op": "remove", "line": 2}],
+                "memories": ["Their mother loved roses."]}"#,
+            2,
+        )
+        .expect("valid");
         assert_eq!(
-            parse_fact(r#"{"fact": "The user's name is Anna."}"#),
-            Ok(Some("The user's name is Anna.".to_owned()))
+            ok.profile[0],
+            ProfileOp::Add {
+                field: "name".to_owned(),
+                text: "Their name is Anna.".to_owned()
+            }
         );
-        assert_eq!(parse_fact(r#"{"fact": null}"#), Ok(None));
-        assert_eq!(parse_fact(r#"{"fact": "   "}"#), Ok(None));
+        assert_eq!(ok.memories, vec!["Their mother loved roses.".to_owned()]);
         assert_eq!(
-            parse_fact(&format!(r#"{{"fact": "{}"}}"#, "x".repeat(301))),
-            Ok(None)
+            parse_extraction(r#"{"profile": [], "memories": []}"#, 0),
+            Ok(Extraction {
+                profile: vec![],
+                memories: vec![]
+            })
         );
-        assert!(parse_fact("The user's name is Anna.").is_err());
-        assert!(parse_fact(r#"{"fact": 42}"#).is_err());
-        assert!(parse_fact("").is_err());
+        assert!(
+            parse_extraction("{}", 0).is_ok(),
+            "both lists may be left out"
+        );
+        let long = "x".repeat(201);
+        for bad in [
+            "Their name is Anna.".to_owned(),
+            String::new(),
+            r#"{"fact": "The user's name is Anna."}"#.to_owned(),
+            r#"{"profile": [{"op": "add", "field": "shoe size", "text": "42"}]}"#.to_owned(),
+            r#"{"profile": [{"op": "add", "field": "name", "text": "  "}]}"#.to_owned(),
+            r#"{"profile": [{"op": "update", "line": 3, "text": "x"}]}"#.to_owned(),
+            r#"{"profile": [{"op": "remove", "line": 0}]}"#.to_owned(),
+            r#"{"profile": [{"op": "rename", "line": 1}]}"#.to_owned(),
+            r#"{"memories": [42]}"#.to_owned(),
+            format!(r#"{{"memories": ["{long}"]}}"#),
+            format!(r#"{{"memories": [{}]}}"#, vec![r#""a""#; 13].join(",")),
+        ] {
+            assert!(parse_extraction(&bad, 2).is_err(), "{bad}");
+        }
+    }
+
+    fn line(id: &str, text: &str) -> ProfileLine {
+        ProfileLine {
+            id: id.to_owned(),
+            field: "about".to_owned(),
+            text: text.to_owned(),
+            source_job: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_profile_stays_within_its_bounds() {
+        let full: Vec<ProfileLine> = (0..12).map(|i| line(&i.to_string(), "short")).collect();
+        assert!(!fits(&full, None, "one more"));
+        assert!(fits(&full, Some("3"), "a replacement"));
+        let long: Vec<ProfileLine> = (0..4)
+            .map(|i| line(&i.to_string(), &"x".repeat(200)))
+            .collect();
+        assert!(!fits(&long, None, "y"), "801 characters");
+        assert!(fits(&long, Some("0"), &"y".repeat(200)));
+        let shown = extraction_input(&full[..2], "hello");
+        assert!(shown.starts_with("Profile:\n1. [about] short\n2. [about] short\n"));
+        assert!(shown.ends_with("The person just said:\nhello"));
     }
 }

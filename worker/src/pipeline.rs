@@ -627,8 +627,9 @@ impl Pipeline {
         }
     }
 
-    /// The reply prompt: the persona, recalled memories as short facts, the
-    /// session's running summary, the turns since that summary (at most
+    /// The reply prompt: the persona, the person's profile (always), the
+    /// summary of their previous session (until this one has its own),
+    /// recalled memories as short facts, the session's running summary, the turns since that summary (at most
     /// `ROSE_HISTORY_TURNS`), and what was just said; with how many earlier
     /// turns it holds.
     async fn prompt(
@@ -647,8 +648,29 @@ impl Pipeline {
             )
             .await?;
         let earlier = history.len();
-        let mut messages = Vec::with_capacity(earlier + 4);
+        let mut messages = Vec::with_capacity(earlier + 6);
         messages.push(ChatMessage::new("system", PERSONA));
+        let owner = owner_of(session);
+        let profile = self.rose.store.profile(&owner).await?;
+        if !profile.is_empty() {
+            let mut text = "What you know about this person (true across conversations; \
+                let it shape how you speak, use their name now and then, never recite it):"
+                .to_owned();
+            for line in &profile {
+                text.push_str("\n- ");
+                text.push_str(&line.text);
+            }
+            messages.push(ChatMessage::new("system", text));
+        }
+        if let Some(last_time) = self.last_time(session, &owner).await? {
+            messages.push(ChatMessage::new(
+                "system",
+                format!(
+                    "Last time you spoke about this (the summary of your previous conversation; \
+                     pick up the thread gently if it fits, without quoting it):\n{last_time}"
+                ),
+            ));
+        }
         if !memories.is_empty() {
             let mut text = "What this person shared in earlier conversations \
                 (weave it in gently, only where it fits; never recite it):"
@@ -675,6 +697,29 @@ impl Pipeline {
             job.transcript.clone().unwrap_or_default(),
         ));
         Ok((messages, earlier))
+    }
+
+    /// The closing summary of the person's previous session, for a session
+    /// that has not yet a summary of its own; `None` for anonymous sessions
+    /// (no earlier session can be theirs) and first conversations.
+    async fn last_time(
+        &self,
+        session: &Session,
+        owner: &str,
+    ) -> Result<Option<String>, StageError> {
+        if session.user_id.is_none() || session.summary.is_some() {
+            return Ok(None);
+        }
+        let previous = self
+            .rose
+            .store
+            .sessions_of(owner, 2)
+            .await?
+            .into_iter()
+            .find(|s| s.id != session.id && s.created_at <= session.created_at);
+        Ok(previous
+            .and_then(|s| s.summary)
+            .filter(|s| !s.trim().is_empty()))
     }
 
     async fn reply(
@@ -754,6 +799,7 @@ impl Pipeline {
             let summary = SummaryTask {
                 session_id: session.id,
                 attempt: 0,
+                close: false,
             };
             if let Err(e) = queue
                 .push(SUMMARY_QUEUE, &session.id.to_string(), &summary)

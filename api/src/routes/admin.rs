@@ -30,7 +30,6 @@ use rose_shared::view::job_json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -213,23 +212,10 @@ async fn retry_job(
 /// the scheme is matched regardless of case (RFC 9110 §11.1), one space
 /// follows it, and nothing is trimmed (a token with a space before it is not
 /// the token).
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at_checked(b"Bearer ".len())?;
     scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
-}
-
-/// Whether `given` is `token`, in a time that tells nothing about either:
-/// both are hashed (SHA-256) and the digests compared whole, so neither a
-/// wrong length nor a wrong first byte answers sooner.
-fn same(given: &[u8], token: &[u8]) -> bool {
-    let given = Sha256::digest(given);
-    let token = Sha256::digest(token);
-    given
-        .iter()
-        .zip(token.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
 
 /// Lets the request through only with the configured token.
@@ -242,7 +228,7 @@ pub fn authorize(rose: &Rose, headers: &HeaderMap) -> ApiResult<()> {
         return Err(ApiError::AdminDisabled);
     };
     let given = bearer(headers).ok_or(ApiError::Unauthorized)?;
-    if same(given, token.expose_secret().as_bytes()) {
+    if rose_shared::identity::same_secret(given, token.expose_secret().as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
@@ -387,11 +373,23 @@ mod tests {
 
     #[test]
     fn tokens_compare_whole() {
-        assert!(same(b"secret-token", b"secret-token"));
-        assert!(!same(b"secret-token", b"secret-tokem"));
-        assert!(!same(b"secret", b"secret-token"));
-        assert!(!same(b"secret-token ", b"secret-token"));
-        assert!(!same(b"", b"x"));
+        assert!(rose_shared::identity::same_secret(
+            b"secret-token",
+            b"secret-token"
+        ));
+        assert!(!rose_shared::identity::same_secret(
+            b"secret-token",
+            b"secret-tokem"
+        ));
+        assert!(!rose_shared::identity::same_secret(
+            b"secret",
+            b"secret-token"
+        ));
+        assert!(!rose_shared::identity::same_secret(
+            b"secret-token ",
+            b"secret-token"
+        ));
+        assert!(!rose_shared::identity::same_secret(b"", b"x"));
     }
 
     #[test]

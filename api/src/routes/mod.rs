@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audio;
 pub mod health;
 pub mod jobs;
+pub mod me;
 pub mod metrics;
 pub mod openapi;
 pub mod resources;

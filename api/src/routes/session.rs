@@ -3,10 +3,12 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rose_shared::Rose;
-use rose_shared::domain::SessionId;
+use rose_shared::domain::{Session, SessionId, SummaryTask};
+use rose_shared::identity;
+use rose_shared::queue::SUMMARY_QUEUE;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
@@ -22,12 +24,21 @@ pub fn router() -> OpenApiRouter<Rose> {
         .routes(routes!(erase))
 }
 
-/// Who the session belongs to; without it, memories stay with the session.
+/// Who the session belongs to: at most one of the three; with none, the
+/// session is anonymous and its memories stay with it.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartBody {
-    /// 1-200 characters once trimmed, not only whitespace: a stable id for
-    /// the person across sessions.
+    /// 32 random bytes in base64url (43 characters, no padding) that the
+    /// client made and keeps: the person's key. Rose keeps only a keyed
+    /// hash of it.
+    #[schema(min_length = 43, max_length = 44, pattern = r"^[A-Za-z0-9_-]{43}=?$")]
+    person_key: Option<String>,
+    /// A JWT (HS256, `sub` = the integrator's user id, `exp`) signed with
+    /// `ROSE_USER_TOKEN_SECRET`.
+    user_token: Option<String>,
+    /// Only with `Authorization: Bearer $ROSE_API_KEY` (server to server):
+    /// 1-200 characters once trimmed, not only whitespace.
     #[schema(
         min_length = 1,
         max_length = 200,
@@ -40,9 +51,46 @@ struct StartBody {
 #[derive(Debug, Serialize, ToSchema)]
 struct Started {
     session_id: String,
+    /// This person has spoken with Rose before (an earlier session, or
+    /// something she keeps of them).
+    returning: bool,
 }
 
-/// Starts a session. The body is optional: empty, or `{"user_id": "..."}`.
+/// The owner `body` names, checked; `None` for an anonymous session.
+fn owner(rose: &Rose, headers: &HeaderMap, body: StartBody) -> ApiResult<Option<String>> {
+    let named = [
+        body.person_key.is_some(),
+        body.user_token.is_some(),
+        body.user_id.is_some(),
+    ];
+    if named.iter().filter(|n| **n).count() > 1 {
+        return Err(ApiError::AmbiguousIdentity);
+    }
+    if let Some(key) = body.person_key {
+        return Ok(Some(rose.identity.person_owner(&key)?));
+    }
+    if let Some(token) = body.user_token {
+        let now = rose_shared::domain::now_ms() / 1000;
+        return Ok(Some(rose.identity.token_user(&token, now)?));
+    }
+    if let Some(user) = body.user_id {
+        let vouched = crate::routes::admin::bearer(headers)
+            .is_some_and(|given| rose.identity.is_api_key(given));
+        if !vouched {
+            return Err(ApiError::UserIdRequiresToken);
+        }
+        return Ok(Some(identity::user_id(&user)?));
+    }
+    Ok(None)
+}
+
+/// Starts a session. The body is optional: empty, or a JSON object naming
+/// the person with one of `person_key`, `user_token`, or `user_id` (the
+/// last only with the server's `ROSE_API_KEY`).
+///
+/// For a returning person, the summary of their previous conversation is
+/// made now (in the background) if it was not yet, so that Rose can pick up
+/// the thread in this one.
 #[utoipa::path(
     post,
     path = "/api/session/start",
@@ -50,27 +98,64 @@ struct Started {
     request_body(content = StartBody, content_type = "application/json", description = "Optional: no body, or a JSON object"),
     responses(
         (status = 201, description = "Session started", body = Started),
-        (status = 400, description = "`invalid_json`, `invalid_user_id`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_person_key`, `ambiguous_identity`", body = ErrorBody),
+        (status = 401, description = "`user_id_requires_token`, `invalid_user_token`", body = ErrorBody),
+        (status = 503, description = "`storage_unavailable`, `person_keys_unavailable`", body = ErrorBody),
     )
 )]
-async fn start(State(rose): State<Rose>, body: Bytes) -> ApiResult<Response> {
+async fn start(State(rose): State<Rose>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let body: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
         StartBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?
     };
-    let user_id = body.user_id.map(|u| u.trim().to_owned());
-    if let Some(u) = &user_id
-        && (u.is_empty() || u.chars().count() > 200)
-    {
-        return Err(ApiError::InvalidUserId);
+    let owner = owner(&rose, &headers, body)?;
+    let previous = match &owner {
+        Some(owner) => rose.store.sessions_of(owner, 1).await?.into_iter().next(),
+        None => None,
+    };
+    let returning = match (&owner, &previous) {
+        (_, Some(_)) => true,
+        (Some(owner), None) => !rose.store.profile(owner).await?.is_empty(),
+        (None, None) => false,
+    };
+    let session = rose.store.create_session(owner.as_deref()).await?;
+    if let Some(previous) = previous {
+        close_previous(&rose, &previous).await;
     }
-    let session = rose.store.create_session(user_id.as_deref()).await?;
     let started = Started {
         session_id: session.id.to_string(),
+        returning,
     };
     Ok((StatusCode::CREATED, Json(started)).into_response())
+}
+
+/// Queues the closing summary of `previous` when it has turns its summary
+/// does not hold. Losing it costs only continuity: a failure is logged.
+async fn close_previous(rose: &Rose, previous: &Session) {
+    let unsummarized = match rose
+        .store
+        .count_turns_since(previous.id, previous.summarized_until)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(session_id = %previous.id, error = %e, "could not count the previous session's turns");
+            return;
+        }
+    };
+    if unsummarized == 0 {
+        return;
+    }
+    let task = SummaryTask {
+        session_id: previous.id,
+        attempt: 0,
+        close: true,
+    };
+    let id = format!("{}:close:{}", previous.id, previous.summarized_until);
+    if let Err(e) = rose.queue.push(SUMMARY_QUEUE, &id, &task).await {
+        tracing::warn!(session_id = %previous.id, error = %e, "could not queue the closing summary");
+    }
 }
 
 /// Marks the start body optional in `doc`. `request_body` can only say

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{MemoryError, MemoryStore, NewMemory, Scored, embed::cosine};
+use super::{Listed, MemoryError, MemoryStore, NewMemory, Scored, embed::cosine};
 use crate::domain::{SessionId, now_ms};
 use crate::store::Database;
 
@@ -349,6 +349,43 @@ impl MemoryStore for EmbeddedMemory {
         Ok(on_pool!(&self.db, |pool| sqlx::query_scalar(sql)
             .fetch_all(pool)
             .await)?)
+    }
+
+    async fn list(&self, owner: &str) -> Result<Vec<Listed>, MemoryError> {
+        let sql = "SELECT id, text, created_at, source_job FROM memories WHERE owner = $1 \
+                   ORDER BY created_at DESC, id DESC";
+        let rows: Vec<(String, String, i64, Option<String>)> =
+            on_pool!(&self.db, |pool| sqlx::query_as(sql)
+                .bind(owner)
+                .fetch_all(pool)
+                .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, text, created_at, source_job)| Listed {
+                id,
+                text,
+                created_at,
+                source_job,
+            })
+            .collect())
+    }
+
+    async fn delete_one(&self, owner: &str, id: &str) -> Result<Option<Listed>, MemoryError> {
+        let sql = "DELETE FROM memories WHERE owner = $1 AND id = $2 \
+                   RETURNING id, text, created_at, source_job";
+        let row: Option<(String, String, i64, Option<String>)> =
+            on_pool!(&self.db, |pool| sqlx::query_as(sql)
+                .bind(owner)
+                .bind(id)
+                .fetch_optional(pool)
+                .await)?;
+        self.evict(&[owner.to_owned()]);
+        Ok(row.map(|(id, text, created_at, source_job)| Listed {
+            id,
+            text,
+            created_at,
+            source_job,
+        }))
     }
 
     async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError> {

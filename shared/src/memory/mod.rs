@@ -86,6 +86,17 @@ pub struct Scored {
     pub last_recalled_at: i64,
 }
 
+/// A stored memory as its owner sees it (no vector).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: String,
+    pub text: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// The job it was learnt from.
+    pub source_job: Option<String>,
+}
+
 /// Where memories live.
 #[async_trait]
 pub trait MemoryStore: Send + Sync {
@@ -109,6 +120,12 @@ pub trait MemoryStore: Send + Sync {
     async fn count(&self, owner: &str) -> Result<u64, MemoryError>;
     /// Every owner that has memories.
     async fn owners(&self) -> Result<Vec<String>, MemoryError>;
+    /// Every memory of `owner`, newest first. Bounded by the per-person cap
+    /// (`MEMORY_CAP_PER_USER`) the scheduler keeps.
+    async fn list(&self, owner: &str) -> Result<Vec<Listed>, MemoryError>;
+    /// Erases one of `owner`'s memories; what it was, or `None` when
+    /// `owner` has no memory `id` (another person's id erases nothing).
+    async fn delete_one(&self, owner: &str, id: &str) -> Result<Option<Listed>, MemoryError>;
     /// Erases every memory of `owner`; returns how many.
     async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError>;
     /// Keeps `owner`'s `keep` most recently recalled memories and erases the

@@ -33,7 +33,7 @@ use qdrant_client::{Payload, Qdrant};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::{DIMENSIONS, MemoryError, MemoryStore, NewMemory, Scored};
+use super::{DIMENSIONS, Listed, MemoryError, MemoryStore, NewMemory, Scored};
 use crate::domain::{SessionId, now_ms};
 
 mod snapshots;
@@ -364,6 +364,37 @@ impl QdrantMemory {
     }
 }
 
+/// A point's id as Rose shows it: the uuid (or the number).
+fn id_string(id: PointId) -> String {
+    id.point_id_options
+        .map(|o| match o {
+            qdrant_client::qdrant::point_id::PointIdOptions::Uuid(u) => u,
+            qdrant_client::qdrant::point_id::PointIdOptions::Num(n) => n.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// `Some(id)` when `id` is a uuid (8-4-4-4-12 hex digits).
+fn uuid_shaped(id: &str) -> Option<&str> {
+    let groups: Vec<&str> = id.split('-').collect();
+    let shaped = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()));
+    shaped.then_some(id)
+}
+
+fn listed(id: PointId, payload: &HashMap<String, qdrant_client::qdrant::Value>) -> Listed {
+    let source_job = payload_str(payload, "source_job");
+    Listed {
+        id: id_string(id),
+        text: payload_str(payload, "text"),
+        created_at: payload_i64(payload, "created_at"),
+        source_job: (!source_job.is_empty()).then_some(source_job),
+    }
+}
+
 fn payload_str(payload: &HashMap<String, qdrant_client::qdrant::Value>, key: &str) -> String {
     payload
         .get(key)
@@ -511,6 +542,41 @@ impl MemoryStore for QdrantMemory {
         owners.sort();
         owners.dedup();
         Ok(owners)
+    }
+
+    async fn list(&self, owner: &str) -> Result<Vec<Listed>, MemoryError> {
+        let mut listed: Vec<Listed> = self
+            .scroll_all(Some(Self::owner_filter(owner)))
+            .await?
+            .into_iter()
+            .map(|(id, payload)| listed(id, &payload))
+            .collect();
+        listed.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(listed)
+    }
+
+    async fn delete_one(&self, owner: &str, id: &str) -> Result<Option<Listed>, MemoryError> {
+        // Only a uuid can name a point; anything else is no one's memory.
+        if uuid_shaped(id).is_none() {
+            return Ok(None);
+        }
+        let mine = Filter::must([
+            Condition::matches("user_id", owner.to_owned()),
+            Condition::has_id([PointId::from(id.to_owned())]),
+        ]);
+        let found = self.scroll_all(Some(mine.clone())).await?;
+        let Some((point, payload)) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(&self.collection)
+                    .points(mine)
+                    .wait(true),
+            )
+            .await
+            .map_err(qerr)?;
+        Ok(Some(listed(point, &payload)))
     }
 
     async fn delete_owner(&self, owner: &str) -> Result<u64, MemoryError> {

@@ -75,8 +75,8 @@ macro_rules! person_store {
         #[async_trait]
         impl PersonStore for $store {
             async fn profile(&self, owner: &str) -> StoreResult<Vec<ProfileLine>> {
-                let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-                    "SELECT id, field, text, created_at, updated_at FROM profile_lines \
+                let rows: Vec<(String, String, String, i64, i64, Option<String>)> = sqlx::query_as(
+                    "SELECT id, field, text, created_at, updated_at, source_job FROM profile_lines \
                      WHERE owner = $1 ORDER BY created_at, id",
                 )
                 .bind(owner)
@@ -84,10 +84,11 @@ macro_rules! person_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(id, field, text, created_at, updated_at)| ProfileLine {
+                    .map(|(id, field, text, created_at, updated_at, source_job)| ProfileLine {
                         id,
                         field,
                         text,
+                        source_job,
                         created_at,
                         updated_at,
                     })

@@ -234,10 +234,10 @@ async fn qdrant_collection_of_the_wrong_dimension_is_refused_at_start() {
 async fn extraction_dedup_and_recall(app: TestApp) {
     let user = unique("user");
     let first = app.start_session_for(&user).await;
-    say(&app, &first, "My name is Anna.").await;
+    say(&app, &first, "My mother loved roses.").await;
     app.wait_completed(MEMORY_QUEUE, 1, LIMIT).await;
     assert_eq!(app.rose.memory.store.count(&user).await.expect("count"), 1);
-    say(&app, &first, "Hello again, my name is Anna.").await;
+    say(&app, &first, "Hello again. My mother loved roses.").await;
     app.wait_completed(MEMORY_QUEUE, 2, LIMIT).await;
     assert_eq!(
         app.rose.memory.store.count(&user).await.expect("count"),
@@ -259,16 +259,21 @@ async fn extraction_dedup_and_recall(app: TestApp) {
     assert_eq!(extraction["temperature"], 0.1);
 
     let second = app.start_session_for(&user).await;
-    let job = say(&app, &second, "What is my name?").await;
+    let job = say(&app, &second, "Do you remember the roses my mother loved?").await;
     let prompts = app.reply_requests().await;
     let last = prompts.last().expect("a reply prompt");
     let recalled = recalled_in(last)
         .unwrap_or_else(|| panic!("memories in the second session's prompt: {last} {job}"));
-    assert!(recalled.contains("The user's name is Anna."), "{recalled}");
+    assert!(recalled.contains("Their mother loved roses."), "{recalled}");
     assert_eq!(job["result"]["degraded"], serde_json::json!([]));
 
     let stranger = app.start_session_for(&unique("stranger")).await;
-    say(&app, &stranger, "What is my name?").await;
+    say(
+        &app,
+        &stranger,
+        "Do you remember the roses my mother loved?",
+    )
+    .await;
     let prompts = app.reply_requests().await;
     assert_eq!(recalled_in(prompts.last().expect("prompt")), None);
     app.stop().await;
@@ -413,8 +418,8 @@ async fn erasure(app: TestApp) {
     let other_user = unique("other");
     let session = app.start_session_for(&user).await;
     let other = app.start_session_for(&other_user).await;
-    let job = say(&app, &session, "My name is Clara.").await;
-    say(&app, &other, "My name is Dora.").await;
+    let job = say(&app, &session, "My mother loved tulips.").await;
+    say(&app, &other, "My father loved the sea.").await;
     app.wait_completed(MEMORY_QUEUE, 2, LIMIT).await;
     assert_eq!(app.rose.memory.store.count(&user).await.expect("count"), 1);
 

@@ -50,6 +50,9 @@ async fn the_document_covers_every_route_and_matches_real_answers() {
     let expected: BTreeSet<String> = [
         "POST /api/session/start",
         "DELETE /api/session/{id}",
+        "GET /api/me/memories",
+        "DELETE /api/me/memories/{id}",
+        "DELETE /api/me",
         "POST /api/voice/process",
         "GET /api/jobs/{id}",
         "GET /api/jobs/{id}/events",

@@ -133,9 +133,13 @@ async fn conversation_context(app: TestApp) {
     let chats = app.reply_requests().await;
     assert_eq!(chats.len(), 2);
     let messages = chats[1]["messages"].as_array().expect("messages");
-    let roles: Vec<&str> = messages.iter().filter_map(|m| m["role"].as_str()).collect();
-    assert_eq!(roles, ["system", "user", "assistant", "user"]);
-    assert_eq!(messages[2]["content"], reply.as_str());
+    // The persona first; then, once the first turn's extraction has kept
+    // something, the profile (system); then the conversation.
+    assert_eq!(messages[0]["role"], "system");
+    let turns: Vec<&Value> = messages.iter().filter(|m| m["role"] != "system").collect();
+    let roles: Vec<&str> = turns.iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles, ["user", "assistant", "user"]);
+    assert_eq!(turns[1]["content"], reply.as_str());
     app.stop().await;
 }
 

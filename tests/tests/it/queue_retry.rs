@@ -205,7 +205,7 @@ async fn scaled_degraded_memory_survives_a_redelivery() {
 async fn a_memory_task_survives_a_store_failure(deployment: Deployment) {
     let app = spawn_app(deployment).await;
     inject_fault(&app, "INSERT", "memories").await;
-    let audio = build_wav(16_000, &[0; 1_600], Some("Hello, my name is Anna."));
+    let audio = build_wav(16_000, &[0; 1_600], Some("My mother loved roses."));
     let job = submit(&app, &audio).await;
     let done = app.wait_for_job(&job, LIMIT).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -265,6 +265,7 @@ async fn orphans_are_acknowledged(deployment: Deployment) {
             &SummaryTask {
                 session_id: session,
                 attempt: 0,
+                close: false,
             },
         )
         .await
