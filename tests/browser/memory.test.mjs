@@ -12,6 +12,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -30,7 +31,7 @@ const NAME_LINE = "Their name is Anna.";
 const KEY_SHAPE = /^[A-Za-z0-9_-]{43}$/;
 /** How long background extraction may take to keep the name. */
 const EXTRACTION_MS = 30_000;
-const ADMIN_TOKEN = "rose-browser-memory-admin";
+const ADMIN_TOKEN = randomBytes(32).toString("hex");
 
 let dir;
 let dataDir;
@@ -84,6 +85,8 @@ before(async () => {
     ROSE_DATA_DIR: dataDir,
     ROSE_SIMULATOR_URL: simBase,
     ROSE_ADMIN_TOKEN: ADMIN_TOKEN,
+    // The test polls for background work; the page's own requests stay few.
+    ROSE_RATE_LIMIT_PER_MIN: "0",
     RUST_LOG: "warn",
   };
   for (const name of ["GROQ_API_KEY", "DATABASE_URL", "REDIS_URL"]) delete env[name];
@@ -156,7 +159,9 @@ async function waitForMemory(key, matches, ms) {
   for (;;) {
     const found = (await memories(key)).find(matches);
     if (found) return found;
-    if (Date.now() > deadline) throw new Error(`Rose did not keep the line in ${ms} ms:\n${serverLog}`);
+    if (Date.now() > deadline) {
+      throw new Error(`Rose did not keep the line in ${ms} ms: ${JSON.stringify(await memories(key))}\n${serverLog}`);
+    }
     await new Promise((r) => setTimeout(r, 200));
   }
 }
