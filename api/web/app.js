@@ -1,7 +1,10 @@
 // Rose's web client: tap to speak, tap to send (or type), follow the job by
 // Server-Sent Events with long-polling as the fallback, play Rose's answer.
-// Plain JavaScript against the public HTTP API; no build step.
+// Plain JavaScript against the public HTTP API; no build step. Each page
+// load is a visit: a new session for this person (identity.js keeps who
+// they are), greeted gently when they have been here before.
 
+import { dropPersonKey, initRemembers, personKey, refreshRemembers } from "/identity.js";
 import { loadResources, showSafety } from "/safety.js";
 
 const $ = (id) => document.getElementById(id);
@@ -14,6 +17,7 @@ const send = $("send");
 const transcript = $("transcript");
 const voice = $("voice");
 const notice = $("notice");
+const greeting = $("greeting");
 
 const GENTLE_FAILURE =
   "Something got in the way and Rose could not answer this time. Please take a breath and try again in a moment.";
@@ -27,6 +31,7 @@ const STAGE_WORDS = {
   tts: "Rose is finding her voice…",
 };
 const TERMINAL = new Set(["succeeded", "failed"]);
+const WELCOME_BACK = "Welcome back. I'm glad you're here again.";
 
 let sessionId = null;
 let recorder = null;
@@ -78,11 +83,28 @@ function addLine(who, text, note) {
   return li;
 }
 
+function postStart() {
+  return fetch("/api/session/start", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ person_key: personKey() }),
+  });
+}
+
+/** Starts a session as this person; greets them when they have been here before. */
 async function startSession() {
-  const response = await fetch("/api/session/start", { method: "POST" });
+  let response = await postStart();
+  if (response.status === 400) {
+    const json = await response.json().catch(() => ({}));
+    if (json?.error?.code !== "invalid_person_key") throw new Error("session start answered 400");
+    // A damaged key cannot be repaired: this browser starts over as someone new.
+    dropPersonKey();
+    response = await postStart();
+  }
   if (!response.ok) throw new Error(`session start answered ${response.status}`);
-  sessionId = (await response.json()).session_id;
-  sessionStorage.setItem("rose.session", sessionId);
+  const started = await response.json();
+  sessionId = started.session_id;
+  greeting.textContent = started.returning ? WELCOME_BACK : "";
 }
 
 /** A failure whose message is already worded for the person. */
@@ -177,6 +199,7 @@ async function present(job) {
   const youLine = pendingYou;
   if (youLine && result.transcript) youLine.lastChild.textContent = result.transcript;
   pendingYou = null;
+  refreshRemembers();
   const noVoice = !result.audio_url;
   addLine("rose", result.text ?? "", noVoice ? "Rose's voice could not be reached this time, so here are her words." : null);
   if (noVoice) {
@@ -280,6 +303,18 @@ voice.addEventListener("error", () => {
   if (document.body.dataset.state === "speaking") setState("idle");
 });
 
+/** After "Forget me": a clean page and a new session under a new key. */
+async function startAfresh() {
+  transcript.replaceChildren();
+  showNotice("");
+  try {
+    await startSession();
+  } catch {
+    sessionId = null;
+    showNotice("Rose cannot be reached right now. Please try again in a little while.");
+  }
+}
+
 async function init() {
   loadResources();
   try {
@@ -288,9 +323,9 @@ async function init() {
   } catch {
     // Health is informative only.
   }
-  sessionId = sessionStorage.getItem("rose.session");
+  initRemembers({ erased: startAfresh });
   try {
-    if (!sessionId) await startSession();
+    await startSession();
     setState("idle");
   } catch {
     showNotice("Rose cannot be reached right now. Please try again in a little while.");

@@ -1,9 +1,9 @@
 //! The web client in a real browser: runs `tests/browser` (node's test
 //! runner, playwright-core, Debian's Chromium) against this build's `rose`.
 //!
-//! Outside CI, a machine without Node.js, Chromium or the npm packages skips
-//! the test and says why; `scripts/test` installs all three, and under CI a
-//! missing piece fails the test instead.
+//! Outside CI, a machine without Node.js, Chromium, the npm packages,
+//! espeak-ng or the sqlite3 shell skips the test and says why; `scripts/test`
+//! installs them, and under CI a missing piece fails the test instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +34,11 @@ fn missing(dir: &Path, chromium: &str) -> Option<String> {
     let espeak = Command::new("espeak-ng").arg("--version").output();
     if !espeak.is_ok_and(|o| o.status.success()) {
         return Some("espeak-ng is not installed".to_owned());
+    }
+    // The memory test reads the embedded database beside the running server.
+    let sqlite = Command::new("sqlite3").arg("-version").output();
+    if !sqlite.is_ok_and(|o| o.status.success()) {
+        return Some("sqlite3 is not installed (Debian package sqlite3)".to_owned());
     }
     None
 }

@@ -1,4 +1,4 @@
-//! The web client at `/`: four static files under `api/web/`, compiled
+//! The web client at `/`: five static files under `api/web/`, compiled
 //! into the binary so `rose serve` needs nothing beside it. They are small
 //! and change only with the binary, so they are sent whole, revalidated by
 //! an `ETag` derived from the build's contents.
@@ -13,6 +13,7 @@ const INDEX: &str = include_str!("../../web/index.html");
 const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/app.css");
 const SAFETY: &str = include_str!("../../web/safety.js");
+const IDENTITY: &str = include_str!("../../web/identity.js");
 
 /// What the page may load: only itself, plus recorded audio as blobs.
 const CSP: &str = "default-src 'self'; media-src 'self' blob:; img-src 'self' data:; \
@@ -32,6 +33,12 @@ pub fn router() -> Router<Rose> {
         .route(
             "/safety.js",
             get(|h: HeaderMap| async move { asset(&h, SAFETY, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/identity.js",
+            get(
+                |h: HeaderMap| async move { asset(&h, IDENTITY, "text/javascript; charset=utf-8") },
+            ),
         )
         .route(
             "/app.css",
