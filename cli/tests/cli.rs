@@ -19,6 +19,7 @@ fn rose() -> Command {
         "ROSE_DATA_DIR",
         "BACKUP_DIR",
         "QDRANT_URL",
+        "ROSE_PERSON_KEY_SECRET",
     ] {
         cmd.env_remove(var);
     }
@@ -83,6 +84,32 @@ fn scaled_roles_require_their_services() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("DATABASE_URL") && stderr.contains("REDIS_URL"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_scaled_api_requires_the_person_key_secret() {
+    // Services named (not reached): the secret is checked before any connection.
+    let out = rose()
+        .arg("api")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ROSE_PERSON_KEY_SECRET"), "{stderr}");
+    // A short one is refused by name too, whatever the role.
+    let out = rose()
+        .arg("migrate")
+        .env("ROSE_PERSON_KEY_SECRET", "short")
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ROSE_PERSON_KEY_SECRET") && stderr.contains("32"),
         "{stderr}"
     );
 }
