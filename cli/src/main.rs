@@ -5,6 +5,7 @@
 
 mod backup;
 mod loadtest;
+mod memory_eval;
 mod queue;
 mod roles;
 
@@ -64,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: backup::BackupCommand,
     },
+    /// Measure memory recall on the evaluation set (EMBEDDING_MODEL_DIR).
+    Memory {
+        #[command(subcommand)]
+        command: memory_eval::MemoryCommand,
+    },
     /// Run the provider simulator (Groq and ElevenLabs request shapes).
     Sim {
         /// Listening port.
@@ -121,7 +127,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    rose_shared::telemetry::init(config.log_format);
+    // The eval prints its figures on stdout (one JSON object with --json),
+    // where the log would go; its recalls would log one line each.
+    if !matches!(cli.command, Command::Memory { .. }) {
+        rose_shared::telemetry::init(config.log_format);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,6 +153,7 @@ fn main() -> ExitCode {
             Command::Queue { command } => queue::run(config, command).await,
             Command::Loadtest(args) => loadtest::run(args).await,
             Command::Backup { command } => backup::run(config, command).await,
+            Command::Memory { command } => memory_eval::run(config, command).await,
             Command::Sim {
                 port,
                 latency_ms,
