@@ -250,3 +250,67 @@ async fn backups_keep_list_verify_and_restore_the_qdrant_snapshots() {
     );
     app.stop().await;
 }
+
+/// `DELETE /api/me` on the scaled deployment with memories in Qdrant: the
+/// person's points go from Qdrant, their rows from PostgreSQL, and another
+/// person's points stay.
+#[tokio::test]
+async fn erasing_a_person_removes_their_points_and_rows() {
+    let qdrant = StandIn::start().await;
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        AppOptions {
+            env: [("QDRANT_URL".to_owned(), qdrant.grpc_url.clone())].into(),
+            no_worker: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let key = rose_tests::person_key();
+    let owner = app.owner_of_key(&key);
+    let started = app.start_session_with_key(&key).await;
+    let session: SessionId = started["session_id"]
+        .as_str()
+        .expect("session")
+        .parse()
+        .expect("id");
+    let other = unique("other");
+    let store = &app.rose.memory.store;
+    assert_eq!(store.kind(), "qdrant");
+    for (who, i) in [(&owner, 0), (&owner, 1), (&other, 2)] {
+        let mut vector = vec![0.0; DIMENSIONS];
+        vector[i] = 1.0;
+        store
+            .add(NewMemory {
+                owner: who.clone(),
+                session_id: session,
+                text: format!("Fact {i}."),
+                vector,
+                source_job: None,
+            })
+            .await
+            .expect("add");
+    }
+    app.rose
+        .store
+        .add_profile_line(&owner, "name", "Their name is Ada.", None)
+        .await
+        .expect("line");
+    assert_eq!(store.count(&owner).await.expect("count"), 2);
+    let erased = app
+        .http
+        .delete(format!("{}/api/me", app.url))
+        .header("X-Person-Key", &key)
+        .send()
+        .await
+        .expect("erase");
+    assert_eq!(erased.status(), 204);
+    assert_eq!(store.count(&owner).await.expect("count"), 0);
+    assert_eq!(store.count(&other).await.expect("count"), 1);
+    let rows = |table: &str, column: &str| {
+        format!("SELECT COUNT(*) FROM {table} WHERE {column} = '{owner}'")
+    };
+    assert_eq!(app.scalar(&rows("sessions", "user_id")).await, 0);
+    assert_eq!(app.scalar(&rows("profile_lines", "owner")).await, 0);
+    app.stop().await;
+}
