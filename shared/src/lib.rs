@@ -16,6 +16,7 @@ pub mod queue;
 pub mod resilience;
 pub mod rose;
 pub mod safety;
+pub mod sentences;
 pub mod store;
 pub mod telemetry;
 pub mod view;
