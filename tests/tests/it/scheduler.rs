@@ -196,13 +196,13 @@ async fn session_cleanup(app: TestApp) {
     finished(
         &app,
         &old,
-        &rose_shared::audio::build_wav(16_000, &[0; 1_600], Some("My name is Olga.")),
+        &rose_shared::audio::build_wav(16_000, &[0; 1_600], Some("My mother loved the sea.")),
     )
     .await;
     finished(
         &app,
         &fresh,
-        &rose_shared::audio::build_wav(16_000, &[0; 1_600], Some("My name is Fay.")),
+        &rose_shared::audio::build_wav(16_000, &[0; 1_600], Some("My father loved jazz.")),
     )
     .await;
     app.wait_completed(rose_shared::queue::MEMORY_QUEUE, 2, LIMIT)
