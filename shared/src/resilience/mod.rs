@@ -24,7 +24,7 @@ use rand::Rng;
 use crate::providers::{ErrorKind, ProviderError};
 
 pub use breaker::{BreakerConfig, Breakers, Open, Snapshot, State};
-pub use limiter::{Limiter, Limits, Permit};
+pub use limiter::{Limiter, Limits, MAX_RANK, Permit, Rank};
 
 /// What a breaker and a budget are kept for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,6 +123,24 @@ impl Resilience {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
+        self.call_ranked(provider, 0, call).await
+    }
+
+    /// [`Self::call`], waiting for a concurrency slot ahead of callers of a
+    /// higher `rank` (see [`limiter`]).
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn call_ranked<T, F, Fut>(
+        &self,
+        provider: Provider,
+        rank: Rank,
+        call: F,
+    ) -> Result<T, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let mut steps = ExponentialBuilder::new()
             .with_min_delay(self.policy.base)
             .with_max_delay(self.policy.cap)
@@ -133,7 +151,7 @@ impl Resilience {
                 .allow(provider)
                 .await
                 .map_err(CallError::Open)?;
-            let permit = self.limiter.acquire(provider).await;
+            let permit = self.limiter.acquire_ranked(provider, rank).await;
             let result = call().await;
             drop(permit);
             let error = match result {
