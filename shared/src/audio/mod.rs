@@ -18,6 +18,7 @@
 
 mod ebml;
 mod flac;
+pub mod join;
 mod mp4;
 mod mpeg;
 mod ogg;

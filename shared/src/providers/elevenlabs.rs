@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::{ProviderError, Speech, TextToSpeech};
+use super::{ProviderError, Speech, SpeechContext, TextToSpeech};
 
 const PROVIDER: &str = "elevenlabs";
 
@@ -45,12 +45,41 @@ impl ElevenLabs {
 impl TextToSpeech for ElevenLabs {
     async fn speak(&self, text: &str) -> Result<Speech, ProviderError> {
         let url = format!("{}/v1/text-to-speech/{}", self.base, self.voice_id);
+        self.synthesise(url, text, &SpeechContext::default()).await
+    }
+
+    /// `POST /v1/text-to-speech/{voice_id}/stream` with `previous_text` and
+    /// `next_text`, so the voice's prosody runs on across sentences; the
+    /// audio is read whole (a sentence is short), its first byte comes sooner.
+    async fn speak_sentence(
+        &self,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<Speech, ProviderError> {
+        let url = format!("{}/v1/text-to-speech/{}/stream", self.base, self.voice_id);
+        self.synthesise(url, text, context).await
+    }
+}
+
+impl ElevenLabs {
+    async fn synthesise(
+        &self,
+        url: String,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<Speech, ProviderError> {
         // A calm, steady voice: high stability, natural similarity.
-        let body = json!({
+        let mut body = json!({
             "text": text,
             "model_id": self.model_id,
             "voice_settings": {"stability": 0.6, "similarity_boost": 0.75},
         });
+        if let Some(previous) = context.previous_text.as_deref().filter(|t| !t.is_empty()) {
+            body["previous_text"] = json!(previous);
+        }
+        if let Some(next) = context.next_text.as_deref().filter(|t| !t.is_empty()) {
+            body["next_text"] = json!(next);
+        }
         let response = self
             .http
             .post(url)

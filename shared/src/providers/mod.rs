@@ -10,11 +10,13 @@ pub mod error;
 pub mod espeak;
 pub mod openai;
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::Stream;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -68,12 +70,39 @@ pub trait SpeechToText: Send + Sync {
     async fn transcribe(&self, audio: Bytes, format: AudioFormat) -> Result<String, ProviderError>;
 }
 
+/// A reply's text as the model writes it: pieces in order. An item that
+/// is an error ends the stream (a broken or stalled answer is transient: the
+/// caller may ask again).
+pub type TextStream = Pin<Box<dyn Stream<Item = Result<String, ProviderError>> + Send>>;
+
 /// Writes replies.
 #[async_trait]
 pub trait ChatModel: Send + Sync {
+    /// The whole reply at once.
+    ///
     /// # Errors
     /// [`ProviderError`], classified.
     async fn complete(&self, request: ChatRequest) -> Result<String, ProviderError>;
+
+    /// The reply as it is written. Unless a client streams for real, the
+    /// whole reply as one piece.
+    ///
+    /// # Errors
+    /// [`ProviderError`], classified, when the answer does not start.
+    async fn stream(&self, request: ChatRequest) -> Result<TextStream, ProviderError> {
+        let text = self.complete(request).await?;
+        Ok(Box::pin(futures::stream::once(async move { Ok(text) })))
+    }
+}
+
+/// What surrounds a sentence spoken on its own, so the voice carries on
+/// across sentences instead of starting afresh each time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpeechContext {
+    /// What was said before it in the same reply.
+    pub previous_text: Option<String>,
+    /// What follows, when already known.
+    pub next_text: Option<String>,
 }
 
 /// Speaks replies.
@@ -82,6 +111,20 @@ pub trait TextToSpeech: Send + Sync {
     /// # Errors
     /// [`ProviderError`], classified.
     async fn speak(&self, text: &str) -> Result<Speech, ProviderError>;
+
+    /// One sentence of a longer reply, with what surrounds it. Unless a
+    /// client uses the context, the same as [`Self::speak`].
+    ///
+    /// # Errors
+    /// [`ProviderError`], classified.
+    async fn speak_sentence(
+        &self,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<Speech, ProviderError> {
+        let _ = context;
+        self.speak(text).await
+    }
 }
 
 /// Where the providers are.
