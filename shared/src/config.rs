@@ -60,6 +60,29 @@ impl FromStr for TtsProvider {
     }
 }
 
+/// The order in which waiting sentences get the shared speech budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtsOrder {
+    /// A reply's first sentence goes ahead of another reply's later ones
+    /// (ties: first come, first served), so first audio stays quick under load.
+    FirstSentences,
+    /// First come, first served.
+    Arrival,
+}
+
+impl FromStr for TtsOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "first-sentences" => Ok(Self::FirstSentences),
+            "arrival" => Ok(Self::Arrival),
+            other => Err(format!(
+                "expected first-sentences or arrival, got {other:?}"
+            )),
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -241,6 +264,12 @@ pub struct Config {
     /// session's summary go with each chat request (default 32: the summary
     /// folds a session down to its last 10 once it passes 30).
     pub history_turns: usize,
+    /// `ROSE_STREAMING`: speak a reply sentence by sentence as it is written
+    /// (default true); `false` writes the whole reply, then speaks it whole.
+    pub streaming: bool,
+    /// `ROSE_TTS_ORDER`: who gets the shared speech budget first when
+    /// sentences wait for it: `first-sentences` (default) or `arrival`.
+    pub tts_order: TtsOrder,
     /// `ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS`: how long a silent consumer keeps a
     /// Redis job before another worker reclaims it (default 60).
     pub queue_visibility_timeout: Duration,
@@ -416,8 +445,14 @@ impl Reader<'_> {
     }
 
     fn flag(&mut self, name: &str) -> bool {
+        self.flag_or(name, false)
+    }
+
+    /// A boolean that is `default` when unset.
+    fn flag_or(&mut self, name: &str, default: bool) -> bool {
         match self.raw(name).map(str::to_ascii_lowercase).as_deref() {
-            None | Some("false" | "0" | "no") => false,
+            None => default,
+            Some("false" | "0" | "no") => false,
             Some("true" | "1" | "yes") => true,
             Some(other) => {
                 self.problems.push((
@@ -695,6 +730,10 @@ impl Config {
             crisis_resource: r.crisis_resource("ROSE_CRISIS_RESOURCES"),
             worker_concurrency: r.bounded("ROSE_WORKER_CONCURRENCY", 32usize, 1, 100_000),
             history_turns: r.bounded("ROSE_HISTORY_TURNS", 32usize, 0, 200),
+            streaming: r.flag_or("ROSE_STREAMING", true),
+            tts_order: r
+                .parse("ROSE_TTS_ORDER", "expected a speech order")
+                .unwrap_or(TtsOrder::FirstSentences),
             queue_visibility_timeout: Duration::from_secs(r.bounded(
                 "ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS",
                 60u64,

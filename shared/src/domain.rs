@@ -85,6 +85,9 @@ pub enum JobStatus {
     Processing,
     Succeeded,
     Failed,
+    /// The person (or their client) stopped it: a queued job never ran, a
+    /// running one stopped where it was.
+    Cancelled,
 }
 
 impl JobStatus {
@@ -96,13 +99,14 @@ impl JobStatus {
             Self::Processing => "processing",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
     /// No further change will happen.
     #[must_use]
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed)
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 }
 
@@ -114,6 +118,7 @@ impl FromStr for JobStatus {
             "processing" => Ok(Self::Processing),
             "succeeded" => Ok(Self::Succeeded),
             "failed" => Ok(Self::Failed),
+            "cancelled" => Ok(Self::Cancelled),
             other => Err(format!("unknown job status {other:?}")),
         }
     }
@@ -252,6 +257,10 @@ pub struct Timings {
     pub tts: Option<i64>,
     /// Creation → finish.
     pub total: Option<i64>,
+    /// Creation → the reply's first token.
+    pub first_token: Option<i64>,
+    /// Creation → the reply's first stored sentence of speech.
+    pub first_audio: Option<i64>,
 }
 
 impl Timings {
@@ -265,6 +274,8 @@ impl Timings {
             ("llm", self.llm),
             ("tts", self.tts),
             ("total", self.total),
+            ("first_token", self.first_token),
+            ("first_audio", self.first_audio),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -286,8 +297,11 @@ pub struct Job {
     pub transcript: Option<String>,
     /// LLM checkpoint.
     pub reply_text: Option<String>,
-    /// TTS checkpoint.
+    /// TTS checkpoint: the whole reply as one file.
     pub reply_audio_id: Option<AudioId>,
+    /// The reply's sentences announced so far, in index order: each is a
+    /// checkpoint (a redelivered job resumes after the last one).
+    pub chunks: Vec<ReplyChunk>,
     /// Memory checkpoint: the facts recalled for this reply.
     pub memories: Option<Vec<String>>,
     /// Stages that fell back (e.g. `tts`).
@@ -309,6 +323,30 @@ pub struct Job {
     pub callback: Option<CallbackState>,
     /// The turn's safety mark (`None`: an ordinary turn).
     pub safety: Option<crate::safety::Safety>,
+}
+
+/// One sentence of a reply, stored and announced as soon as it was spoken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyChunk {
+    /// 0 for the reply's first sentence.
+    pub index: u32,
+    pub text: String,
+    /// Its speech; `None` when the speech provider refused this sentence
+    /// (the text is still delivered).
+    pub audio_id: Option<AudioId>,
+}
+
+/// What the person has heard of `chunks`: their texts, in order, joined by spaces.
+#[must_use]
+pub fn spoken_text(chunks: &[ReplyChunk]) -> String {
+    let mut out = String::new();
+    for chunk in chunks {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&chunk.text);
+    }
+    out
 }
 
 /// Where a callback delivery stands.

@@ -11,8 +11,9 @@
 //! changed job only. A missed notification only delays a waiter until its
 //! next periodic re-read ([`RECHECK`]).
 //!
-//! On the wire a progress notification is `ID:progress` and any other change
-//! is the bare `ID`; a receiver treats whatever it does not know as a change
+//! On the wire a progress notification is `ID:progress`, a cancel
+//! `ID:cancel` (the worker running the job listens for it and stops), and any
+//! other change is the bare `ID`; a receiver treats whatever it does not know as a change
 //! worth a re-read, so processes of different versions still wake each other.
 
 use std::collections::HashMap;
@@ -34,35 +35,51 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 /// Notifications a waiter may fall behind by before it re-reads at once.
 const PER_JOB_BACKLOG: usize = 16;
 
+/// What kind of change a notification announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only its progress moved (a stage began, a sentence was spoken).
+    Progress,
+    /// Anything else, the end of the job among it.
+    Decisive,
+    /// The job was cancelled: the worker running it stops (decisive too).
+    Cancel,
+}
+
+impl Kind {
+    fn decisive(self) -> bool {
+        self != Self::Progress
+    }
+}
+
 /// One notification: job `id` changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The job.
     pub id: JobId,
-    /// False when only its progress moved (a stage began); true for anything
-    /// else, the end of the job among it.
-    pub decisive: bool,
+    pub kind: Kind,
 }
 
 impl Change {
     /// The wire form (see the module documentation).
     fn encode(self) -> String {
-        if self.decisive {
-            self.id.to_string()
-        } else {
-            format!("{}:progress", self.id)
+        match self.kind {
+            Kind::Decisive => self.id.to_string(),
+            Kind::Progress => format!("{}:progress", self.id),
+            Kind::Cancel => format!("{}:cancel", self.id),
         }
     }
 
     fn decode(payload: &str) -> Option<Self> {
-        let (id, decisive) = match payload.split_once(':') {
-            Some((id, "progress")) => (id, false),
-            Some((id, _)) => (id, true),
-            None => (payload, true),
+        let (id, kind) = match payload.split_once(':') {
+            Some((id, "progress")) => (id, Kind::Progress),
+            Some((id, "cancel")) => (id, Kind::Cancel),
+            Some((id, _)) => (id, Kind::Decisive),
+            None => (payload, Kind::Decisive),
         };
         Some(Self {
             id: id.parse().ok()?,
-            decisive,
+            kind,
         })
     }
 }
@@ -72,14 +89,14 @@ impl Change {
 /// job's changes plus one re-read per [`RECHECK`], however busy the
 /// system. An entry lives while a waiter holds it.
 #[derive(Default)]
-struct Waiters(Mutex<HashMap<JobId, (broadcast::Sender<bool>, usize)>>);
+struct Waiters(Mutex<HashMap<JobId, (broadcast::Sender<Kind>, usize)>>);
 
 impl Waiters {
     fn deliver(&self, change: Change) {
         if let Ok(jobs) = self.0.lock()
             && let Some((tx, _)) = jobs.get(&change.id)
         {
-            let _ = tx.send(change.decisive);
+            let _ = tx.send(change.kind);
         }
     }
 
@@ -117,7 +134,7 @@ impl Waiters {
 /// A waiter's view of one job's notifications (see [`JobEvents::watch`]).
 pub struct JobWatch {
     id: JobId,
-    rx: Option<broadcast::Receiver<bool>>,
+    rx: Option<broadcast::Receiver<Kind>>,
     waiters: Weak<Waiters>,
 }
 
@@ -141,7 +158,7 @@ impl JobWatch {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => return,
                 got = rx.recv() => match got {
-                    Ok(decisive) if decisive || !decisive_only => return,
+                    Ok(kind) if kind.decisive() || !decisive_only => return,
                     Ok(_) => {}
                     // Lagged: something may have been missed, re-read.
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
@@ -150,6 +167,28 @@ impl JobWatch {
                         return;
                     }
                 },
+            }
+        }
+    }
+}
+
+impl JobWatch {
+    /// Waits for a sign of a cancel: `true` at the job's cancel
+    /// notification; `false` when notifications were missed (the caller
+    /// re-reads the row to know). Never returns when notifications cannot
+    /// arrive at all.
+    pub async fn cancelled(&mut self) -> bool {
+        let Some(rx) = &mut self.rx else {
+            return std::future::pending().await;
+        };
+        loop {
+            match rx.recv().await {
+                Ok(Kind::Cancel) => return true,
+                Err(broadcast::error::RecvError::Lagged(_)) => return false,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return std::future::pending().await;
+                }
             }
         }
     }
@@ -204,7 +243,21 @@ impl JobEvents {
     /// Announces that job `id` changed (it ended, was rescheduled, its
     /// callback moved). Best effort: waiters re-read periodically.
     pub async fn publish(&self, id: JobId) {
-        self.send(Change { id, decisive: true }).await;
+        self.send(Change {
+            id,
+            kind: Kind::Decisive,
+        })
+        .await;
+    }
+
+    /// Announces that job `id` was cancelled: its followers see the end, and
+    /// the worker running it stops.
+    pub async fn publish_cancel(&self, id: JobId) {
+        self.send(Change {
+            id,
+            kind: Kind::Cancel,
+        })
+        .await;
     }
 
     /// Announces that job `id` entered a stage: event streams show it,
@@ -212,7 +265,7 @@ impl JobEvents {
     pub async fn publish_progress(&self, id: JobId) {
         self.send(Change {
             id,
-            decisive: false,
+            kind: Kind::Progress,
         })
         .await;
     }
@@ -238,12 +291,19 @@ impl JobEvents {
     /// watch before the first read, so no change falls in between.
     #[must_use]
     pub fn watch(&self, id: JobId) -> JobWatch {
+        self.listen();
+        self.waiters.join(id)
+    }
+
+    /// Starts hearing other processes' notifications now rather than at the
+    /// first [`Self::watch`] (a worker does, so the first cancel it is sent
+    /// is not lost to a subscription still on its way).
+    pub fn listen(&self) {
         if let Some(link) = &self.redis {
             link.listening.get_or_init(|| {
                 tokio::spawn(listen(link.clone(), Arc::downgrade(&self.waiters)));
             });
         }
-        self.waiters.join(id)
     }
 
     /// Waits until job `id` is finished or `timeout` passes; returns the row
@@ -339,16 +399,22 @@ mod tests {
     #[test]
     fn changes_round_trip_and_unknown_forms_count_as_decisive() {
         let id = JobId::new();
-        for decisive in [true, false] {
-            let change = Change { id, decisive };
+        for kind in [Kind::Decisive, Kind::Progress, Kind::Cancel] {
+            let change = Change { id, kind };
             assert_eq!(Change::decode(&change.encode()), Some(change));
         }
         assert_eq!(
-            Change::decode(&id.to_string()).map(|c| c.decisive),
-            Some(true)
+            Change::decode(&id.to_string()).map(|c| c.kind),
+            Some(Kind::Decisive)
         );
         let later = format!("{id}:something-newer");
-        assert_eq!(Change::decode(&later), Some(Change { id, decisive: true }));
+        assert_eq!(
+            Change::decode(&later),
+            Some(Change {
+                id,
+                kind: Kind::Decisive
+            })
+        );
         assert_eq!(Change::decode("not-an-id:progress"), None);
     }
 }

@@ -148,6 +148,16 @@ pub fn job_failed(queue: &'static str, code: &str, total: Duration) {
     histogram!("rose_job_duration_seconds", "queue" => queue).record(total.as_secs_f64());
 }
 
+/// A job of `queue` was cancelled by its client.
+pub fn job_cancelled(queue: &'static str) {
+    counter!("rose_jobs_cancelled_total", "queue" => queue).increment(1);
+}
+
+/// A voice job's first sentence of speech was stored, `after` its creation.
+pub fn first_audio(after: Duration) {
+    histogram!("rose_first_audio_seconds").record(after.as_secs_f64());
+}
+
 /// A job of `queue` put back for a later attempt.
 pub fn job_retried(queue: &'static str, breaker: bool) {
     let reason = if breaker { "breaker" } else { "retry" };

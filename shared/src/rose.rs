@@ -193,3 +193,31 @@ fn resilience(config: &Config, queue: &Queue, simulated: bool) -> Resilience {
         },
     }
 }
+
+impl Rose {
+    /// Queues the delivery of a finished (or cancelled) job to its
+    /// `callback_url`, once. The job's own result does not depend on it: a
+    /// failure is logged.
+    pub async fn queue_callback(&self, job: &crate::domain::Job) {
+        if job.callback_url.is_none() {
+            return;
+        }
+        let id = job.id;
+        match self.store.start_callback(id).await {
+            Ok(true) => {
+                let task = crate::domain::CallbackTask { job_id: id };
+                if let Err(e) = self
+                    .queue
+                    .push(crate::queue::CALLBACK_QUEUE, &id.to_string(), &task)
+                    .await
+                {
+                    tracing::warn!(job_id = %id, error = %e, "could not queue the callback delivery");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "could not mark the callback pending");
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::domain::{CallbackState, Job, JobError, JobStatus, rfc3339};
+use crate::domain::{CallbackState, Job, JobError, JobStatus, ReplyChunk, rfc3339, spoken_text};
 use crate::safety::{CrisisResource, Safety};
 
 /// Where a client polls a job.
@@ -31,18 +31,20 @@ pub struct JobView {
     /// ULID.
     pub job_id: String,
     pub session_id: String,
-    /// `queued`, `processing`, `succeeded` or `failed`.
+    /// `queued`, `processing`, `succeeded`, `failed` or `cancelled`.
     #[schema(example = "succeeded")]
     pub status: &'static str,
     /// The stage running or last run: `stt`, `memory`, `llm`, `tts`.
     pub stage: Option<&'static str>,
     pub attempts: i64,
-    /// `null` until the job succeeded.
+    /// `null` until the job succeeded or spoke its first sentence (then
+    /// `chunks` grows while it runs); on a cancelled job, what was heard.
     pub result: Option<JobResult>,
     /// Set when the job failed.
     pub error: Option<JobError>,
     /// Milliseconds per part that ran: `queue_wait`, `stt`, `memory`, `llm`,
-    /// `tts`, `total`.
+    /// `tts`, `total`; and from the job's creation to the reply's
+    /// `first_token` and `first_audio` (its first spoken sentence).
     pub timings_ms: BTreeMap<String, i64>,
     /// RFC 3339.
     pub created_at: String,
@@ -63,15 +65,40 @@ pub struct JobView {
 pub struct JobResult {
     /// The person's words (typed words as they were sent).
     pub transcript: Option<String>,
-    /// Rose's reply.
+    /// Rose's reply (on a cancelled job, the sentences that were spoken).
     pub text: Option<String>,
-    /// Rose's spoken reply; `null` when `tts` is degraded.
+    /// Rose's spoken reply as one file, ready when the job ends; `null`
+    /// when `tts` is degraded.
     pub audio_url: Option<String>,
+    /// The reply's sentences, spoken one by one, in order: growing while the
+    /// job runs (each is announced as an `audio` event).
+    pub chunks: Vec<ChunkView>,
     /// Stages that fell back: `tts` (text only), `memory` (no recall).
     pub degraded: Vec<String>,
     /// On a turn marked `safety: "crisis"`, the human resource the reply
     /// ends with (`ROSE_CRISIS_RESOURCES`); `null` otherwise.
     pub resource: Option<CrisisResource>,
+}
+
+/// One spoken sentence of a reply.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = Chunk)]
+pub struct ChunkView {
+    /// 0 for the first sentence.
+    pub index: u32,
+    pub text: String,
+    /// Its speech; `null` when speech failed for it (its text is delivered).
+    pub audio_url: Option<String>,
+}
+
+impl From<&ReplyChunk> for ChunkView {
+    fn from(chunk: &ReplyChunk) -> Self {
+        Self {
+            index: chunk.index,
+            text: chunk.text.clone(),
+            audio_url: chunk.audio_id.map(|id| format!("/api/audio/{id}")),
+        }
+    }
 }
 
 /// The answer to an accepted upload (202).
@@ -87,10 +114,16 @@ pub struct AcceptedView {
 
 impl From<&Job> for JobView {
     fn from(job: &Job) -> Self {
-        let result = (job.status == JobStatus::Succeeded).then(|| JobResult {
+        let shown = job.status == JobStatus::Succeeded || !job.chunks.is_empty();
+        let result = shown.then(|| JobResult {
             transcript: job.transcript.clone(),
-            text: job.reply_text.clone(),
+            text: match job.status {
+                JobStatus::Succeeded => job.reply_text.clone(),
+                JobStatus::Cancelled => Some(spoken_text(&job.chunks)),
+                _ => None,
+            },
             audio_url: job.reply_audio_id.map(|id| format!("/api/audio/{id}")),
+            chunks: job.chunks.iter().map(ChunkView::from).collect(),
             degraded: job.degraded.clone(),
             resource: job.safety.as_ref().map(|s| s.resource().clone()),
         });

@@ -24,7 +24,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::DatabaseUrl;
-use crate::domain::{Audio, AudioId, Job, JobError, JobId, Session, SessionId, Stage, Turn};
+use crate::domain::{
+    Audio, AudioId, Job, JobError, JobId, ReplyChunk, Session, SessionId, Stage, Turn,
+};
 
 pub use person::{Erased, PersonStore};
 pub use sql::{PgStore, SqliteStore};
@@ -97,6 +99,17 @@ pub enum Created {
     Existing,
 }
 
+/// What [`Store::cancel_job`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// This call cancelled the job (the row as it is now).
+    Cancelled(Box<Job>),
+    /// The job had already ended (succeeded, failed or cancelled).
+    Finished(Box<Job>),
+    /// No such job.
+    Missing,
+}
+
 /// Where Rose keeps sessions, turns, jobs and audio.
 #[async_trait]
 pub trait Store: PersonStore + Send + Sync + 'static {
@@ -158,10 +171,30 @@ pub trait Store: PersonStore + Send + Sync + 'static {
         reply: &str,
         next: Option<Stage>,
     ) -> StoreResult<()>;
+    /// A sentence of a streamed reply, spoken: stores its audio (if any) and
+    /// appends `chunk` to the job's chunks, in one transaction, provided the
+    /// row still holds exactly `job.chunks` and the job is still processing
+    /// (so no index is announced twice and a cancelled job stays as it is).
+    /// Records the first token's and the first audio's times once
+    /// (`job.timings.first_token`, now) and sets `tts_ms` (the speech that
+    /// trails the reply's writing, so far). The chunk's
+    /// `audio_id` is set here. False when the row had moved on.
+    async fn save_chunk(
+        &self,
+        job: &Job,
+        chunk: ReplyChunk,
+        audio: Option<NewAudio>,
+        tts_ms: i64,
+    ) -> StoreResult<Option<ReplyChunk>>;
+    /// Stops a queued or processing job: `cancelled`, and the conversation
+    /// keeps only what the person heard of the reply (its chunks; nothing
+    /// when none was delivered: the turn leaves no trace in the history).
+    async fn cancel_job(&self, id: JobId) -> StoreResult<Cancel>;
     /// TTS checkpoint: stores the reply audio; returns the audio id now on the job.
     async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId>;
-    /// The job succeeded, with the stages that fell back.
-    async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()>;
+    /// The job succeeded, with the stages that fell back. False when it had
+    /// already ended (cancelled meanwhile, or finished by another delivery).
+    async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<bool>;
     /// The job failed for good.
     async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()>;
     /// The job waits for a later attempt (already pushed, delayed): back to

@@ -15,7 +15,8 @@ macro_rules! job_columns {
          reply_text, reply_audio_id, degraded, error_code, error_message, queue_wait_ms, \
          stt_ms, memory_ms, llm_ms, tts_ms, total_ms, idempotency_key, request_id, \
          callback_url, created_at, updated_at, deferrals, memories, \
-         callback_status, callback_attempts, callback_last_status, safety, safety_resource"
+         callback_status, callback_attempts, callback_last_status, safety, safety_resource, \
+         chunks, first_token_ms, first_audio_ms"
     };
 }
 pub(super) use job_columns;
@@ -60,6 +61,9 @@ pub(super) struct JobRow {
     callback_last_status: Option<i64>,
     safety: Option<String>,
     safety_resource: Option<String>,
+    chunks: String,
+    first_token_ms: Option<i64>,
+    first_audio_ms: Option<i64>,
 }
 
 fn parse<T: FromStr>(what: &str, raw: &str) -> Result<T, StoreError>
@@ -111,7 +115,11 @@ impl TryFrom<JobRow> for Job {
                 llm: r.llm_ms,
                 tts: r.tts_ms,
                 total: r.total_ms,
+                first_token: r.first_token_ms,
+                first_audio: r.first_audio_ms,
             },
+            chunks: serde_json::from_str(&r.chunks)
+                .map_err(|e| StoreError::Corrupt(format!("reply chunks: {e}")))?,
             idempotency_key: r.idempotency_key,
             request_id: r.request_id,
             callback_url: r.callback_url,

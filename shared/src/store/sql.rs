@@ -5,9 +5,12 @@ use async_trait::async_trait;
 use sqlx::{PgPool, SqlitePool};
 
 use super::rows::{AudioRow, JobRow, SessionRow, TurnRow, job_columns, select_job};
-use super::{AudioLookup, Created, JobInput, NewAudio, NewJob, Store, StoreError, StoreResult};
+use super::{
+    AudioLookup, Cancel, Created, JobInput, NewAudio, NewJob, Store, StoreError, StoreResult,
+};
 use crate::domain::{
-    AudioId, Job, JobError, JobId, JobStatus, Role, Session, SessionId, Stage, Turn, now_ms,
+    AudioId, Job, JobError, JobId, JobStatus, ReplyChunk, Role, Session, SessionId, Stage, Turn,
+    now_ms, spoken_text,
 };
 use crate::safety::CrisisResource;
 
@@ -145,6 +148,7 @@ macro_rules! sql_store {
                     transcript,
                     reply_text: None,
                     reply_audio_id: None,
+                    chunks: Vec::new(),
                     memories: None,
                     degraded: Vec::new(),
                     error: None,
@@ -310,7 +314,9 @@ macro_rules! sql_store {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let updated = sqlx::query(
                     "UPDATE voice_jobs SET reply_text = $2, llm_ms = $3, updated_at = $4, \
-                     stage = COALESCE($5, stage), degraded = $6 WHERE id = $1 AND reply_text IS NULL",
+                     stage = COALESCE($5, stage), degraded = $6, \
+                     first_token_ms = COALESCE(first_token_ms, $7) \
+                     WHERE id = $1 AND reply_text IS NULL AND status <> 'cancelled'",
                 )
                 .bind(&job_id)
                 .bind(reply)
@@ -318,6 +324,7 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(next.map(Stage::as_str))
                 .bind(degraded)
+                .bind(job.timings.first_token)
                 .execute(&mut *tx)
                 .await?;
                 if updated.rows_affected() > 0 {
@@ -373,6 +380,122 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn save_chunk(
+                &self,
+                job: &Job,
+                mut chunk: ReplyChunk,
+                audio: Option<NewAudio>,
+                tts_ms: i64,
+            ) -> StoreResult<Option<ReplyChunk>> {
+                let now = now_ms();
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+                let prior = serde_json::to_string(&job.chunks).map_err(corrupt)?;
+                let audio_id = audio.as_ref().map(|_| AudioId::new());
+                chunk.audio_id = audio_id;
+                let mut all = job.chunks.clone();
+                all.push(chunk.clone());
+                let all = serde_json::to_string(&all).map_err(corrupt)?;
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE voice_jobs SET chunks = $2, updated_at = $3, \
+                     tts_ms = $4, \
+                     first_token_ms = COALESCE(first_token_ms, $5), \
+                     first_audio_ms = CASE WHEN $6 THEN COALESCE(first_audio_ms, $3 - created_at) \
+                         ELSE first_audio_ms END \
+                     WHERE id = $1 AND chunks = $7 AND status = 'processing'",
+                )
+                .bind(job.id.to_string())
+                .bind(&all)
+                .bind(now)
+                .bind(tts_ms)
+                .bind(job.timings.first_token)
+                .bind(audio_id.is_some())
+                .bind(&prior)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                if let (Some(id), Some(audio)) = (audio_id, audio) {
+                    sqlx::query(
+                        "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
+                         VALUES ($1, $2, 'reply', $3, $4, $5, $6)",
+                    )
+                    .bind(id.to_string())
+                    .bind(job.session_id.to_string())
+                    .bind(&audio.mime)
+                    .bind(&audio.bytes)
+                    .bind(audio.bytes.len() as i64)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Some(chunk))
+            }
+
+            async fn cancel_job(&self, id: JobId) -> StoreResult<Cancel> {
+                let now = now_ms();
+                let job_id = id.to_string();
+                let mut tx = self.pool.begin().await?;
+                let row: Option<JobRow> = sqlx::query_as(concat!(
+                    "UPDATE voice_jobs SET status = 'cancelled', stage = NULL, updated_at = $2, \
+                     finished_at = $2, total_ms = $2 - created_at \
+                     WHERE id = $1 AND status IN ('queued', 'processing') RETURNING ",
+                    job_columns!()
+                ))
+                .bind(&job_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(match self.job_where(id).await? {
+                        Some(job) => Cancel::Finished(Box::new(job)),
+                        None => Cancel::Missing,
+                    });
+                };
+                let job = Job::try_from(row)?;
+                // The history keeps what was heard: the delivered sentences.
+                let heard = spoken_text(&job.chunks);
+                if heard.is_empty() {
+                    sqlx::query("DELETE FROM turns WHERE job_id = $1")
+                        .bind(&job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    let kept = sqlx::query(
+                        "UPDATE turns SET text = $2 WHERE job_id = $1 AND role = 'assistant'",
+                    )
+                    .bind(&job_id)
+                    .bind(&heard)
+                    .execute(&mut *tx)
+                    .await?;
+                    if kept.rows_affected() == 0 {
+                        let user_text = job.transcript.as_deref().unwrap_or_default();
+                        for (offset, role, text) in
+                            [(0, Role::User, user_text), (1, Role::Assistant, heard.as_str())]
+                        {
+                            sqlx::query(
+                                "INSERT INTO turns (id, session_id, job_id, role, text, created_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6)",
+                            )
+                            .bind(ulid::Ulid::generate().to_string())
+                            .bind(job.session_id.to_string())
+                            .bind(&job_id)
+                            .bind(role.as_str())
+                            .bind(text)
+                            .bind(now + offset)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(Cancel::Cancelled(Box::new(job)))
+            }
+
             async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId> {
                 let now = now_ms();
                 let audio_id = AudioId::new();
@@ -411,21 +534,22 @@ macro_rules! sql_store {
                 Ok(audio_id)
             }
 
-            async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<()> {
+            async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<bool> {
                 let now = now_ms();
                 let degraded = serde_json::to_string(degraded)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
+                let done = sqlx::query(
                     "UPDATE voice_jobs SET status = 'succeeded', stage = NULL, degraded = $2, \
                      error_code = NULL, error_message = NULL, updated_at = $3, finished_at = $3, \
-                     total_ms = $3 - created_at WHERE id = $1 AND status <> 'succeeded'",
+                     total_ms = $3 - created_at \
+                     WHERE id = $1 AND status NOT IN ('succeeded', 'cancelled')",
                 )
                 .bind(id.to_string())
                 .bind(degraded)
                 .bind(now)
                 .execute(&self.pool)
                 .await?;
-                Ok(())
+                Ok(done.rows_affected() > 0)
             }
 
             async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()> {
@@ -433,7 +557,7 @@ macro_rules! sql_store {
                 sqlx::query(
                     "UPDATE voice_jobs SET status = 'failed', error_code = $2, error_message = $3, \
                      updated_at = $4, finished_at = $4, total_ms = $4 - created_at \
-                     WHERE id = $1 AND status <> 'succeeded'",
+                     WHERE id = $1 AND status NOT IN ('succeeded', 'cancelled')",
                 )
                 .bind(id.to_string())
                 .bind(&error.code)
