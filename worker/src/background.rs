@@ -30,7 +30,7 @@ use rose_shared::resilience::{CallError, Provider};
 use rose_shared::store::person::fingerprint;
 use serde::Deserialize;
 
-use crate::pipeline::is_silent;
+use crate::silence::is_silent;
 
 /// Turns kept verbatim after a summary.
 pub const KEEP_RECENT: usize = 10;

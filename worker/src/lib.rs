@@ -6,9 +6,13 @@
 //! Redis Streams backend on the scaled one; the handler is the same.
 
 pub mod background;
+mod failure;
 pub mod persona;
 pub mod pipeline;
+mod prompt;
 pub mod safety;
+mod silence;
+mod speaking;
 
 use std::sync::Arc;
 
@@ -350,6 +354,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::new(rose.clone()));
+    // Hear cancels from the first job on.
+    rose.events.listen();
     let signal = || {
         shutdown
             .clone()

@@ -30,72 +30,31 @@ use bytes::Bytes;
 use rose_shared::Rose;
 use rose_shared::audio::sniff;
 use rose_shared::domain::{
-    AudioId, CallbackTask, Job, JobError, JobId, MemoryTask, Session, Stage, SummaryTask,
-    VoiceTask, now_ms,
+    AudioId, Job, JobError, JobId, JobStatus, MemoryTask, Session, Stage, SummaryTask, VoiceTask,
+    now_ms,
 };
+use rose_shared::events::JobWatch;
 use rose_shared::memory::owner_of;
 use rose_shared::metrics;
-use rose_shared::providers::{ChatMessage, ChatRequest, ErrorKind, ProviderError};
-use rose_shared::queue::{CALLBACK_QUEUE, MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
-use rose_shared::resilience::{CallError, Provider, jittered};
+use rose_shared::providers::{ChatRequest, ErrorKind, ProviderError};
+use rose_shared::queue::{MEMORY_QUEUE, QueueError, SUMMARY_QUEUE, VOICE_QUEUE};
+use rose_shared::resilience::{Provider, jittered};
 use rose_shared::store::{AudioLookup, NewAudio, Store, StoreError, StoreResult};
 use tracing::{Instrument, info_span};
 
 use crate::background::SUMMARIZE_AFTER;
-use crate::persona::{PERSONA, SILENT_REPLIES};
+use crate::failure::StageError;
+pub use crate::silence::is_silent;
+use crate::silence::silent_reply;
+use crate::speaking::Source;
 
 /// The longest the memory stage may take before the reply goes on without it.
 const MEMORY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What speech-to-text returns for silence, breath and room noise rather than
-/// for words: nothing, bracketed sound labels (`[Music]`, `(silence)`,
-/// `*noise*`), hesitation sounds, and the phrases Whisper is known to invent
-/// on silence ("you", "thanks for watching"). "Thank you" alone is *not* in
-/// the list: said to Rose, it is a real turn.
-#[must_use]
-pub fn is_silent(text: &str) -> bool {
-    const FILLER: [&str; 16] = [
-        "you",
-        "uh",
-        "um",
-        "umm",
-        "hmm",
-        "mm",
-        "mhm",
-        "ah",
-        "oh",
-        "eh",
-        "er",
-        "thanks for watching",
-        "thank you for watching",
-        "thank you so much for watching",
-        "please subscribe",
-        "bye",
-    ];
-    let mut words = String::with_capacity(text.len());
-    let mut depth = 0i32;
-    for c in text.chars() {
-        match c {
-            '[' | '(' | '{' | '<' => depth += 1,
-            ']' | ')' | '}' | '>' => depth = (depth - 1).max(0),
-            _ if depth > 0 => {}
-            '*' | '♪' => {}
-            c if c.is_alphanumeric() || c == '\'' || c == '’' => {
-                words.extend(c.to_lowercase());
-            }
-            _ => words.push(' '),
-        }
-    }
-    let normalised = words.split_whitespace().collect::<Vec<_>>().join(" ");
-    normalised.is_empty()
-        || FILLER.contains(&normalised.as_str())
-        || normalised.split(' ').all(|w| {
-            matches!(
-                w,
-                "uh" | "um" | "umm" | "hmm" | "mm" | "mhm" | "ah" | "oh" | "eh" | "er"
-            )
-        })
-}
+/// How often a running job re-reads its row for a cancel it may not have
+/// heard (a notification lost with a Redis connection); a heard cancel
+/// stops it at once.
+const CANCEL_RECHECK: Duration = Duration::from_secs(2);
 
 /// How a job run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,78 +75,6 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-}
-
-/// Why an attempt stopped.
-#[derive(Debug, thiserror::Error)]
-enum StageError {
-    #[error("{} provider failed: {error}", stage.as_str())]
-    Provider { stage: Stage, error: ProviderError },
-    #[error("{} circuit breaker is open", stage.as_str())]
-    Open { stage: Stage, retry_in: Duration },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the session was erased while its job ran")]
-    SessionGone,
-    #[error("the uploaded audio is no longer stored")]
-    AudioGone,
-}
-
-impl StageError {
-    fn from_call(stage: Stage) -> impl FnOnce(CallError) -> Self {
-        move |e| match e {
-            CallError::Provider(error) => Self::Provider { stage, error },
-            CallError::Open(open) => Self::Open {
-                stage,
-                retry_in: open.retry_in,
-            },
-        }
-    }
-
-    /// The stable code and message a failed job carries.
-    fn job_error(&self) -> JobError {
-        let (code, message) = match self {
-            Self::Provider { error, .. } if error.kind == ErrorKind::InvalidAudio => (
-                "invalid_audio",
-                "the recording could not be decoded".to_owned(),
-            ),
-            Self::Provider { error, .. } if matches!(error.status, Some(401 | 403)) => (
-                "provider_auth_failed",
-                format!("{} refused Rose's credentials", error.provider),
-            ),
-            Self::Provider { stage, error } if error.is_retryable() => (
-                "provider_unavailable",
-                format!(
-                    "{} stage: {} stayed unavailable",
-                    stage.as_str(),
-                    error.provider
-                ),
-            ),
-            Self::Open { stage, .. } => (
-                "provider_unavailable",
-                format!(
-                    "{} stage: the provider stayed unavailable until the job's deadline",
-                    stage.as_str()
-                ),
-            ),
-            Self::Provider { stage, error } => {
-                let code = match stage {
-                    Stage::Stt => "stt_failed",
-                    Stage::Llm => "llm_failed",
-                    Stage::Tts => "tts_failed",
-                    Stage::Memory => "memory_failed",
-                };
-                (code, error.to_string())
-            }
-            Self::SessionGone => ("session_not_found", self.to_string()),
-            Self::AudioGone => ("audio_unavailable", self.to_string()),
-            Self::Store(_) => ("storage_unavailable", "storage failed".to_owned()),
-        };
-        JobError {
-            code: code.to_owned(),
-            message,
-        }
-    }
 }
 
 /// The upload for speech-to-text, held for the first attempt only: the
@@ -222,7 +109,7 @@ impl Upload<'_> {
 /// Runs voice jobs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
-    rose: Rose,
+    pub(crate) rose: Rose,
 }
 
 impl Pipeline {
@@ -249,6 +136,8 @@ impl Pipeline {
     async fn process_job(&self, task: &VoiceTask) -> Result<Outcome, PipelineError> {
         let id = task.job_id;
         let store = &self.rose.store;
+        // Listening before the row is read: a cancel from here on is heard.
+        let mut watch = self.rose.events.watch(id);
         let Some(job) = store.begin_attempt(id).await? else {
             crate::orphan_message(VOICE_QUEUE, &id.to_string());
             return Ok(Outcome::Finished);
@@ -262,7 +151,15 @@ impl Pipeline {
             metrics::queue_wait(VOICE_QUEUE, ms(wait));
         }
         self.rose.events.publish_progress(id).await;
-        let failure = match self.run_stages(job.clone()).await {
+        let run = tokio::select! {
+            // Dropping the run drops its provider requests in flight.
+            () = self.cancelled(id, &mut watch) => {
+                tracing::info!(job_id = %id, "job cancelled; stopped");
+                return Ok(Outcome::Finished);
+            }
+            run = self.run_stages(job.clone()) => run,
+        };
+        let failure = match run {
             Ok(()) => {
                 metrics::job_succeeded(VOICE_QUEUE, ms(now_ms() - job.created_at));
                 self.rose.events.publish(id).await;
@@ -270,6 +167,10 @@ impl Pipeline {
                 return Ok(Outcome::Finished);
             }
             Err(StageError::Store(e)) => return Err(e.into()),
+            Err(StageError::Moved) => {
+                tracing::info!(job_id = %id, "job ended elsewhere; this delivery stops");
+                return Ok(Outcome::Finished);
+            }
             Err(failure) => self.as_deferral(failure).await,
         };
         let config = &self.rose.config;
@@ -357,6 +258,25 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Resolves once job `id` is cancelled: at its cancel notification, or
+    /// when a re-read of the row (on missed notifications, and every
+    /// [`CANCEL_RECHECK`]) finds it cancelled or gone.
+    async fn cancelled(&self, id: JobId, watch: &mut JobWatch) {
+        loop {
+            tokio::select! {
+                heard = watch.cancelled() => if heard { return },
+                () = tokio::time::sleep(CANCEL_RECHECK) => {}
+            }
+            match self.rose.store.get_job(id).await {
+                Ok(Some(job)) if job.status != JobStatus::Cancelled => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!(job_id = %id, error = %e, "cannot re-read the job for a cancel");
+                }
+            }
+        }
+    }
+
     /// A transient failure that opened its provider's breaker, or failed the
     /// half-open trial, is part of an outage: the job waits it out like any
     /// job that meets the open breaker, without spending an attempt.
@@ -389,6 +309,9 @@ impl Pipeline {
         }
         let transcript = job.transcript.clone().unwrap_or_default();
         crate::safety::mark(&self.rose, &mut job, &transcript).await?;
+        let streaming = self.rose.config.streaming
+            && self.rose.providers.tts.is_some()
+            && job.reply_audio_id.is_none();
         // What went without, as the row says so far: a memory failure is
         // saved with the reply, so a redelivery after that checkpoint
         // still reports it.
@@ -422,10 +345,23 @@ impl Pipeline {
                         }
                     },
                 };
+                if streaming {
+                    self.enter(&mut job, Stage::Llm).await?;
+                    let (request, earlier) = self.reply_request(&job, &session, &memories).await?;
+                    let source = Source::Model {
+                        request,
+                        session: &session,
+                        earlier,
+                    };
+                    self.speak_streamed(&mut job, source).await?;
+                    return self.complete(&job).await;
+                }
                 self.reply(&mut job, &session, &memories).await?
             }
         };
-        if job.reply_audio_id.is_none()
+        if streaming {
+            self.speak_streamed(&mut job, Source::Known(&reply)).await?;
+        } else if job.reply_audio_id.is_none()
             && let Some(tts) = &self.rose.providers.tts
         {
             self.enter(&mut job, Stage::Tts).await?;
@@ -454,40 +390,27 @@ impl Pipeline {
                 }
             }
         }
-        self.rose.store.complete_job(job.id, &job.degraded).await?;
+        self.complete(&job).await
+    }
+
+    /// Marks the job succeeded; [`StageError::Moved`] when it had ended
+    /// meanwhile (cancelled while its last write was on the way).
+    async fn complete(&self, job: &Job) -> Result<(), StageError> {
+        if !self.rose.store.complete_job(job.id, &job.degraded).await? {
+            return Err(StageError::Moved);
+        }
         tracing::info!(job_id = %job.id, "job succeeded");
         Ok(())
     }
 
     /// Queues the delivery of a finished job to its `callback_url` (once).
-    /// The job's own result does not depend on it: a failure is logged.
     async fn queue_callback(&self, job: &Job) {
-        if job.callback_url.is_none() {
-            return;
-        }
-        let id = job.id;
-        match self.rose.store.start_callback(id).await {
-            Ok(true) => {
-                let task = CallbackTask { job_id: id };
-                if let Err(e) = self
-                    .rose
-                    .queue
-                    .push(CALLBACK_QUEUE, &id.to_string(), &task)
-                    .await
-                {
-                    tracing::warn!(job_id = %id, error = %e, "could not queue the callback delivery");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(job_id = %id, error = %e, "could not mark the callback pending")
-            }
-        }
+        self.rose.queue_callback(job).await;
     }
 
     /// Shows `stage` on the row (unless it already does) and tells the
     /// job's followers.
-    async fn enter(&self, job: &mut Job, stage: Stage) -> Result<(), StageError> {
+    pub(crate) async fn enter(&self, job: &mut Job, stage: Stage) -> Result<(), StageError> {
         if job.stage != Some(stage) {
             self.rose.store.set_stage(job.id, stage).await?;
             job.stage = Some(stage);
@@ -514,7 +437,7 @@ impl Pipeline {
 
     /// Stores a stage's output (already set on `job`) with `save`, which shows
     /// the stage that comes next in the same write; `job.stage` follows.
-    async fn checkpoint(
+    pub(crate) async fn checkpoint(
         &self,
         job: &mut Job,
         save: impl AsyncFnOnce(&Job, Option<Stage>) -> StoreResult<()>,
@@ -627,99 +550,24 @@ impl Pipeline {
         }
     }
 
-    /// The reply prompt: the persona, the person's profile (always), the
-    /// summary of their previous session (until this one has its own),
-    /// recalled memories as short facts, the session's running summary, the turns since that summary (at most
-    /// `ROSE_HISTORY_TURNS`), and what was just said; with how many earlier
-    /// turns it holds.
-    async fn prompt(
+    /// The reply model's request for `job`, with how many earlier turns
+    /// its prompt holds.
+    async fn reply_request(
         &self,
         job: &Job,
         session: &Session,
         memories: &[String],
-    ) -> Result<(Vec<ChatMessage>, usize), StageError> {
-        let history = self
-            .rose
-            .store
-            .turns_since(
-                session.id,
-                session.summarized_until,
-                self.rose.config.history_turns,
-            )
-            .await?;
-        let earlier = history.len();
-        let mut messages = Vec::with_capacity(earlier + 6);
-        messages.push(ChatMessage::new("system", PERSONA));
-        let owner = owner_of(session);
-        let profile = self.rose.store.profile(&owner).await?;
-        if !profile.is_empty() {
-            let mut text = "What you know about this person (true across conversations; \
-                let it shape how you speak, use their name now and then, never recite it):"
-                .to_owned();
-            for line in &profile {
-                text.push_str("\n- ");
-                text.push_str(&line.text);
-            }
-            messages.push(ChatMessage::new("system", text));
-        }
-        if let Some(last_time) = self.last_time(session, &owner).await? {
-            messages.push(ChatMessage::new(
-                "system",
-                format!(
-                    "Last time you spoke about this (the summary of your previous conversation; \
-                     pick up the thread gently if it fits, without quoting it):\n{last_time}"
-                ),
-            ));
-        }
-        if !memories.is_empty() {
-            let mut text = "What this person shared in earlier conversations \
-                (weave it in gently, only where it fits; never recite it):"
-                .to_owned();
-            for fact in memories {
-                text.push_str("\n- ");
-                text.push_str(fact);
-            }
-            messages.push(ChatMessage::new("system", text));
-        }
-        if let Some(summary) = session.summary.as_deref().filter(|s| !s.trim().is_empty()) {
-            messages.push(ChatMessage::new(
-                "system",
-                format!("Summary of this conversation so far:\n{summary}"),
-            ));
-        }
-        messages.extend(
-            history
-                .into_iter()
-                .map(|turn| ChatMessage::new(turn.role.as_str(), turn.text)),
-        );
-        messages.push(ChatMessage::new(
-            "user",
-            job.transcript.clone().unwrap_or_default(),
-        ));
-        Ok((messages, earlier))
-    }
-
-    /// The closing summary of the person's previous session, for a session
-    /// that has not yet a summary of its own; `None` for anonymous sessions
-    /// (no earlier session can be theirs) and first conversations.
-    async fn last_time(
-        &self,
-        session: &Session,
-        owner: &str,
-    ) -> Result<Option<String>, StageError> {
-        if session.user_id.is_none() || session.summary.is_some() {
-            return Ok(None);
-        }
-        // The newest earlier session with a summary: sessions opened without
-        // a word in between have none.
-        Ok(self
-            .rose
-            .store
-            .sessions_of(owner, LAST_TIME_SESSIONS)
-            .await?
-            .into_iter()
-            .filter(|s| s.id != session.id && s.created_at <= session.created_at)
-            .find_map(|s| s.summary.filter(|s| !s.trim().is_empty())))
+    ) -> Result<(ChatRequest, usize), StageError> {
+        let (mut messages, earlier) = self.prompt(job, session, memories).await?;
+        crate::safety::guide(&mut messages, job);
+        let request = ChatRequest {
+            model: self.rose.config.llm_model.clone(),
+            messages,
+            temperature: 0.7,
+            max_tokens: 200,
+            json: false,
+        };
+        Ok((request, earlier))
     }
 
     async fn reply(
@@ -729,16 +577,7 @@ impl Pipeline {
         memories: &[String],
     ) -> Result<String, StageError> {
         self.enter(job, Stage::Llm).await?;
-        let config = &self.rose.config;
-        let (mut messages, earlier) = self.prompt(job, session, memories).await?;
-        crate::safety::guide(&mut messages, job);
-        let request = ChatRequest {
-            model: config.llm_model.clone(),
-            messages,
-            temperature: 0.7,
-            max_tokens: 200,
-            json: false,
-        };
+        let (request, earlier) = self.reply_request(job, session, memories).await?;
         let started = Instant::now();
         let llm = &self.rose.providers.llm;
         let reply = self
@@ -767,7 +606,7 @@ impl Pipeline {
     /// failing a reply for: a failure is logged. `earlier`: the unsummarized
     /// turns the prompt held; when that was all of them (fewer than the
     /// history limit) the count needs no query.
-    async fn queue_background(&self, job: &Job, session: &Session, earlier: usize) {
+    pub(crate) async fn queue_background(&self, job: &Job, session: &Session, earlier: usize) {
         let queue = &self.rose.queue;
         let extract = MemoryTask {
             job_id: job.id,
@@ -811,20 +650,11 @@ impl Pipeline {
     }
 }
 
-/// Earlier sessions looked at for the person's last conversation.
-const LAST_TIME_SESSIONS: usize = 6;
-
 /// Records that `job` went without `what` (`memory`, `tts`), once.
-fn mark_degraded(job: &mut Job, what: &str) {
+pub(crate) fn mark_degraded(job: &mut Job, what: &str) {
     if !job.degraded.iter().any(|d| d == what) {
         job.degraded.push(what.to_owned());
     }
-}
-
-/// One of Rose's gentle prompts for a silent turn, varied by job.
-fn silent_reply(job: &Job) -> &'static str {
-    let pick = job.id.to_string().bytes().map(usize::from).sum::<usize>();
-    SILENT_REPLIES[pick % SILENT_REPLIES.len()]
 }
 
 /// The wait before a job's next attempt after `attempts` counted ones: full
@@ -847,7 +677,7 @@ fn ms(millis: i64) -> Duration {
     Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
-fn elapsed_ms(started: Instant) -> i64 {
+pub(crate) fn elapsed_ms(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -876,36 +706,5 @@ mod tests {
         assert!(hinted >= Duration::from_secs(7));
         let huge = job_backoff(base, cap, 1, Some(Duration::from_secs(86_400)));
         assert_eq!(huge, Duration::from_secs(600), "a hint is capped");
-    }
-
-    #[test]
-    fn failures_map_to_stable_codes() {
-        let transient = ProviderError::transient("groq", Some(503), "busy");
-        let e = StageError::Provider {
-            stage: Stage::Llm,
-            error: transient,
-        };
-        assert_eq!(e.job_error().code, "provider_unavailable");
-        let open = StageError::Open {
-            stage: Stage::Stt,
-            retry_in: Duration::from_secs(3),
-        };
-        assert_eq!(open.job_error().code, "provider_unavailable");
-        let auth = ProviderError::permanent("groq", Some(401), "bad key");
-        let e = StageError::Provider {
-            stage: Stage::Stt,
-            error: auth,
-        };
-        assert_eq!(e.job_error().code, "provider_auth_failed");
-        let bad = ProviderError::permanent("groq", Some(400), "nope");
-        let e = StageError::Provider {
-            stage: Stage::Llm,
-            error: bad,
-        };
-        assert_eq!(e.job_error().code, "llm_failed");
-        assert_eq!(
-            StageError::SessionGone.job_error().code,
-            "session_not_found"
-        );
     }
 }

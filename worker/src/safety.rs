@@ -24,7 +24,7 @@ use rose_shared::providers::ChatMessage;
 use rose_shared::safety::{self, Safety};
 use rose_shared::store::StoreResult;
 
-use crate::pipeline::is_silent;
+use crate::silence::is_silent;
 
 /// The reply prompt's instruction on a marked turn. It does not hold the
 /// resource's URL or number: Rose appends those herself, exactly as
@@ -88,5 +88,40 @@ pub fn spoken<'a>(reply: &'a str, job: &Job) -> &'a str {
     match &job.safety {
         Some(mark) => safety::spoken(reply, mark.resource()),
         None => reply,
+    }
+}
+
+/// The sentences of `reply` still to be spoken after `job`'s stored
+/// chunks: what [`spoken`] says of it, cut as the streamed reply is, past
+/// the place each chunk's words were found (in order; when they cannot be
+/// found, the chunks' count of sentences is skipped).
+#[must_use]
+pub fn remaining_sentences(reply: &str, job: &Job) -> Vec<String> {
+    let full = spoken(reply, job);
+    let mut offset = 0;
+    for chunk in &job.chunks {
+        match full[offset..].find(chunk.text.as_str()) {
+            Some(at) => offset += at + chunk.text.len(),
+            None => {
+                return rose_shared::sentences::split(full)
+                    .into_iter()
+                    .skip(job.chunks.len())
+                    .collect();
+            }
+        }
+    }
+    rose_shared::sentences::split(&full[offset..])
+}
+
+/// On a marked turn, the sentences of the resource as spoken after the
+/// model's words (its text, not its URL); empty otherwise.
+#[must_use]
+pub fn resource_sentences(job: &Job) -> Vec<String> {
+    match &job.safety {
+        Some(mark) => {
+            let line = mark.resource().line();
+            rose_shared::sentences::split(safety::spoken(&line, mark.resource()))
+        }
+        None => Vec::new(),
     }
 }
