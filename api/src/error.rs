@@ -115,6 +115,10 @@ pub enum ApiError {
     ScheduleNotFound,
     #[error("this job has not failed; only failed (dead) jobs are retried")]
     JobNotFailed,
+    #[error("this job has already ended; only a queued or running job can be cancelled")]
+    JobFinished,
+    #[error("not a job id")]
+    InvalidJobId,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     #[error("too many requests; try again in {} s", retry_secs(*.0))]
@@ -171,6 +175,8 @@ impl ApiError {
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized"),
             Self::ScheduleNotFound => (S::NOT_FOUND, "schedule_not_found"),
             Self::JobNotFailed => (S::CONFLICT, "job_not_failed"),
+            Self::JobFinished => (S::CONFLICT, "job_finished"),
+            Self::InvalidJobId => (S::BAD_REQUEST, "invalid_job_id"),
             Self::InvalidQuery(_) => (S::BAD_REQUEST, "invalid_query"),
             Self::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
             Self::SessionBusy(_) => (S::TOO_MANY_REQUESTS, "session_busy"),

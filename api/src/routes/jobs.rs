@@ -1,16 +1,20 @@
-//! `GET /api/jobs/{id}[?wait=SECONDS]` and `GET /api/jobs/{id}/events`.
+//! `GET /api/jobs/{id}[?wait=SECONDS]`, `GET /api/jobs/{id}/events` and
+//! `POST /api/jobs/{id}/cancel`.
 //!
 //! The event stream (Server-Sent Events) sends one event per state the job
 //! is seen in — `queued`, then its stage (`stt`, `memory`, `llm`, `tts`)
-//! while processing, then `succeeded` or `failed` — each with the job JSON as
-//! data, and ends after the final one. It follows the job change
+//! while processing, then `succeeded`, `failed` or `cancelled` — each with
+//! the job JSON as data, and ends after the final one. Each sentence of the
+//! reply spoken so far is an `audio` event with
+//! `{"index", "text", "audio_url"}` as data, sent once, in index order, as
+//! soon as it is stored and always before the final state. It follows the job change
 //! notifications (Redis pub/sub on the scaled deployment, so a worker in
 //! another process is heard; in-process on the embedded one) and re-reads
 //! the row, which stays the truth: a state that lasts less than one re-read
 //! can be folded into the next. A client that connects after the job
 //! finished gets the final event at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 
 use axum::Json;
@@ -20,6 +24,10 @@ use futures::Stream;
 use rose_shared::Rose;
 use rose_shared::domain::{Job, JobId, JobStatus, Stage};
 use rose_shared::events::{JobWatch, RECHECK};
+use rose_shared::metrics;
+use rose_shared::queue::VOICE_QUEUE;
+use rose_shared::store::Cancel;
+use rose_shared::view::ChunkView;
 use serde_json::Value;
 
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -37,6 +45,7 @@ pub fn router() -> OpenApiRouter<Rose> {
     OpenApiRouter::new()
         .routes(routes!(show))
         .routes(routes!(events))
+        .routes(routes!(cancel))
 }
 
 /// The job; with `?wait=`, answers as soon as it is finished or the wait ends.
@@ -88,6 +97,10 @@ struct Follow {
     watch: JobWatch,
     first: Option<Job>,
     last: Option<&'static str>,
+    /// Spoken sentences already sent as `audio` events.
+    chunks_sent: usize,
+    /// Events read but not yet sent.
+    ready: VecDeque<Event>,
     done: bool,
 }
 
@@ -100,10 +113,13 @@ impl Follow {
 
     /// The next event, or `None` once the final one was sent (or the job went).
     async fn next(&mut self) -> Option<Event> {
-        if self.done {
-            return None;
-        }
         loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
             let job = match self.first.take() {
                 Some(job) => job,
                 None => {
@@ -118,21 +134,38 @@ impl Follow {
                     }
                 }
             };
-            let Some(state) = state_of(&job) else {
-                continue;
-            };
-            if self.last == Some(state) {
-                continue;
-            }
-            self.last = Some(state);
-            self.done = job.status.is_terminal();
-            return Some(
-                Event::default()
-                    .event(state)
-                    .data(job_json(&job).to_string()),
-            );
+            self.read(&job);
         }
     }
+
+    /// Queues what `job` shows that was not sent yet: a new state while it
+    /// runs, then its newly spoken sentences, then its final state.
+    fn read(&mut self, job: &Job) {
+        let state = state_of(job).filter(|state| self.last != Some(*state));
+        let terminal = job.status.is_terminal();
+        if let Some(state) = state
+            && !terminal
+        {
+            self.last = Some(state);
+            self.ready.push_back(state_event(state, job));
+        }
+        for chunk in job.chunks.iter().skip(self.chunks_sent) {
+            let data = serde_json::to_string(&ChunkView::from(chunk)).unwrap_or_default();
+            self.ready
+                .push_back(Event::default().event("audio").data(data));
+        }
+        self.chunks_sent = self.chunks_sent.max(job.chunks.len());
+        if terminal {
+            self.ready.push_back(state_event(job.status.as_str(), job));
+            self.done = true;
+        }
+    }
+}
+
+fn state_event(state: &'static str, job: &Job) -> Event {
+    Event::default()
+        .event(state)
+        .data(job_json(job).to_string())
 }
 
 /// One event of the stream, as the document describes it (OpenAPI 3.1: the
@@ -149,11 +182,14 @@ impl PartialSchema for JobEvent {
             Stage::Tts.as_str(),
             JobStatus::Succeeded.as_str(),
             JobStatus::Failed.as_str(),
+            JobStatus::Cancelled.as_str(),
+            "audio",
         ];
         ObjectBuilder::new()
             .description(Some(
                 "One Server-Sent Event: `event` is the state the job was seen in, `data` the \
-                 job JSON at that moment.",
+                 job JSON at that moment; or `event` is `audio` and `data` one spoken \
+                 sentence of the reply, `{\"index\", \"text\", \"audio_url\"}`.",
             ))
             .property(
                 "event",
@@ -183,8 +219,10 @@ impl ToSchema for JobEvent {
 
 /// `GET /api/jobs/{id}/events`.
 /// The job's states as Server-Sent Events: event name = state (`queued`,
-/// `stt`, `memory`, `llm`, `tts`, `succeeded`, `failed`), data = the job
-/// JSON; the stream ends after the final state.
+/// `stt`, `memory`, `llm`, `tts`, `succeeded`, `failed`, `cancelled`), data
+/// = the job JSON; each spoken sentence of the reply as an `audio` event
+/// (`{"index", "text", "audio_url"}`, in index order, before the final
+/// state); the stream ends after the final state.
 #[utoipa::path(
     get,
     path = "/api/jobs/{id}/events",
@@ -209,6 +247,8 @@ async fn events(
         watch,
         first: Some(first),
         last: None,
+        chunks_sent: 0,
+        ready: VecDeque::new(),
         done: false,
     };
     let stream = futures::stream::unfold(follow, |mut follow| async move {
@@ -216,4 +256,38 @@ async fn events(
         Some((Ok(event), follow))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `POST /api/jobs/{id}/cancel`.
+/// Stops a queued or running job: a queued job never starts; a running one
+/// stops where it is, across processes, and no provider request is started
+/// for it after this answer. The conversation keeps only what was heard (the
+/// sentences already spoken). Answers the job, `cancelled`; repeating the
+/// cancel answers the same; a job that had already ended is a 409.
+#[utoipa::path(
+    post,
+    path = "/api/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, `cancelled`", body = JobView),
+        (status = 400, description = "`invalid_job_id`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_finished`: it had already succeeded or failed", body = ErrorBody),
+    )
+)]
+async fn cancel(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id: JobId = id.parse().map_err(|_| ApiError::InvalidJobId)?;
+    match rose.store.cancel_job(id).await? {
+        Cancel::Cancelled(job) => {
+            rose.events.publish_cancel(id).await;
+            metrics::job_cancelled(VOICE_QUEUE);
+            rose.queue_callback(&job).await;
+            tracing::info!(job_id = %id, heard = job.chunks.len(), "job cancelled");
+            Ok(Json(job_json(&job)))
+        }
+        Cancel::Finished(job) if job.status == JobStatus::Cancelled => Ok(Json(job_json(&job))),
+        Cancel::Finished(_) => Err(ApiError::JobFinished),
+        Cancel::Missing => Err(ApiError::JobNotFound),
+    }
 }
