@@ -162,28 +162,59 @@ impl TestSim {
 }
 
 impl TestSim {
-    /// The chat completion requests the simulator received, oldest first
-    /// (their JSON bodies), from its request log.
+    /// Every request in the simulator's log, oldest first: `path`, `body`,
+    /// `at_ms` (arrival, unix ms), `status`.
     ///
     /// # Panics
     /// When the log cannot be read.
-    pub async fn chat_requests(&self) -> Vec<Value> {
+    pub async fn requests(&self) -> Vec<Value> {
         let log: Value = reqwest::get(format!("{}/__sim/requests", self.url))
             .await
             .expect("sim log request")
             .json()
             .await
             .expect("sim log json");
-        log["requests"]
-            .as_array()
-            .expect("requests array")
-            .iter()
+        log["requests"].as_array().expect("requests array").clone()
+    }
+
+    /// The chat completion requests the simulator received, oldest first
+    /// (their JSON bodies), from its request log.
+    ///
+    /// # Panics
+    /// When the log cannot be read.
+    pub async fn chat_requests(&self) -> Vec<Value> {
+        self.requests()
+            .await
+            .into_iter()
             .filter(|entry| {
                 entry["path"]
                     .as_str()
                     .is_some_and(|p| p.ends_with("/chat/completions"))
             })
             .map(|entry| entry["body"].clone())
+            .collect()
+    }
+
+    /// The texts sent to speech, in arrival order.
+    ///
+    /// # Panics
+    /// When the log cannot be read.
+    pub async fn spoken_texts(&self) -> Vec<String> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|entry| {
+                entry["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/text-to-speech/") || p.ends_with("/audio/speech"))
+            })
+            .filter_map(|entry| {
+                let body = &entry["body"];
+                body["text"]
+                    .as_str()
+                    .or_else(|| body["input"].as_str())
+                    .map(str::to_owned)
+            })
             .collect()
     }
 }
@@ -423,6 +454,38 @@ impl TestApp {
         request.send().await.expect("upload request")
     }
 
+    /// Sends typed `words` for `session`; returns the job id.
+    ///
+    /// # Panics
+    /// When the api refuses.
+    pub async fn submit_text(&self, session: &str, words: &str) -> String {
+        let form = reqwest::multipart::Form::new()
+            .text("session_id", session.to_owned())
+            .text("text", words.to_owned());
+        let response = self
+            .http
+            .post(format!("{}/api/voice/process", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request");
+        assert_eq!(response.status(), 202, "typed words accepted");
+        let body: Value = response.json().await.expect("accepted json");
+        body["job_id"].as_str().expect("job_id").to_owned()
+    }
+
+    /// `POST /api/jobs/{job_id}/cancel`.
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn cancel(&self, job_id: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/jobs/{job_id}/cancel", self.url))
+            .send()
+            .await
+            .expect("cancel request")
+    }
+
     /// Uploads `audio` for `session` asking for a callback to `callback_url`.
     ///
     /// # Panics
@@ -465,7 +528,7 @@ impl TestApp {
                 .await
                 .expect("job json");
             let status = body["status"].as_str().unwrap_or_default();
-            if status == "succeeded" || status == "failed" {
+            if matches!(status, "succeeded" | "failed" | "cancelled") {
                 return body;
             }
             assert!(

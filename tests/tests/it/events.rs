@@ -33,8 +33,12 @@ async fn submit(app: &TestApp) -> String {
 async fn follows_a_job(app: TestApp) {
     let id = submit(&app).await;
     let events = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
-    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names.last(), Some(&"succeeded"), "{names:?}");
+    let all: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(all.last(), Some(&"succeeded"), "{all:?}");
+    // Each spoken sentence is an `audio` event, before the end.
+    let sentences = all.iter().filter(|n| **n == "audio").count();
+    assert!(sentences >= 1, "{all:?}");
+    let names: Vec<&str> = all.iter().copied().filter(|n| *n != "audio").collect();
     for stage in ["stt", "llm", "tts"] {
         assert!(names.contains(&stage), "{stage} in {names:?}");
     }
@@ -52,10 +56,13 @@ async fn follows_a_job(app: TestApp) {
     assert_eq!(last["status"], "succeeded");
     assert!(last["result"]["text"].is_string(), "{last}");
 
-    // After the end: the final event at once, and nothing else.
+    // After the end: the spoken sentences and the final event at once,
+    // and nothing else.
     let again = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
     let names: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["succeeded"]);
+    let mut expected = vec!["audio"; sentences];
+    expected.push("succeeded");
+    assert_eq!(names, expected);
 
     // An unknown job: 404.
     let unknown = app

@@ -25,3 +25,4 @@ mod security;
 mod sqlite_file;
 mod sqlite_queue;
 mod store;
+mod streaming;

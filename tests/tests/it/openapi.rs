@@ -56,6 +56,7 @@ async fn the_document_covers_every_route_and_matches_real_answers() {
         "POST /api/voice/process",
         "GET /api/jobs/{id}",
         "GET /api/jobs/{id}/events",
+        "POST /api/jobs/{id}/cancel",
         "GET /api/audio/{id}",
         "GET /api/health",
         "GET /api/resources",

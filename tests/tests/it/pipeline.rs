@@ -173,7 +173,12 @@ async fn typed_round_trip(app: TestApp) {
     assert_eq!(replies.len(), 1);
     let messages = replies[0]["messages"].as_array().expect("messages");
     assert_eq!(messages.last().expect("last")["content"], typed);
-    assert_eq!(app.count_rows("audio").await, 1, "only the reply audio");
+    let sentences = job["result"]["chunks"].as_array().map_or(0, Vec::len);
+    assert_eq!(
+        app.count_rows("audio").await,
+        i64::try_from(sentences).expect("count") + 1,
+        "only the reply audio: its sentences and the whole"
+    );
     let turns = app
         .rose
         .store

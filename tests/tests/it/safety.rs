@@ -131,11 +131,19 @@ async fn crisis_turn(deployment: Deployment) {
     let messages = prompts[0]["messages"].as_array().expect("messages");
     assert_eq!(messages.last().expect("last")["content"], CRISIS);
 
-    // Rose speaks the resource's words, not its web address.
+    // Rose speaks the resource's words after her own, not its web address.
     let spoken = spoken_texts(&app).await;
-    assert_eq!(spoken.len(), 1, "{spoken:?}");
-    assert!(spoken[0].ends_with(RESOURCE_TEXT), "{spoken:?}");
-    assert!(!spoken[0].contains(&url), "{spoken:?}");
+    assert_eq!(
+        spoken.last().map(String::as_str),
+        Some(RESOURCE_TEXT),
+        "{spoken:?}"
+    );
+    assert!(spoken.iter().all(|s| !s.contains(&url)), "{spoken:?}");
+    assert_eq!(
+        spoken.len(),
+        job["result"]["chunks"].as_array().map_or(0, Vec::len),
+        "one speech request per spoken sentence"
+    );
 
     // The row keeps the mark: run the job again from its reply checkpoint
     // (a redelivery after the reply was stored) and the resource is still
@@ -159,7 +167,12 @@ async fn crisis_turn(deployment: Deployment) {
     assert_eq!(again["result"]["text"], text, "appended once");
     assert_eq!(again["result"]["resource"]["url"], url.as_str());
     assert_eq!(app.reply_requests().await.len(), 1, "no second reply");
-    assert_eq!(spoken_texts(&app).await.len(), 2, "spoken again");
+    assert_eq!(
+        spoken_texts(&app).await,
+        spoken,
+        "its sentences were all spoken: none is spoken again"
+    );
+    assert!(again["result"]["audio_url"].is_string(), "{again}");
 
     // The stored conversation holds what Rose said, resource included.
     let turns = app

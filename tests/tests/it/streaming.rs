@@ -1,0 +1,376 @@
+//! Replies spoken sentence by sentence, on both deployments: each sentence
+//! stored and announced (`audio` events, `result.chunks`) in order before
+//! the end, the whole reply as one file at the end, first sentences first
+//! under a shared speech budget, and cancelling a job.
+
+use std::time::Duration;
+
+use rose_shared::audio::{AudioFormat, sniff};
+use rose_shared::sentences::split;
+use rose_sim::{Latency, SimConfig};
+use rose_tests::{AppOptions, Deployment, TestApp, TestSim, read_events, spawn_app_with};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Typed words whose simulated reply has `n` sentences (the simulator's
+/// reply depends only on the words), found by asking a simulator of our own.
+pub(crate) async fn words_with_sentences(n: usize, seed: &str) -> String {
+    let sim = TestSim::start(SimConfig::default()).await;
+    let http = reqwest::Client::new();
+    for i in 0..200 {
+        let words = format!("{seed} I keep thinking of the garden, day {i}.");
+        let body: Value = http
+            .post(format!("{}/openai/v1/chat/completions", sim.url))
+            .bearer_auth("sim-key")
+            .json(&json!({
+                "model": "llama-3.3-70b-versatile",
+                "messages": [{"role": "user", "content": words}],
+            }))
+            .send()
+            .await
+            .expect("chat request")
+            .json()
+            .await
+            .expect("chat json");
+        let reply = body["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("reply");
+        if split(reply).len() == n {
+            return words;
+        }
+    }
+    panic!("no words found whose reply has {n} sentences");
+}
+
+fn options(env: &[(&str, &str)], sim: SimConfig) -> AppOptions {
+    AppOptions {
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        sim,
+        ..AppOptions::default()
+    }
+}
+
+fn tts_latency(ms: u64) -> SimConfig {
+    SimConfig {
+        latency: Latency {
+            tts: Duration::from_millis(ms),
+            ..Latency::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
+async fn speaks_sentence_by_sentence(app: TestApp) {
+    let words = words_with_sentences(3, "speaks").await;
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let events = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.last(), Some(&"succeeded"), "{names:?}");
+    let audio: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "audio")
+        .map(|(_, data)| data)
+        .collect();
+    let indices: Vec<u64> = audio.iter().filter_map(|a| a["index"].as_u64()).collect();
+    assert_eq!(
+        indices,
+        [0, 1, 2],
+        "one audio event per sentence, in order: {names:?}"
+    );
+    let job = &events.last().expect("final").1;
+    let reply = job["result"]["text"].as_str().expect("reply text");
+    let sentences = split(reply);
+    for (event, sentence) in audio.iter().zip(&sentences) {
+        assert_eq!(event["text"], sentence.as_str());
+        let url = event["audio_url"]
+            .as_str()
+            .expect("each sentence has speech");
+        let bytes = app
+            .http
+            .get(format!("{}{url}", app.url))
+            .send()
+            .await
+            .expect("chunk audio")
+            .bytes()
+            .await
+            .expect("chunk bytes");
+        assert_eq!(sniff(&bytes), Some(AudioFormat::Mp3));
+    }
+    // The job JSON holds the same chunks, and the whole reply as one file.
+    let chunks = job["result"]["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 3, "{job}");
+    assert_eq!(&&chunks[1], &audio[1], "the event is the chunk");
+    let whole = job["result"]["audio_url"]
+        .as_str()
+        .expect("the whole reply");
+    let bytes = app
+        .http
+        .get(format!("{}{whole}", app.url))
+        .send()
+        .await
+        .expect("whole audio")
+        .bytes()
+        .await
+        .expect("whole bytes");
+    assert_eq!(sniff(&bytes), Some(AudioFormat::Mp3));
+    let timings = &job["timings_ms"];
+    let first_token = timings["first_token"].as_i64().expect("first_token");
+    let first_audio = timings["first_audio"].as_i64().expect("first_audio");
+    let total = timings["total"].as_i64().expect("total");
+    assert!(
+        first_token <= first_audio && first_audio <= total,
+        "{timings}"
+    );
+    // Each sentence went to speech once, the later ones with what came before.
+    let spoken = app.sim.spoken_texts().await;
+    assert_eq!(spoken, sentences, "one speech request per sentence");
+    let requests = app.sim.requests().await;
+    let speech: Vec<&Value> = requests
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/text-to-speech/"))
+        })
+        .collect();
+    assert!(
+        speech
+            .iter()
+            .all(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/stream"))),
+        "the streaming endpoint: {speech:?}"
+    );
+    let second = speech
+        .iter()
+        .find(|r| r["body"]["text"] == sentences[1].as_str())
+        .expect("the second sentence");
+    assert_eq!(second["body"]["previous_text"], sentences[0].as_str());
+
+    // A late follower gets every sentence, then the end.
+    let again = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
+    let names: Vec<&str> = again.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["audio", "audio", "audio", "succeeded"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_replies_are_spoken_sentence_by_sentence() {
+    let app = spawn_app_with(Deployment::Embedded, options(&[], SimConfig::default())).await;
+    speaks_sentence_by_sentence(app).await;
+}
+
+#[tokio::test]
+async fn scaled_replies_are_spoken_sentence_by_sentence() {
+    let app = spawn_app_with(Deployment::Scaled, options(&[], SimConfig::default())).await;
+    speaks_sentence_by_sentence(app).await;
+}
+
+/// `ROSE_STREAMING=false`: the whole reply, then the whole speech, once.
+#[tokio::test]
+async fn without_streaming_the_reply_is_spoken_whole() {
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        options(&[("ROSE_STREAMING", "false")], SimConfig::default()),
+    )
+    .await;
+    let words = words_with_sentences(3, "whole").await;
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"]["chunks"], json!([]));
+    assert!(job["result"]["audio_url"].is_string());
+    let spoken = app.sim.spoken_texts().await;
+    assert_eq!(spoken, [job["result"]["text"].as_str().expect("text")]);
+    app.stop().await;
+}
+
+/// With one speech slot, the second job's first sentence is spoken before
+/// the first job's third (first sentences first); in arrival order it
+/// would wait behind them all.
+async fn first_sentences_first(order: &str) -> (usize, usize) {
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        options(
+            &[("ROSE_TTS_CONCURRENCY", "1"), ("ROSE_TTS_ORDER", order)],
+            tts_latency(300),
+        ),
+    )
+    .await;
+    let a_words = words_with_sentences(3, "first").await;
+    let b_words = words_with_sentences(3, "second").await;
+    let a_session = app.start_session().await;
+    let b_session = app.start_session().await;
+    let a = app.submit_text(&a_session, &a_words).await;
+    // B comes once A's first sentence is being spoken (its others wait).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while app.sim.spoken_texts().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "A never spoke");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = app.submit_text(&b_session, &b_words).await;
+    let a_job = app.wait_for_job(&a, LIMIT).await;
+    let b_job = app.wait_for_job(&b, LIMIT).await;
+    let a_sentences = split(a_job["result"]["text"].as_str().expect("a"));
+    let b_sentences = split(b_job["result"]["text"].as_str().expect("b"));
+    let spoken = app.sim.spoken_texts().await;
+    let at = |s: &String| spoken.iter().position(|t| t == s).expect("spoken");
+    let positions = (at(&b_sentences[0]), at(&a_sentences[2]));
+    app.stop().await;
+    positions
+}
+
+#[tokio::test]
+async fn first_sentences_go_first_under_a_shared_speech_budget() {
+    let (b_first, a_third) = first_sentences_first("first-sentences").await;
+    assert!(
+        b_first < a_third,
+        "B's first at {b_first}, A's third at {a_third}"
+    );
+    let (b_first, a_third) = first_sentences_first("arrival").await;
+    assert!(
+        b_first > a_third,
+        "in arrival order B waits: {b_first} vs {a_third}"
+    );
+}
+
+async fn cancels_a_queued_job(deployment: Deployment) {
+    let app = spawn_app_with(
+        deployment,
+        AppOptions {
+            no_worker: true,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, "Are you there?").await;
+    let response = app.cancel(&id).await;
+    assert_eq!(response.status(), 200);
+    let job: Value = response.json().await.expect("json");
+    assert_eq!(job["status"], "cancelled");
+    // Repeating is harmless.
+    let again = app.cancel(&id).await;
+    assert_eq!(again.status(), 200);
+    let events = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["cancelled"]);
+    // A worker that comes later takes the message and calls no provider.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(rose_worker::run(
+        app.rose.clone(),
+        rose_worker::WorkerOptions {
+            concurrency: 2,
+            name: rose_worker::unique_name(),
+        },
+        shutdown.clone(),
+    ));
+    app.wait_idle(rose_shared::queue::VOICE_QUEUE, LIMIT).await;
+    let stats = serde_json::to_value(app.sim.sim.stats()).expect("stats");
+    assert_eq!(stats["total"], 0, "no provider called: {stats}");
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["result"], Value::Null, "nothing was said");
+    assert_eq!(app.count_rows("turns").await, 0, "no trace in the history");
+
+    // Unknown: 404; not an id: 400; finished: 409.
+    let unknown = app.cancel("01M8J3YRYH5MTVK6HFKY847806").await;
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "job_not_found");
+    let malformed = app.cancel("not-a-job").await;
+    assert_eq!(malformed.status(), 400);
+    let body: Value = malformed.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_job_id");
+    let done = app.submit_text(&session, "Thank you, Rose.").await;
+    assert_eq!(app.wait_for_job(&done, LIMIT).await["status"], "succeeded");
+    let finished = app.cancel(&done).await;
+    assert_eq!(finished.status(), 409);
+    let body: Value = finished.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "job_finished");
+    shutdown.cancel();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_a_cancelled_queued_job_never_starts() {
+    cancels_a_queued_job(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_a_cancelled_queued_job_never_starts() {
+    cancels_a_queued_job(Deployment::Scaled).await;
+}
+
+/// A job cancelled after its first sentence was heard: it ends
+/// `cancelled`, its other sentences are never spoken, and the next turn's
+/// prompt holds only what was heard.
+async fn cancels_while_speaking(deployment: Deployment) {
+    let app = spawn_app_with(
+        deployment,
+        options(&[("ROSE_TTS_CONCURRENCY", "1")], tts_latency(400)),
+    )
+    .await;
+    let words = words_with_sentences(3, "interrupted").await;
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let url = format!("{}/api/jobs/{id}/events", app.url);
+    let mut events = app.http.get(&url).send().await.expect("events");
+    let mut buffer = String::new();
+    let heard = loop {
+        let chunk = tokio::time::timeout(LIMIT, events.chunk())
+            .await
+            .expect("an event in time")
+            .expect("events body")
+            .expect("the stream goes on until the first sentence");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(start) = buffer.find("event: audio\ndata: ") {
+            let rest = &buffer[start + "event: audio\ndata: ".len()..];
+            if let Some(end) = rest.find('\n') {
+                let data: Value = serde_json::from_str(&rest[..end]).expect("audio data");
+                break data["text"].as_str().expect("text").to_owned();
+            }
+        }
+    };
+    let response = app.cancel(&id).await;
+    assert_eq!(response.status(), 200);
+    let cancelled: Value = response.json().await.expect("json");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["result"]["text"], heard.as_str(), "{cancelled}");
+    assert_eq!(
+        cancelled["result"]["chunks"].as_array().map(Vec::len),
+        Some(1)
+    );
+
+    // The next turn: its prompt holds what was heard, not what was not.
+    let next = app.submit_text(&session, "Thank you for that.").await;
+    assert_eq!(app.wait_for_job(&next, LIMIT).await["status"], "succeeded");
+    let prompts = app.reply_requests().await;
+    let last = prompts.last().expect("the next turn's prompt");
+    let assistant: Vec<&str> = last["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(assistant, [heard.as_str()], "{last}");
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["result"]["chunks"].as_array().map(Vec::len), Some(1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_a_running_job_stops_and_the_history_keeps_what_was_heard() {
+    cancels_while_speaking(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_a_running_job_stops_and_the_history_keeps_what_was_heard() {
+    cancels_while_speaking(Deployment::Scaled).await;
+}
