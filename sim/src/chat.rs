@@ -6,7 +6,10 @@
 //! Groq insists, and cannot stream. The reply is deterministic for the same
 //! last user message ([`crate::content::reply`]) and says it is simulated;
 //! JSON mode answers Rose's extraction JSON (see [`crate::extract`]). Usage
-//! counts about four characters a token. `tools` with a forced `tool_choice` answer a `tool_calls`
+//! counts about four characters a token. When the last message is the
+//! assistant's, the model continues it, as Groq's "assistant message
+//! prefilling" does: if the full reply starts with that text, only the rest
+//! is answered. `tools` with a forced `tool_choice` answer a `tool_calls`
 //! message instead (see [`crate::tools`]); tool results and assistant tool
 //! calls in `messages`, and content given as text parts, are read as Groq
 //! reads them.
@@ -44,6 +47,8 @@ struct ChatRequest {
     max_tokens: Option<u64>,
     prompt_chars: usize,
     last_user: String,
+    /// The text of a last assistant message, which the answer continues.
+    prefill: Option<String>,
     /// `stream_options.include_usage`.
     include_usage: bool,
     /// The tool a forced `tool_choice` calls.
@@ -172,10 +177,14 @@ fn answer(request: &ChatRequest) -> (Reply, &'static str) {
         };
         return (call, "tool_calls");
     }
-    let mut content = if request.json_mode {
+    let full = if request.json_mode {
         crate::extract::extraction_json(&request.last_user)
     } else {
         content::reply(&request.last_user)
+    };
+    let mut content = match &request.prefill {
+        Some(prefill) => continuation(&full, prefill),
+        None => full,
     };
     let mut finish_reason = "stop";
     if let Some(limit) = request.max_tokens
@@ -187,6 +196,15 @@ fn answer(request: &ChatRequest) -> (Reply, &'static str) {
         finish_reason = "length";
     }
     (Reply::Text(content), finish_reason)
+}
+
+/// What follows `prefill` in `full` (compared trimmed, without the space
+/// between them), or all of `full` when it does not start that way.
+fn continuation(full: &str, prefill: &str) -> String {
+    match full.trim().strip_prefix(prefill.trim()) {
+        Some(rest) => rest.trim_start().to_owned(),
+        None => full.to_owned(),
+    }
 }
 
 /// The assistant message of a non-streamed answer.
@@ -235,10 +253,12 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
     let mut prompt_chars = 0;
     let mut mentions_json = false;
     let mut last_user = String::new();
+    let mut prefill = None;
     for (i, message) in messages.iter().enumerate() {
         let (role, text) = chat_fields::read_message(i, message)?;
         prompt_chars += text.chars().count();
         mentions_json |= text.to_ascii_lowercase().contains("json");
+        prefill = (role == "assistant" && !text.trim().is_empty()).then(|| text.clone());
         if role == "user" {
             last_user = text;
         }
@@ -315,6 +335,7 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
         max_tokens,
         prompt_chars,
         last_user,
+        prefill,
         include_usage,
         tool_call,
     })
