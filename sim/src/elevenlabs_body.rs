@@ -4,7 +4,9 @@
 //! for its own checks and FastAPI's validation list
 //! `{"detail": [{"loc", "msg", "type"}]}` for 422s. The body is a JSON
 //! object with a non-blank `text`, an optional string `model_id`,
-//! and `voice_settings` within 0–1.
+//! `voice_settings` within 0–1, and the request-stitching fields
+//! (`previous_text`, `next_text`, `previous_request_ids`,
+//! `next_request_ids`) checked as ElevenLabs documents them.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,6 +14,9 @@ use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+
+/// How many earlier or later request ids one request may name.
+pub(crate) const MAX_REQUEST_IDS: usize = 3;
 
 /// An ElevenLabs error answer: a status, a JSON body and maybe `retry-after`.
 #[derive(Debug)]
@@ -93,7 +98,8 @@ pub(crate) fn json_body(
     }
 }
 
-/// Checks `text`, `model_id` and `voice_settings`; returns the text.
+/// Checks `text`, `model_id`, `voice_settings` and the context fields;
+/// returns the text.
 pub(crate) fn validate(body: &Map<String, Value>) -> Result<&str, ElevenError> {
     let text = match body.get("text") {
         None | Some(Value::Null) => {
@@ -167,5 +173,109 @@ pub(crate) fn validate(body: &Map<String, Value>) -> Result<&str, ElevenError> {
             ));
         }
     }
+    check_context(body)?;
     Ok(text)
+}
+
+/// The request-stitching fields: `previous_text` and `next_text` are
+/// strings, `previous_request_ids` and `next_request_ids` lists of at most
+/// [`MAX_REQUEST_IDS`] strings (ElevenLabs: "A maximum of 3 request_ids can
+/// be send").
+fn check_context(body: &Map<String, Value>) -> Result<(), ElevenError> {
+    for name in ["previous_text", "next_text"] {
+        if let Some(value) = body.get(name).filter(|v| !v.is_null())
+            && !value.is_string()
+        {
+            return Err(unprocessable(
+                &["body", name],
+                "str type expected",
+                "type_error.str",
+            ));
+        }
+    }
+    for name in ["previous_request_ids", "next_request_ids"] {
+        let ids = match body.get(name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(ids)) => ids,
+            Some(_) => {
+                return Err(unprocessable(
+                    &["body", name],
+                    "value is not a valid list",
+                    "type_error.list",
+                ));
+            }
+        };
+        if let Some(i) = ids.iter().position(|id| !id.is_string()) {
+            return Err(unprocessable_at(
+                json!(["body", name, i]),
+                "str type expected",
+                "type_error.str",
+                None,
+            ));
+        }
+        if ids.len() > MAX_REQUEST_IDS {
+            return Err(unprocessable_at(
+                json!(["body", name]),
+                &format!("ensure this value has at most {MAX_REQUEST_IDS} items"),
+                "value_error.list.max_items",
+                Some(json!({ "limit_value": MAX_REQUEST_IDS })),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(body: Value) -> Result<(), Value> {
+        let Value::Object(map) = body else {
+            return Err(Value::Null);
+        };
+        validate(&map).map(|_| ()).map_err(|e| e.body)
+    }
+
+    #[test]
+    fn stitching_fields_are_checked() {
+        let ok = json!({
+            "text": "Hello.",
+            "previous_text": "Before.",
+            "next_text": null,
+            "previous_request_ids": ["a", "b", "c"],
+            "next_request_ids": [],
+        });
+        assert_eq!(check(ok), Ok(()));
+        for (body, loc, kind) in [
+            (
+                json!({"text": "x", "previous_text": 5}),
+                json!(["body", "previous_text"]),
+                "type_error.str",
+            ),
+            (
+                json!({"text": "x", "next_text": ["a"]}),
+                json!(["body", "next_text"]),
+                "type_error.str",
+            ),
+            (
+                json!({"text": "x", "next_request_ids": "a"}),
+                json!(["body", "next_request_ids"]),
+                "type_error.list",
+            ),
+            (
+                json!({"text": "x", "previous_request_ids": ["a", 2]}),
+                json!(["body", "previous_request_ids", 1]),
+                "type_error.str",
+            ),
+            (
+                json!({"text": "x", "previous_request_ids": ["a", "b", "c", "d"]}),
+                json!(["body", "previous_request_ids"]),
+                "value_error.list.max_items",
+            ),
+        ] {
+            let error = check(body.clone()).expect_err("invalid");
+            assert_eq!(error["detail"][0]["loc"], loc, "{body}");
+            assert_eq!(error["detail"][0]["type"], kind, "{body}");
+        }
+    }
 }
