@@ -16,7 +16,8 @@
 //! Unset, the pacing is instant, so tests stay fast; the `realistic`
 //! profile fills it with published figures (Groq's Whisper speed factor and
 //! Llama 70B's time to first token and tokens a second, ElevenLabs' time to
-//! first byte; sources in [`Pacing`]'s module). Every request outside
+//! first byte; each source is on its constant, [`REALISTIC_TTFT`] and its
+//! siblings). Every request outside
 //! `/__sim` passes a recording middleware that keeps the last 200 requests
 //! (secrets redacted, arrival and end times) for `GET /__sim/requests`.
 //!

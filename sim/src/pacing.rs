@@ -42,17 +42,26 @@ use axum::body::{Body, Bytes};
 use crate::state::Endpoint;
 use crate::{Latency, Profile, latency};
 
-/// The `realistic` profile's transcription overhead.
+/// The `realistic` profile's transcription overhead: an assumed round trip
+/// with an upload and a queue (Groq publishes no fixed overhead).
 pub const REALISTIC_STT_OVERHEAD: Duration = Duration::from_millis(250);
-/// The `realistic` profile's transcription speed: seconds of audio a second.
+/// The `realistic` profile's transcription speed, seconds of audio a second:
+/// Groq's real-time speed factor for `whisper-large-v3-turbo`
+/// (console.groq.com/docs/speech-text).
 pub const REALISTIC_STT_SPEED: f64 = 216.0;
-/// The `realistic` profile's chat time to first token.
+/// The `realistic` profile's chat time to first token: Artificial Analysis'
+/// figure for Groq's Llama 70B models.
 pub const REALISTIC_TTFT: Duration = Duration::from_millis(250);
-/// The `realistic` profile's chat tokens a second after the first.
+/// The `realistic` profile's chat tokens a second after the first: a little
+/// under the 275–280 Groq and Artificial Analysis publish for
+/// `llama-3.3-70b-versatile`.
 pub const REALISTIC_TOKENS_PER_S: f64 = 250.0;
-/// The `realistic` profile's speech time to first byte.
+/// The `realistic` profile's speech time to first byte: ElevenLabs' ~75 ms
+/// (Flash) to ~300 ms (Turbo) of model time, plus the network
+/// (elevenlabs.io/docs/api-reference/reducing-latency).
 pub const REALISTIC_TTS_TTFB: Duration = Duration::from_millis(200);
-/// The `realistic` profile's speech speed: seconds of audio a second.
+/// The `realistic` profile's speech speed, seconds of audio a second: an
+/// assumption (ElevenLabs publishes none); a stream must outrun playback.
 pub const REALISTIC_TTS_SPEED: f64 = 4.0;
 
 /// How answers are paced; `None` leaves a knob to the profile.
