@@ -14,6 +14,10 @@
 //! as late: many late starts mean the rate was not held). Figures:
 //! - throughput: finished jobs per second of wall time;
 //! - end to end: from the upload's first byte to the finished job, client side;
+//! - first audio: the jobs' `timings_ms.first_audio` (from the job's creation
+//!   to its first spoken sentence), over the jobs that report one; with the
+//!   simulator's `realistic` profile this is the time to first audio a
+//!   person would hear;
 //! - upload: the `POST` until its 202 (how long accepting a job takes);
 //! - stages and queue wait: the jobs' own `timings_ms`;
 //! - Rose's overhead: the job's `total` minus its provider time (`stt` +
@@ -371,6 +375,10 @@ fn report(outcomes: &[Outcome], wall: Duration, concurrency: u64) -> Value {
             t["total"].as_f64().map(|total| (total - provider).max(0.0))
         })
         .collect();
+    let first_audio: Vec<f64> = ok
+        .iter()
+        .filter_map(|j| j["timings_ms"]["first_audio"].as_f64())
+        .collect();
     json!({
         "jobs": outcomes.len(),
         "succeeded": ok.len(),
@@ -380,6 +388,7 @@ fn report(outcomes: &[Outcome], wall: Duration, concurrency: u64) -> Value {
         "wall_secs": (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         "throughput_jobs_per_sec": ((ok.len() as f64 / wall.as_secs_f64().max(1e-9)) * 100.0).round() / 100.0,
         "end_to_end_ms": percentiles(outcomes.iter().filter(|o| o.job.is_ok()).map(|o| ms(o.end_to_end)).collect()),
+        "first_audio_ms": percentiles(first_audio),
         "upload_ms": percentiles(outcomes.iter().filter_map(|o| o.upload).map(ms).collect()),
         "stages_ms": stages,
         "overhead_ms": percentiles(overhead),
@@ -424,11 +433,19 @@ fn print_report(r: &Value) {
         "ms", "p50", "p95", "p99", "max"
     );
     row("end to end", &r["end_to_end_ms"]);
+    row("first audio", &r["first_audio_ms"]);
     row("upload (202)", &r["upload_ms"]);
     for part in ["queue_wait", "stt", "memory", "llm", "tts", "total"] {
         row(part, &r["stages_ms"][part]);
     }
     row("rose overhead", &r["overhead_ms"]);
+    let with_audio = r["first_audio_ms"]["count"].as_u64().unwrap_or(0);
+    if with_audio != r["succeeded"].as_u64().unwrap_or(0) {
+        println!(
+            "first audio over the {with_audio} of {} succeeded jobs that reported one",
+            r["succeeded"]
+        );
+    }
     if let Some(failures) = r["failures"].as_object()
         && !failures.is_empty()
     {
@@ -451,6 +468,36 @@ mod tests {
         assert_eq!(p["p99"], 99.0);
         assert_eq!(p["max"], 100.0);
         assert!(percentiles(Vec::new())["p50"].is_null());
+    }
+
+    #[test]
+    fn first_audio_counts_only_the_jobs_that_report_it() {
+        let job = |first_audio: Option<f64>| {
+            let mut timings = json!({"total": 900.0});
+            if let Some(ms) = first_audio {
+                timings["first_audio"] = json!(ms);
+            }
+            Outcome {
+                end_to_end: Duration::from_millis(1_000),
+                upload: Some(Duration::from_millis(5)),
+                job: Ok(json!({"status": "succeeded", "timings_ms": timings})),
+            }
+        };
+        let failed = Outcome {
+            end_to_end: Duration::from_millis(1_000),
+            upload: None,
+            job: Err("llm_failed".to_owned()),
+        };
+        let outcomes = [job(Some(300.0)), job(Some(500.0)), job(None), failed];
+        let r = report(&outcomes, Duration::from_secs(2), 4);
+        let first = &r["first_audio_ms"];
+        assert_eq!(first["count"], 2);
+        assert_eq!(first["p50"], 300.0);
+        assert_eq!(first["p99"], 500.0);
+        assert_eq!(r["end_to_end_ms"]["count"], 3);
+        let none = report(&[job(None)], Duration::from_secs(1), 1);
+        assert!(none["first_audio_ms"]["p50"].is_null());
+        assert_eq!(none["first_audio_ms"]["count"], 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use rose_shared::config::Config;
-use rose_sim::{Latency, Profile};
+use rose_sim::{Latency, Pacing, Profile};
 
 /// Rose: a voice companion for people carrying grief, and the job-queue
 /// backend that serves her.
@@ -75,12 +75,30 @@ enum Command {
         /// Listening port.
         #[arg(long, default_value_t = 9090)]
         port: u16,
-        /// Per-endpoint latency in milliseconds: STT,LLM,TTS (e.g. 300,500,400).
+        /// Per-endpoint latency in milliseconds: STT,LLM,TTS (e.g. 300,500,400);
+        /// the LLM one is the chat's time to first token unless --ttft-ms is given.
         #[arg(long)]
         latency_ms: Option<Latency>,
-        /// Failure profile.
-        #[arg(long, value_parser = ["rate-limited", "flaky", "outage", "slow"])]
+        /// Profile: a failure mode, or `realistic` (published Groq and
+        /// ElevenLabs timings, see the README).
+        #[arg(long, value_parser = ["rate-limited", "flaky", "outage", "slow", "realistic"])]
         profile: Option<String>,
+        /// Chat time to first token in milliseconds (default: the LLM latency;
+        /// 250 under --profile realistic).
+        #[arg(long)]
+        ttft_ms: Option<u64>,
+        /// Chat tokens generated per second after the first (default: all at
+        /// once; 250 under --profile realistic).
+        #[arg(long, value_parser = parse_positive)]
+        tokens_per_s: Option<f64>,
+        /// Text-to-speech time to first byte in milliseconds (default: the TTS
+        /// latency; 200 under --profile realistic).
+        #[arg(long)]
+        tts_ttfb_ms: Option<u64>,
+        /// How many times faster than real time speech is generated (default:
+        /// all at once; 4 under --profile realistic).
+        #[arg(long, value_parser = parse_positive)]
+        tts_speed: Option<f64>,
         /// With --profile rate-limited: transcriptions allowed per minute (default 20).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         stt_rpm: Option<u32>,
@@ -104,6 +122,14 @@ fn parse_rate(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("expected a number from 0 to 1, got {value:?}")),
+    }
+}
+
+/// A positive, finite number (`--tokens-per-s`, `--tts-speed`).
+fn parse_positive(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("expected a positive number, got {value:?}")),
     }
 }
 
@@ -158,6 +184,10 @@ fn main() -> ExitCode {
                 port,
                 latency_ms,
                 profile,
+                ttft_ms,
+                tokens_per_s,
+                tts_ttfb_ms,
+                tts_speed,
                 stt_rpm,
                 llm_rpm,
                 tts_concurrency,
@@ -169,6 +199,13 @@ fn main() -> ExitCode {
                     Ok(profile) => {
                         let options = roles::SimOptions {
                             latency: latency_ms.unwrap_or_default(),
+                            pacing: Pacing {
+                                ttft: ttft_ms.map(Duration::from_millis),
+                                tokens_per_s,
+                                tts_ttfb: tts_ttfb_ms.map(Duration::from_millis),
+                                tts_speed,
+                                stt_speed: None,
+                            },
                             profile,
                             stt_rpm,
                             llm_rpm,

@@ -11,7 +11,7 @@ use rose_shared::providers::Endpoints;
 use rose_shared::queue::SqliteQueue;
 use rose_shared::rose::Options;
 use rose_shared::store::Database;
-use rose_sim::{Latency, Profile, Sim, SimConfig};
+use rose_sim::{Latency, Pacing, Profile, Sim, SimConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -284,7 +284,9 @@ pub async fn migrate(config: Config) -> anyhow::Result<()> {
 pub struct SimOptions {
     /// Per-endpoint latency.
     pub latency: Latency,
-    /// The failure profile.
+    /// `--ttft-ms`, `--tokens-per-s`, `--tts-ttfb-ms`, `--tts-speed` (any profile).
+    pub pacing: Pacing,
+    /// The profile.
     pub profile: Option<Profile>,
     /// `--stt-rpm` (rate-limited only).
     pub stt_rpm: Option<u32>,
@@ -303,6 +305,7 @@ pub struct SimOptions {
 fn sim_config(options: SimOptions) -> anyhow::Result<SimConfig> {
     let SimOptions {
         latency,
+        pacing,
         profile,
         stt_rpm,
         llm_rpm,
@@ -325,6 +328,7 @@ fn sim_config(options: SimOptions) -> anyhow::Result<SimConfig> {
     needs(outage.is_some(), Profile::Outage, "--outage-secs")?;
     let mut config = SimConfig {
         latency,
+        pacing,
         profile,
         outage,
         ..SimConfig::default()

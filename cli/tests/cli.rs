@@ -312,3 +312,48 @@ fn backup_create_list_verify_restore_from_the_command_line() {
     let restored = run_ok(restore.args(["backup", "restore", &file]));
     assert!(restored.contains("0 sessions, 0 jobs"), "{restored}");
 }
+
+/// `rose sim` with the realistic profile and a pacing flag: the flag wins,
+/// the profile fills the rest; a rate that cannot pace is refused by name.
+#[tokio::test]
+async fn sim_takes_the_realistic_profile_and_pacing_flags() {
+    let out = rose()
+        .args(["sim", "--tokens-per-s", "0"])
+        .output()
+        .expect("run rose");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tokens-per-s"), "{stderr}");
+
+    let port = free_port().to_string();
+    let _sim = Proc(
+        rose()
+            .args(["sim", "--port", &port, "--profile", "realistic"])
+            .args(["--ttft-ms", "80", "--tts-speed", "3"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rose sim"),
+    );
+    let url = format!("http://127.0.0.1:{port}/__sim/latency");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let latency: Value = loop {
+        if let Ok(r) = http.get(&url).send().await {
+            break r.json().await.expect("latency json");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rose sim did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(latency["ttft_ms"], 80);
+    let effective = &latency["effective"];
+    assert_eq!(effective["ttft_ms"], 80);
+    assert_eq!(effective["tts_speed"], 3.0);
+    assert_eq!(effective["tokens_per_s"], 250.0);
+    assert_eq!(effective["tts_ttfb_ms"], 200);
+    assert_eq!(effective["stt_speed"], 216.0);
+}

@@ -3,13 +3,21 @@
 //! The body is validated field by field with Groq's message style
 //! (`'messages.0.role' : value must be one of …`); an unknown model is a 404
 //! `model_not_found`; JSON mode needs the word "json" in the messages, as
-//! Groq insists. The reply is deterministic for the same last user message
-//! ([`crate::content::reply`]) and says it is simulated; JSON mode answers
-//! Rose's extraction JSON (see [`crate::extract`]). Usage counts about four characters a token. `stream: true`
-//! answers the same reply as server-sent `chat.completion.chunk` events.
-//! `tools` with a forced `tool_choice` answer a `tool_calls` message instead
-//! (see [`crate::tools`]); tool results and assistant tool calls in
-//! `messages`, and content given as text parts, are read as Groq reads them.
+//! Groq insists, and cannot stream. The reply is deterministic for the same
+//! last user message ([`crate::content::reply`]) and says it is simulated;
+//! JSON mode answers Rose's extraction JSON (see [`crate::extract`]). Usage
+//! counts about four characters a token. When the last message is the
+//! assistant's, the model continues it, as Groq's "assistant message
+//! prefilling" does: if the full reply starts with that text, only the rest
+//! is answered. `tools` with a forced `tool_choice` answer a `tool_calls`
+//! message instead (see [`crate::tools`]); tool results and assistant tool
+//! calls in `messages`, and content given as text parts, are read as Groq
+//! reads them.
+//!
+//! Timing: the answer starts after the time to first token; a non-streamed
+//! answer then waits for the whole generation, a stream (`stream: true`)
+//! sends its `chat.completion.chunk` events as the words are generated
+//! ([`crate::chat_stream`]) and stays in flight until `data: [DONE]`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,9 +30,12 @@ use serde_json::{Map, Value, json};
 
 use crate::Sim;
 use crate::chat_fields;
+use crate::chat_stream::{self, Chunk, Ending};
 use crate::content::{self, random_id};
 use crate::groq::{CHAT_MODELS, GroqError, authorize, json_object, rate_headers, refusal};
+use crate::pacing::{paced_body, pause};
 use crate::state::Endpoint;
+use crate::stats::InFlight;
 use crate::tools::{self, Tool};
 
 /// What a valid request asks for.
@@ -36,13 +47,17 @@ struct ChatRequest {
     max_tokens: Option<u64>,
     prompt_chars: usize,
     last_user: String,
+    /// The text of a last assistant message, which the answer continues.
+    prefill: Option<String>,
+    /// `stream_options.include_usage`.
+    include_usage: bool,
     /// The tool a forced `tool_choice` calls.
     tool_call: Option<Tool>,
 }
 
 /// What the simulated model answers.
 #[derive(Debug)]
-enum Reply {
+pub(crate) enum Reply {
     Text(String),
     /// One tool call: its id, the tool's name and the arguments (a JSON string).
     ToolCall {
@@ -54,13 +69,18 @@ enum Reply {
 
 /// The handler.
 pub(crate) async fn complete(State(sim): State<Sim>, headers: HeaderMap, body: Bytes) -> Response {
-    let _in_flight = sim.state().arrive(Endpoint::ChatCompletions);
-    match run(&sim, &headers, &body).await {
+    let in_flight = sim.state().arrive(Endpoint::ChatCompletions);
+    match run(&sim, &headers, &body, in_flight).await {
         Ok(response) | Err(response) => response,
     }
 }
 
-async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, Response> {
+async fn run(
+    sim: &Sim,
+    headers: &HeaderMap,
+    body: &Bytes,
+    in_flight: InFlight,
+) -> Result<Response, Response> {
     authorize(headers).map_err(IntoResponse::into_response)?;
     let body = json_object(headers, body).map_err(IntoResponse::into_response)?;
     let request = validate(&body).map_err(IntoResponse::into_response)?;
@@ -80,41 +100,52 @@ async fn run(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Response, R
         .state()
         .gate(Endpoint::ChatCompletions, total_tokens)
         .map_err(|r| refusal(r, &request.model))?;
-    sim.state().wait(Endpoint::ChatCompletions).await;
+    let timing = sim.state().timing();
+    let first_token = sim.state().first_wait(&timing, Endpoint::ChatCompletions);
+    let generation = timing.generating(completion_tokens);
 
     let request_id = random_id("req_", 26);
     let id = random_id("chatcmpl-", 29);
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let completion_time = if generation.is_zero() {
+        0.05
+    } else {
+        generation.as_secs_f64()
+    };
     let usage = json!({
         "queue_time": 0.01,
         "prompt_tokens": prompt_tokens,
         "prompt_time": 0.002,
         "completion_tokens": completion_tokens,
-        "completion_time": 0.05,
+        "completion_time": completion_time,
         "total_tokens": total_tokens,
-        "total_time": 0.052,
+        "total_time": 0.002 + completion_time,
     });
     let headers = rate_headers(&grant.rate, &request_id);
     if request.stream {
-        let events = stream_events(
-            &Chunk {
-                id: &id,
-                created,
-                model: &request.model,
-                request_id: &request_id,
-            },
-            &reply,
+        pause(first_token).await;
+        let chunk = Chunk {
+            id: &id,
+            created,
+            model: &request.model,
+            request_id: &request_id,
+        };
+        let ending = Ending {
             finish_reason,
-            &usage,
-        );
+            usage: &usage,
+            include_usage: request.include_usage,
+        };
+        let events = chat_stream::events(&chunk, &reply, &ending, &timing);
         let sse = [
             (CONTENT_TYPE, "text/event-stream"),
             (CACHE_CONTROL, "no-cache"),
         ];
-        return Ok((headers, sse, events).into_response());
+        let body = paced_body(events, in_flight);
+        return Ok((headers, sse, body).into_response());
     }
+    pause(first_token.saturating_add(generation)).await;
     let body = json!({
         "id": id,
         "object": "chat.completion",
@@ -146,10 +177,14 @@ fn answer(request: &ChatRequest) -> (Reply, &'static str) {
         };
         return (call, "tool_calls");
     }
-    let mut content = if request.json_mode {
+    let full = if request.json_mode {
         crate::extract::extraction_json(&request.last_user)
     } else {
         content::reply(&request.last_user)
+    };
+    let mut content = match &request.prefill {
+        Some(prefill) => continuation(&full, prefill),
+        None => full,
     };
     let mut finish_reason = "stop";
     if let Some(limit) = request.max_tokens
@@ -161,6 +196,15 @@ fn answer(request: &ChatRequest) -> (Reply, &'static str) {
         finish_reason = "length";
     }
     (Reply::Text(content), finish_reason)
+}
+
+/// What follows `prefill` in `full` (compared trimmed, without the space
+/// between them), or all of `full` when it does not start that way.
+fn continuation(full: &str, prefill: &str) -> String {
+    match full.trim().strip_prefix(prefill.trim()) {
+        Some(rest) => rest.trim_start().to_owned(),
+        None => full.to_owned(),
+    }
 }
 
 /// The assistant message of a non-streamed answer.
@@ -209,10 +253,12 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
     let mut prompt_chars = 0;
     let mut mentions_json = false;
     let mut last_user = String::new();
+    let mut prefill = None;
     for (i, message) in messages.iter().enumerate() {
         let (role, text) = chat_fields::read_message(i, message)?;
         prompt_chars += text.chars().count();
         mentions_json |= text.to_ascii_lowercase().contains("json");
+        prefill = (role == "assistant" && !text.trim().is_empty()).then(|| text.clone());
         if role == "user" {
             last_user = text;
         }
@@ -271,7 +317,8 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
             ));
         }
     };
-    chat_fields::check_sampling(body, stream)?;
+    chat_fields::check_sampling(body)?;
+    let include_usage = chat_fields::check_streaming(body, stream, json_mode)?;
     let tool_call = tools::forced_tool(body)?;
     if !CHAT_MODELS.contains(&model.as_str()) {
         return Err(GroqError::model_not_found(&model));
@@ -288,6 +335,8 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
         max_tokens,
         prompt_chars,
         last_user,
+        prefill,
+        include_usage,
         tool_call,
     })
 }
@@ -295,72 +344,6 @@ fn validate(body: &Map<String, Value>) -> Result<ChatRequest, GroqError> {
 /// A field that is present and not `null`.
 fn present<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     body.get(name).filter(|v| !v.is_null())
-}
-
-/// What every chunk of one streamed answer repeats.
-struct Chunk<'a> {
-    id: &'a str,
-    created: u64,
-    model: &'a str,
-    request_id: &'a str,
-}
-
-impl Chunk<'_> {
-    fn event(&self, delta: Value, finish: Value, usage: Option<&Value>) -> String {
-        let mut x_groq = json!({"id": self.request_id});
-        if let Some(usage) = usage {
-            x_groq["usage"] = usage.clone();
-        }
-        let event = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": "fp_sim",
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-            "x_groq": x_groq,
-        });
-        format!("data: {event}\n\n")
-    }
-}
-
-/// The reply as server-sent events: a role chunk, one chunk a word (or one
-/// chunk with the whole tool call, as Groq sends it), a final chunk with the
-/// finish reason and usage, then `[DONE]`.
-fn stream_events(chunk: &Chunk<'_>, reply: &Reply, finish_reason: &str, usage: &Value) -> String {
-    let mut out = String::new();
-    match reply {
-        Reply::Text(content) => {
-            out.push_str(&chunk.event(
-                json!({"role": "assistant", "content": ""}),
-                Value::Null,
-                None,
-            ));
-            for (i, word) in content.split(' ').enumerate() {
-                let piece = if i == 0 {
-                    word.to_owned()
-                } else {
-                    format!(" {word}")
-                };
-                out.push_str(&chunk.event(json!({"content": piece}), Value::Null, None));
-            }
-        }
-        Reply::ToolCall {
-            id,
-            name,
-            arguments,
-        } => {
-            let delta = json!({
-                "role": "assistant",
-                "content": null,
-                "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": arguments}}],
-            });
-            out.push_str(&chunk.event(delta, Value::Null, None));
-        }
-    }
-    out.push_str(&chunk.event(json!({}), json!(finish_reason), Some(usage)));
-    out.push_str("data: [DONE]\n\n");
-    out
 }
 
 #[cfg(test)]

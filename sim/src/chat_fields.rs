@@ -1,5 +1,6 @@
 //! Checks of a chat request that do not shape the reply: each message as
-//! Groq reads it, and the sampling fields with Groq's bounds and messages.
+//! Groq reads it, the sampling fields with Groq's bounds and messages, and
+//! what Groq refuses around streaming.
 
 use serde_json::{Map, Value};
 
@@ -90,10 +91,9 @@ pub(crate) fn read_message(i: usize, message: &Value) -> Result<(&str, String), 
 }
 
 /// `top_p` (0-1), `frequency_penalty` and `presence_penalty` (-2-2),
-/// `seed` (an integer), `stop` (a string or up to 4), `stream_options`
-/// (only with `stream`); `logprobs`, `top_logprobs` and `logit_bias` are
-/// refused, as Groq documents.
-pub(crate) fn check_sampling(body: &Map<String, Value>, stream: bool) -> Result<(), GroqError> {
+/// `seed` (an integer), `stop` (a string or up to 4); `logprobs`,
+/// `top_logprobs` and `logit_bias` are refused, as Groq documents.
+pub(crate) fn check_sampling(body: &Map<String, Value>) -> Result<(), GroqError> {
     let present = |name: &str| body.get(name).filter(|v| !v.is_null());
     for (name, low, high) in [
         ("top_p", 0.0, 1.0),
@@ -130,11 +130,6 @@ pub(crate) fn check_sampling(body: &Map<String, Value>, stream: bool) -> Result<
             ));
         }
     }
-    if present("stream_options").is_some() && !stream {
-        return Err(GroqError::invalid(
-            "'stream_options' : stream_options are only allowed when 'stream' is true",
-        ));
-    }
     for name in ["logprobs", "top_logprobs", "logit_bias"] {
         if present(name).is_some_and(|v| v != &Value::Bool(false)) {
             return Err(GroqError::invalid(format!(
@@ -143,4 +138,51 @@ pub(crate) fn check_sampling(body: &Map<String, Value>, stream: bool) -> Result<
         }
     }
     Ok(())
+}
+
+/// What Groq refuses around streaming: `stream_options` without
+/// `stream: true`, or not an object of known fields, `include_usage` that is
+/// not a boolean, and JSON mode with `stream: true` (Groq answers
+/// "response_format` does not support streaming"). Returns
+/// `stream_options.include_usage`.
+pub(crate) fn check_streaming(
+    body: &Map<String, Value>,
+    stream: bool,
+    json_mode: bool,
+) -> Result<bool, GroqError> {
+    let mut include_usage = false;
+    if let Some(options) = body.get("stream_options").filter(|v| !v.is_null()) {
+        if !stream {
+            return Err(GroqError::invalid(
+                "'stream_options' : stream_options are only allowed when 'stream' is true",
+            ));
+        }
+        let Some(options) = options.as_object() else {
+            return Err(GroqError::invalid(
+                "'stream_options' : value must be an object",
+            ));
+        };
+        for (name, value) in options {
+            match (name.as_str(), value) {
+                ("include_usage", Value::Bool(b)) => include_usage = *b,
+                ("include_usage", Value::Null) => {}
+                ("include_usage", _) => {
+                    return Err(GroqError::invalid(
+                        "'stream_options.include_usage' : value must be a boolean",
+                    ));
+                }
+                (other, _) => {
+                    return Err(GroqError::invalid(format!(
+                        "'stream_options.{other}' : property '{other}' is unsupported"
+                    )));
+                }
+            }
+        }
+    }
+    if stream && json_mode {
+        return Err(GroqError::invalid(
+            "response_format` does not support streaming",
+        ));
+    }
+    Ok(include_usage)
 }

@@ -1,23 +1,29 @@
-//! What a simulator is told at start: [`SimConfig`] with its latencies,
-//! failure profile and the profiles' knobs ([`SimLimits`], the flaky rate,
-//! the outage length), and the command-line parsers for [`Latency`] and
-//! [`Profile`].
+//! What a simulator is told at start: [`SimConfig`] with its latencies, its
+//! pacing ([`Pacing`]), a profile and the profiles' knobs ([`SimLimits`],
+//! the flaky rate, the outage length), and the command-line parsers for
+//! [`Latency`] and [`Profile`].
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// How the simulator behaves: its latencies, an optional failure profile and
-/// the profiles' settings.
+use crate::Pacing;
+
+/// How the simulator behaves: its latencies and pacing, an optional profile
+/// and the profiles' settings.
 ///
-/// `SimConfig::default()` is a well-behaved provider with no latency; the
-/// profile settings default to the figures the profiles have always used.
-/// Equality compares `flaky_rate` bit for bit, so it is an equivalence.
+/// `SimConfig::default()` is a well-behaved provider with no latency that
+/// answers everything at once; the profile settings default to the figures
+/// the profiles have always used. Equality compares `flaky_rate` (and the
+/// pacing's rates) bit for bit, so it is an equivalence.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Time each successful provider answer waits before it is sent.
+    /// Time each successful provider answer waits before it starts.
     pub latency: Latency,
-    /// A failure profile, or `None` for a well-behaved provider.
+    /// Time to first token or byte and generation speeds; unset knobs are
+    /// instant (or the `realistic` profile's figures).
+    pub pacing: Pacing,
+    /// A profile, or `None` for a well-behaved, instant provider.
     pub profile: Option<Profile>,
     /// The limits [`Profile::RateLimited`] enforces.
     pub limits: SimLimits,
@@ -37,6 +43,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         Self {
             latency: Latency::default(),
+            pacing: Pacing::default(),
             profile: None,
             limits: SimLimits::default(),
             flaky_rate: DEFAULT_FLAKY_RATE,
@@ -48,6 +55,7 @@ impl Default for SimConfig {
 impl PartialEq for SimConfig {
     fn eq(&self, other: &Self) -> bool {
         self.latency == other.latency
+            && self.pacing == other.pacing
             && self.profile == other.profile
             && self.limits == other.limits
             && self.flaky_rate.to_bits() == other.flaky_rate.to_bits()
@@ -142,7 +150,7 @@ impl FromStr for Latency {
     }
 }
 
-/// A failure profile (`--profile`).
+/// A profile (`--profile`): four failure modes, or realistic timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Profile {
     /// Request limits per fixed 60-second window on transcriptions and chat,
@@ -160,6 +168,12 @@ pub enum Profile {
     /// with a long tail: about one successful answer in twenty waits four
     /// times as long.
     Slow,
+    /// Published provider timings: Groq's Whisper overhead and speed factor,
+    /// Llama 70B's time to first token and tokens a second, ElevenLabs' time
+    /// to first byte and a speech stream faster than playback (see
+    /// [`Pacing`] and the `REALISTIC_*` constants). Unset pacing knobs take
+    /// these figures; latencies are raised to them.
+    Realistic,
 }
 
 impl Profile {
@@ -171,6 +185,7 @@ impl Profile {
             Self::Flaky => "flaky",
             Self::Outage => "outage",
             Self::Slow => "slow",
+            Self::Realistic => "realistic",
         }
     }
 }
@@ -183,7 +198,7 @@ impl fmt::Display for Profile {
 
 /// An unknown `--profile` name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown profile {0:?}: expected rate-limited, flaky, outage or slow")]
+#[error("unknown profile {0:?}: expected rate-limited, flaky, outage, slow or realistic")]
 pub struct ProfileParseError(String);
 
 impl FromStr for Profile {
@@ -195,6 +210,7 @@ impl FromStr for Profile {
             "flaky" => Ok(Self::Flaky),
             "outage" => Ok(Self::Outage),
             "slow" => Ok(Self::Slow),
+            "realistic" => Ok(Self::Realistic),
             other => Err(ProfileParseError(other.to_owned())),
         }
     }
@@ -227,6 +243,7 @@ mod tests {
             Profile::Flaky,
             Profile::Outage,
             Profile::Slow,
+            Profile::Realistic,
         ] {
             assert_eq!(p.as_str().parse::<Profile>().expect("round trip"), p);
         }
@@ -238,6 +255,7 @@ mod tests {
     fn defaults_are_the_historic_figures() {
         let config = SimConfig::default();
         assert_eq!(config.latency, Latency::default());
+        assert_eq!(config.pacing, Pacing::default());
         assert_eq!(config.profile, None);
         assert_eq!(
             config.limits,

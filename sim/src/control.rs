@@ -1,7 +1,8 @@
 //! The simulator's own control routes under `/__sim` (no auth; loopback use).
 //!
 //! `GET stats`, `GET requests` (the recorder's log), `POST reset`,
-//! `GET|POST|DELETE faults`, `GET|PUT latency` and `GET|POST|DELETE outage`.
+//! `GET|POST|DELETE faults`, `GET|PUT|POST latency` and
+//! `GET|POST|DELETE outage`.
 //! Errors here are Rose's own shape, `{"error": {"code", "message"}}`, since
 //! no provider answers them; an invalid control body is a 400.
 //!
@@ -10,6 +11,15 @@
 //! absent) answer 503 in its provider's shape for the next `seconds`,
 //! whatever the profile; `DELETE outage` ends such outages now. All three
 //! answer `{"outages": {name: seconds_left | null, …}}`.
+//!
+//! `PUT latency` (or `POST`) changes the timing of later requests (a
+//! running stream keeps its own): `stt_ms`, `llm_ms`, `tts_ms` set the
+//! latencies; `ttft_ms`, `tokens_per_s`, `tts_ttfb_ms`, `tts_speed` and
+//! `stt_speed` set the pacing knobs, and `null` unsets one (back to the
+//! latency, instant, or the `realistic` profile's figure). Fields left out
+//! keep their values. `GET latency` shows the same fields, then under
+//! `effective` what a request starting now gets (`null` rates are
+//! instant).
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +32,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::pacing::Timing;
 use crate::state::{Endpoint, Fault, lock};
-use crate::{Latency, Sim, Stats};
+use crate::{Latency, Pacing, Sim, Stats};
 
 /// The control routes, relative to `/__sim`.
 pub(crate) fn routes() -> Router<Sim> {
@@ -35,7 +46,7 @@ pub(crate) fn routes() -> Router<Sim> {
             "/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
         )
-        .route("/latency", get(latency).put(set_latency))
+        .route("/latency", get(latency).put(set_latency).post(set_latency))
         .route(
             "/outage",
             get(list_outages).post(start_outage).delete(end_outage),
@@ -144,23 +155,87 @@ struct LatencyRequest {
     stt_ms: Option<u64>,
     llm_ms: Option<u64>,
     tts_ms: Option<u64>,
+    /// Absent: unchanged; `null`: unset; a value: set.
+    #[serde(default, deserialize_with = "present")]
+    ttft_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    tokens_per_s: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    tts_ttfb_ms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "present")]
+    tts_speed: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    stt_speed: Option<Option<f64>>,
 }
 
-fn latency_body(latency: Latency) -> Json<Value> {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Json(json!({"stt_ms": ms(latency.stt), "llm_ms": ms(latency.llm), "tts_ms": ms(latency.tts)}))
+/// A field that is present, possibly `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn latency_body(latency: Latency, pacing: Pacing, timing: Timing) -> Json<Value> {
+    Json(json!({
+        "stt_ms": ms(latency.stt),
+        "llm_ms": ms(latency.llm),
+        "tts_ms": ms(latency.tts),
+        "ttft_ms": pacing.ttft.map(ms),
+        "tokens_per_s": pacing.tokens_per_s,
+        "tts_ttfb_ms": pacing.tts_ttfb.map(ms),
+        "tts_speed": pacing.tts_speed,
+        "stt_speed": pacing.stt_speed,
+        "effective": {
+            "stt_ms": ms(timing.stt_first),
+            "stt_speed": timing.stt_speed,
+            "ttft_ms": ms(timing.ttft),
+            "tokens_per_s": timing.tokens_per_s,
+            "tts_ttfb_ms": ms(timing.tts_ttfb),
+            "tts_speed": timing.tts_speed,
+        },
+    }))
+}
+
+fn current_latency(sim: &Sim) -> Json<Value> {
+    let state = sim.state();
+    latency_body(state.latency(), state.pacing(), state.timing())
 }
 
 async fn latency(State(sim): State<Sim>) -> Json<Value> {
-    latency_body(sim.state().latency())
+    current_latency(&sim)
 }
 
-/// Sets the latencies given; the others keep their values.
+/// A rate that can pace: finite and positive.
+fn check_rate(name: &str, rate: Option<Option<f64>>) -> Result<(), String> {
+    match rate {
+        Some(Some(r)) if !(r.is_finite() && r > 0.0) => {
+            Err(format!("{name} must be a positive number"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sets the latencies and pacing knobs given; the others keep their values.
 async fn set_latency(State(sim): State<Sim>, body: Bytes) -> Response {
     let request: LatencyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid latency: {e}")),
     };
+    for (name, rate) in [
+        ("tokens_per_s", request.tokens_per_s),
+        ("tts_speed", request.tts_speed),
+        ("stt_speed", request.stt_speed),
+    ] {
+        if let Err(message) = check_rate(name, rate) {
+            return bad_request(message);
+        }
+    }
     let mut latency = sim.state().latency();
     if let Some(ms) = request.stt_ms {
         latency.stt = Duration::from_millis(ms);
@@ -171,8 +246,25 @@ async fn set_latency(State(sim): State<Sim>, body: Bytes) -> Response {
     if let Some(ms) = request.tts_ms {
         latency.tts = Duration::from_millis(ms);
     }
+    let mut pacing = sim.state().pacing();
+    if let Some(ttft) = request.ttft_ms {
+        pacing.ttft = ttft.map(Duration::from_millis);
+    }
+    if let Some(ttfb) = request.tts_ttfb_ms {
+        pacing.tts_ttfb = ttfb.map(Duration::from_millis);
+    }
+    if let Some(rate) = request.tokens_per_s {
+        pacing.tokens_per_s = rate;
+    }
+    if let Some(speed) = request.tts_speed {
+        pacing.tts_speed = speed;
+    }
+    if let Some(speed) = request.stt_speed {
+        pacing.stt_speed = speed;
+    }
     sim.state().set_latency(latency);
-    latency_body(latency).into_response()
+    sim.state().set_pacing(pacing);
+    current_latency(&sim).into_response()
 }
 
 #[derive(Debug, Deserialize)]

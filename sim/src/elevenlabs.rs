@@ -1,34 +1,43 @@
 //! ElevenLabs text-to-speech: `POST /v1/text-to-speech/{voice_id}` and its
 //! `/stream` twin.
 //!
-//! Errors use ElevenLabs' two shapes: `{"detail": {"status", "message"}}` for
-//! its own checks (401 `invalid_api_key`, 400 `text_too_long`, 429
-//! `too_many_concurrent_requests`) and FastAPI's validation list
-//! `{"detail": [{"loc", "msg", "type"}]}` for 422s. Audio follows
+//! Errors use ElevenLabs' two shapes (see [`crate::elevenlabs_body`], which
+//! also checks the body): 401 `invalid_api_key`, 400 `text_too_long`, 429
+//! `too_many_concurrent_requests`, and FastAPI's 422s. Audio follows
 //! `output_format`: `mp3_<rate>_<kbps>` is a run of valid silent MPEG frames,
 //! `pcm_<rate>` raw 16-bit little-endian samples, `wav_<rate>` a WAV, all
-//! lasting about 60 ms a character. The stream variant sends the same bytes
-//! in chunks without a length. Under `rate-limited`, requests beyond the
-//! configured concurrency are refused 429 `too_many_concurrent_requests`.
+//! lasting about 60 ms a character. The plain endpoint answers once the
+//! whole file is generated (the time to first byte, then the audio at the
+//! configured speed); the stream sends the same bytes in chunks without a
+//! length, the first after the time to first byte and each next one as its
+//! audio is generated, and holds its request in flight (and, under
+//! `rate-limited`, its concurrency slot) until the last byte. Requests
+//! beyond the configured concurrency are refused 429
+//! `too_many_concurrent_requests`.
 
+use std::time::Duration;
+
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
-use serde_json::{Map, Value, json};
 
 use crate::Sim;
 use crate::content::random_id;
 use crate::dropped::dropped_connection;
+use crate::elevenlabs_body::{ElevenError, detail, json_body, unprocessable, validate};
 use crate::mp3::{self, Mp3Format};
-use crate::state::{Endpoint, Refusal};
+use crate::pacing::{paced_body, pause};
+use crate::state::{Endpoint, Grant, Refusal};
 use crate::tone;
 
 /// The longest text one request may carry.
 const MAX_TEXT_CHARS: usize = 5_000;
+/// The size of a streamed chunk.
+const CHUNK_BYTES: usize = 4_096;
 const PCM_RATES: [u32; 6] = [8_000, 16_000, 22_050, 24_000, 44_100, 48_000];
 
 /// The ElevenLabs routes, relative to `/v1`.
@@ -83,45 +92,6 @@ impl Output {
     }
 }
 
-/// An ElevenLabs error answer: a status, a JSON body and maybe `retry-after`.
-#[derive(Debug)]
-struct ElevenError {
-    status: StatusCode,
-    body: Value,
-    retry_after: Option<String>,
-}
-
-impl IntoResponse for ElevenError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, Json(self.body)).into_response();
-        if let Some(value) = self
-            .retry_after
-            .and_then(|v| HeaderValue::from_str(&v).ok())
-        {
-            response.headers_mut().insert(RETRY_AFTER, value);
-        }
-        response
-    }
-}
-
-/// An ElevenLabs `{"detail": {"status", "message"}}` error.
-fn detail(status: StatusCode, code: &str, message: &str) -> ElevenError {
-    ElevenError {
-        status,
-        body: json!({"detail": {"status": code, "message": message}}),
-        retry_after: None,
-    }
-}
-
-/// A FastAPI validation error (422).
-fn unprocessable(loc: &[&str], msg: &str, kind: &str) -> ElevenError {
-    ElevenError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        body: json!({"detail": [{"loc": loc, "msg": msg, "type": kind}]}),
-        retry_after: None,
-    }
-}
-
 async fn speak(
     State(sim): State<Sim>,
     Path(voice_id): Path<String>,
@@ -150,10 +120,33 @@ async fn handle(
     body: &Bytes,
     stream: bool,
 ) -> Response {
-    let _in_flight = sim.state().arrive(Endpoint::TextToSpeech);
-    match run(sim, voice_id, uri, headers, body, stream).await {
-        Ok(response) | Err(response) => response,
-    }
+    let in_flight = sim.state().arrive(Endpoint::TextToSpeech);
+    let speech = match run(sim, voice_id, uri, headers, body).await {
+        Ok(speech) => speech,
+        Err(response) => return response,
+    };
+    let timing = sim.state().timing();
+    let first_byte = sim.state().first_wait(&timing, Endpoint::TextToSpeech);
+    let generation = timing.speaking(speech.duration);
+    let body = if stream {
+        pause(first_byte).await;
+        let pieces = audio_pieces(speech.audio, generation);
+        paced_body(pieces, (in_flight, speech.grant))
+    } else {
+        pause(first_byte.saturating_add(generation)).await;
+        Body::from(speech.audio)
+    };
+    (speech.headers, body).into_response()
+}
+
+/// A valid, granted request's answer, before any wait.
+struct Speech {
+    headers: HeaderMap,
+    audio: Vec<u8>,
+    /// How long the audio plays.
+    duration: Duration,
+    /// Holds the concurrency slot, if any.
+    grant: Grant,
 }
 
 async fn run(
@@ -162,8 +155,7 @@ async fn run(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
-    stream: bool,
-) -> Result<Response, Response> {
+) -> Result<Speech, Response> {
     let fail = IntoResponse::into_response;
     let key = headers
         .get("xi-api-key")
@@ -197,11 +189,10 @@ async fn run(
             &message,
         )));
     }
-    let _grant = sim
+    let grant = sim
         .state()
         .gate(Endpoint::TextToSpeech, 0)
         .map_err(refusal)?;
-    sim.state().wait(Endpoint::TextToSpeech).await;
     let audio = output.render(chars);
     tracing::debug!(voice_id, chars, bytes = audio.len(), "sim speech rendered");
 
@@ -217,16 +208,32 @@ async fn run(
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-    let body = if stream {
-        let chunks: Vec<Result<Bytes, std::convert::Infallible>> = audio
-            .chunks(4_096)
-            .map(|c| Ok(Bytes::copy_from_slice(c)))
-            .collect();
-        Body::from_stream(futures::stream::iter(chunks))
-    } else {
-        Body::from(audio)
-    };
-    Ok((headers, body).into_response())
+    Ok(Speech {
+        headers,
+        audio,
+        duration: tone::speech_duration(chars),
+        grant,
+    })
+}
+
+/// The audio in chunks: the first at once, each next one when the audio up
+/// to its end is generated, the last when `generation` is over.
+fn audio_pieces(audio: Vec<u8>, generation: Duration) -> Vec<(Duration, Bytes)> {
+    let total = audio.len().max(1) as f64;
+    let audio = Bytes::from(audio);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < audio.len() {
+        let end = (start + CHUNK_BYTES).min(audio.len());
+        let at = if start == 0 {
+            Duration::ZERO
+        } else {
+            generation.mul_f64(end as f64 / total)
+        };
+        pieces.push((at, audio.slice(start..end)));
+        start = end;
+    }
+    pieces
 }
 
 fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
@@ -234,111 +241,6 @@ fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
         .split('&')
         .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
         .find_map(|(k, v)| (k == name).then_some(v))
-}
-
-/// The JSON object body, or FastAPI's 422.
-fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, ElevenError> {
-    let is_json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().contains("json"));
-    if !is_json {
-        return Err(unprocessable(
-            &["body"],
-            "value is not a valid dict",
-            "type_error.dict",
-        ));
-    }
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(unprocessable(
-            &["body"],
-            "value is not a valid dict",
-            "type_error.dict",
-        )),
-        Err(e) => Err(unprocessable(
-            &["body"],
-            &format!("Expecting value: {e}"),
-            "value_error.jsondecode",
-        )),
-    }
-}
-
-/// Checks `text`, `model_id` and `voice_settings`; returns the text.
-fn validate(body: &Map<String, Value>) -> Result<&str, ElevenError> {
-    let text = match body.get("text") {
-        None | Some(Value::Null) => {
-            return Err(unprocessable(
-                &["body", "text"],
-                "field required",
-                "value_error.missing",
-            ));
-        }
-        Some(Value::String(t)) if t.trim().is_empty() => {
-            return Err(unprocessable(
-                &["body", "text"],
-                "ensure this value has at least 1 characters",
-                "value_error.any_str.min_length",
-            ));
-        }
-        Some(Value::String(t)) => t.as_str(),
-        Some(_) => {
-            return Err(unprocessable(
-                &["body", "text"],
-                "str type expected",
-                "type_error.str",
-            ));
-        }
-    };
-    if let Some(model) = body.get("model_id").filter(|v| !v.is_null())
-        && !model.is_string()
-    {
-        return Err(unprocessable(
-            &["body", "model_id"],
-            "str type expected",
-            "type_error.str",
-        ));
-    }
-    match body.get("voice_settings") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(settings)) => {
-            for name in ["stability", "similarity_boost", "style"] {
-                let Some(value) = settings.get(name).filter(|v| !v.is_null()) else {
-                    continue;
-                };
-                let loc = ["body", "voice_settings", name];
-                let Some(number) = value.as_f64() else {
-                    return Err(unprocessable(
-                        &loc,
-                        "value is not a valid float",
-                        "type_error.float",
-                    ));
-                };
-                if number < 0.0 {
-                    return Err(unprocessable(
-                        &loc,
-                        "ensure this value is greater than or equal to 0",
-                        "value_error.number.not_ge",
-                    ));
-                }
-                if number > 1.0 {
-                    return Err(unprocessable(
-                        &loc,
-                        "ensure this value is less than or equal to 1",
-                        "value_error.number.not_le",
-                    ));
-                }
-            }
-        }
-        Some(_) => {
-            return Err(unprocessable(
-                &["body", "voice_settings"],
-                "value is not a valid dict",
-                "type_error.dict",
-            ));
-        }
-    }
-    Ok(text)
 }
 
 /// Renders a gate refusal in ElevenLabs' shape (or drops the connection).
@@ -433,6 +335,16 @@ mod tests {
         assert_eq!(query_param(&uri, "output_format"), Some("pcm_24000"));
         assert_eq!(query_param(&uri, "enable_logging"), Some(""));
         assert_eq!(query_param(&uri, "missing"), None);
+    }
+
+    #[test]
+    fn stream_chunks_follow_the_generation() {
+        let pieces = audio_pieces(vec![0; 10_000], Duration::from_millis(1_000));
+        let sizes: Vec<usize> = pieces.iter().map(|(_, b)| b.len()).collect();
+        assert_eq!(sizes, [4_096, 4_096, 1_808]);
+        let at: Vec<u128> = pieces.iter().map(|(at, _)| at.as_millis()).collect();
+        assert_eq!(at, [0, 819, 1_000]);
+        assert!(audio_pieces(Vec::new(), Duration::from_secs(1)).is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The Groq / OpenAI-compatible surface: routes, the error shape, bearer
 //! auth, the `x-ratelimit-*` headers, and the small endpoints (`models`,
-//! `audio/speech`). Transcriptions and chat live in their own modules.
+//! `audio/speech`, answered once the whole file is generated: the time to
+//! first byte, then the audio at the configured speed). Transcriptions and
+//! chat live in their own modules.
 //!
 //! Every error is `{"error": {"message", "type", "code"?}}` as Groq sends it.
 //! Refusals from the gate become Groq's shapes too: 429
@@ -20,6 +22,7 @@ use serde_json::{Value, json};
 use crate::Sim;
 use crate::content::random_id;
 use crate::dropped::dropped_connection;
+use crate::pacing::pause;
 use crate::state::{Endpoint, Refusal};
 use crate::window::{RateInfo, go_duration};
 
@@ -392,8 +395,11 @@ async fn speech_inner(sim: &Sim, headers: &HeaderMap, body: &Bytes) -> Result<Re
         .state()
         .gate(Endpoint::Speech, 0)
         .map_err(|r| refusal(r, model))?;
-    sim.state().wait(Endpoint::Speech).await;
     let duration = crate::tone::speech_duration(chars);
+    // Not streamed: the file leaves once all of it is generated.
+    let timing = sim.state().timing();
+    let first = sim.state().first_wait(&timing, Endpoint::Speech);
+    pause(first.saturating_add(timing.speaking(duration))).await;
     let (mime, audio) = if format == "wav" {
         let samples = crate::tone::soft_tone(24_000, duration);
         (

@@ -1,14 +1,17 @@
-//! How long a successful answer waits.
+//! How long a successful answer waits before it starts.
 //!
 //! The base is the configured latency of the endpoint's stage. The `slow`
 //! profile raises it to a floor (1500 ms STT, 3000 ms LLM, 2000 ms TTS) and
 //! adds a long tail: about one successful answer in twenty
 //! ([`SLOW_TAIL_SHARE`]) waits [`SLOW_TAIL_FACTOR`] times its base instead.
+//! The `realistic` profile raises it to the published figures (250 ms STT
+//! overhead, 250 ms to the first token, 200 ms to the first byte of speech;
+//! see [`crate::pacing`]).
 
 use std::time::Duration;
 
-use crate::Latency;
 use crate::state::Endpoint;
+use crate::{Latency, Profile, pacing};
 
 /// The share of successful answers under `slow` that land in the tail.
 pub(crate) const SLOW_TAIL_SHARE: f64 = 0.05;
@@ -16,17 +19,29 @@ pub(crate) const SLOW_TAIL_SHARE: f64 = 0.05;
 pub(crate) const SLOW_TAIL_FACTOR: u32 = 4;
 
 /// The base wait for `endpoint`: the configured latency, raised to the
-/// `slow` profile's floor when `slow`.
-pub(crate) fn base(latency: Latency, endpoint: Endpoint, slow: bool) -> Duration {
-    let (configured, slow_floor_ms) = match endpoint {
-        Endpoint::Transcriptions => (latency.stt, 1_500),
-        Endpoint::ChatCompletions => (latency.llm, 3_000),
-        Endpoint::TextToSpeech | Endpoint::Speech => (latency.tts, 2_000),
+/// floor of the `slow` or `realistic` profile.
+pub(crate) fn base(latency: Latency, endpoint: Endpoint, profile: Option<Profile>) -> Duration {
+    let (configured, slow_floor, realistic_floor) = match endpoint {
+        Endpoint::Transcriptions => (
+            latency.stt,
+            Duration::from_millis(1_500),
+            pacing::REALISTIC_STT_OVERHEAD,
+        ),
+        Endpoint::ChatCompletions => (
+            latency.llm,
+            Duration::from_millis(3_000),
+            pacing::REALISTIC_TTFT,
+        ),
+        Endpoint::TextToSpeech | Endpoint::Speech => (
+            latency.tts,
+            Duration::from_millis(2_000),
+            pacing::REALISTIC_TTS_TTFB,
+        ),
     };
-    if slow {
-        configured.max(Duration::from_millis(slow_floor_ms))
-    } else {
-        configured
+    match profile {
+        Some(Profile::Slow) => configured.max(slow_floor),
+        Some(Profile::Realistic) => configured.max(realistic_floor),
+        _ => configured,
     }
 }
 
@@ -46,23 +61,25 @@ mod tests {
 
     use super::*;
 
+    const SLOW: Option<Profile> = Some(Profile::Slow);
+
     #[test]
     fn slow_profile_raises_latency_floors() {
         let none = Latency::default();
         assert_eq!(
-            base(none, Endpoint::Transcriptions, true),
+            base(none, Endpoint::Transcriptions, SLOW),
             Duration::from_millis(1_500)
         );
         assert_eq!(
-            base(none, Endpoint::ChatCompletions, true),
+            base(none, Endpoint::ChatCompletions, SLOW),
             Duration::from_millis(3_000)
         );
         assert_eq!(
-            base(none, Endpoint::TextToSpeech, true),
+            base(none, Endpoint::TextToSpeech, SLOW),
             Duration::from_millis(2_000)
         );
         assert_eq!(
-            base(none, Endpoint::Speech, true),
+            base(none, Endpoint::Speech, SLOW),
             Duration::from_millis(2_000)
         );
         let long = Latency {
@@ -70,12 +87,21 @@ mod tests {
             ..Latency::default()
         };
         assert_eq!(
-            base(long, Endpoint::Transcriptions, true),
+            base(long, Endpoint::Transcriptions, SLOW),
             Duration::from_secs(5)
         );
-        assert_eq!(base(none, Endpoint::Speech, false), Duration::ZERO);
+        assert_eq!(base(none, Endpoint::Speech, None), Duration::ZERO);
         assert_eq!(
-            base(long, Endpoint::Transcriptions, false),
+            base(long, Endpoint::Transcriptions, None),
+            Duration::from_secs(5)
+        );
+        let realistic = Some(Profile::Realistic);
+        assert_eq!(
+            base(none, Endpoint::ChatCompletions, realistic),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            base(long, Endpoint::Transcriptions, realistic),
             Duration::from_secs(5)
         );
     }

@@ -2,17 +2,22 @@
 //! provider requests for `GET /__sim/requests`.
 //!
 //! It buffers each body once (bounded by [`crate::MAX_BODY_BYTES`]), writes a
-//! summary into the log *when the request arrives* (so the log is in arrival
-//! order, newest last) and fills in the status when the answer leaves.
+//! summary into the log *when the request arrives* (`at_ms`; the log is in
+//! arrival order, newest last), fills in the status when the answer's head
+//! leaves and `done_ms` when its body is over: the body is wrapped so that
+//! the moment hyper lets go of it (after the last byte of a stream, before
+//! the end of the response reaches the client) is written down.
 //! Secrets never reach the log: `authorization`, `xi-api-key`, cookies and
 //! every header whose name contains "key" or "token" are replaced by
 //! `[redacted]`. Bodies are summarised: JSON as parsed, multipart as its text
 //! fields plus `{filename, content_type, size}` per file, anything else as
 //! `{size}`. A connection the flaky profile dropped is logged with
-//! `"status": null, "dropped": true`. Requests under `/__sim` are not
+//! `"status": null, "dropped": true` and no `done_ms`. Requests under `/__sim` are not
 //! recorded. Each request is traced at debug level only, without its body.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -22,6 +27,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -50,7 +56,11 @@ pub(crate) struct Entry {
     dropped: bool,
     headers: Map<String, Value>,
     body: Value,
+    /// When the request arrived (unix ms).
     at_ms: u64,
+    /// When the answer's last byte was sent (unix ms); `None` while it is
+    /// being answered or streamed, and for a dropped connection.
+    done_ms: Option<u64>,
 }
 
 /// The bounded log, oldest first.
@@ -75,6 +85,12 @@ impl RequestLog {
     fn set_status(&mut self, id: u64, status: StatusCode) {
         if let Some(entry) = self.entries.iter_mut().rev().find(|e| e.id == id) {
             entry.status = Some(status.as_u16());
+        }
+    }
+
+    fn set_done(&mut self, id: u64, at_ms: u64) {
+        if let Some(entry) = self.entries.iter_mut().rev().find(|e| e.id == id) {
+            entry.done_ms = Some(at_ms);
         }
     }
 
@@ -110,14 +126,15 @@ pub(crate) async fn record(State(sim): State<Sim>, req: Request, next: Next) -> 
         headers: redacted_headers(&parts.headers),
         body: Value::Null,
         at_ms: unix_ms(),
+        done_ms: None,
     };
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(error) => {
             tracing::debug!(method = %entry.method, path = %entry.path, %error, "sim request body refused");
             entry.status = Some(StatusCode::PAYLOAD_TOO_LARGE.as_u16());
-            lock(&sim.state().log).push(entry);
-            return too_large();
+            let id = lock(&sim.state().log).push(entry);
+            return recorded(too_large(), sim, id);
         }
     };
     entry.body = summarize(&parts, &bytes).await;
@@ -140,7 +157,59 @@ pub(crate) async fn record(State(sim): State<Sim>, req: Request, next: Next) -> 
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sim request"
     );
-    response
+    if dropped {
+        response
+    } else {
+        recorded(response, sim, id)
+    }
+}
+
+/// `response` with a body that writes `done_ms` into entry `id` when it is over.
+fn recorded(response: Response, sim: Sim, id: u64) -> Response {
+    response.map(|inner| {
+        Body::new(Recorded {
+            inner,
+            _done: Done { sim, id },
+        })
+    })
+}
+
+/// Writes the entry's `done_ms` when dropped.
+struct Done {
+    sim: Sim,
+    id: u64,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        lock(&self.sim.state().log).set_done(self.id, unix_ms());
+    }
+}
+
+/// An answer's body, unchanged, with the [`Done`] that outlives its last byte.
+struct Recorded {
+    inner: Body,
+    _done: Done,
+}
+
+impl http_body::Body for Recorded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn too_large() -> Response {
@@ -266,7 +335,9 @@ mod tests {
                 headers: Map::new(),
                 body: Value::Null,
                 at_ms: 0,
+                done_ms: None,
             });
+            log.set_done(id, 7);
             log.set_status(id, StatusCode::OK);
         }
         let entries = log.snapshot();
@@ -274,5 +345,6 @@ mod tests {
         assert_eq!(entries[0].path, "/5");
         assert_eq!(entries[CAPACITY - 1].path, format!("/{}", CAPACITY + 4));
         assert!(entries.iter().all(|e| e.status == Some(200)));
+        assert!(entries.iter().all(|e| e.done_ms == Some(7)));
     }
 }

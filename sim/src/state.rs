@@ -12,7 +12,10 @@
 //! concurrency slots (`rate-limited`: `tts_concurrency`). Refusals are counted
 //! as `refused` (window, slots) or `failed` (everything else). A granted
 //! request carries the window's numbers for Groq's `x-ratelimit-*` headers
-//! and, for ElevenLabs, a slot held until the answer is built.
+//! and, for ElevenLabs, a slot held until the answer's last byte.
+//!
+//! The latency and pacing can change at run time (`PUT /__sim/latency`); a
+//! request takes one [`Timing`] snapshot and keeps it to its end.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -25,10 +28,11 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::outage::{Outages, ProfileOutage};
+use crate::pacing::Timing;
 use crate::record::RequestLog;
 use crate::stats::{Counters, InFlight};
 use crate::window::{RateInfo, Windows};
-use crate::{Latency, Profile, SimConfig, SimLimits, Stats, latency};
+use crate::{Latency, Pacing, Profile, SimConfig, SimLimits, Stats, latency};
 
 /// A provider endpoint the simulator counts and can fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +114,7 @@ impl Refusal {
 #[derive(Debug)]
 pub(crate) struct Grant {
     pub rate: RateInfo,
-    /// Held until the answer is built; frees an ElevenLabs slot on drop.
+    /// Held until the answer's last byte; frees an ElevenLabs slot on drop.
     _slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -122,7 +126,8 @@ pub(crate) struct Inner {
     flaky_rate: f64,
     profile_outage: ProfileOutage,
     latency: Mutex<Latency>,
-    counters: Counters,
+    pacing: Mutex<Pacing>,
+    counters: Arc<Counters>,
     faults: Mutex<VecDeque<Fault>>,
     outages: Outages,
     windows: Mutex<Windows>,
@@ -161,7 +166,8 @@ impl Inner {
             flaky_rate: probability(config.flaky_rate),
             profile_outage,
             latency: Mutex::new(config.latency),
-            counters: Counters::new(config.limits.window),
+            pacing: Mutex::new(config.pacing),
+            counters: Arc::new(Counters::new(config.limits.window)),
             faults: Mutex::new(VecDeque::new()),
             outages: Outages::default(),
             windows: Mutex::new(Windows::new(now, config.limits.window)),
@@ -175,8 +181,8 @@ impl Inner {
     }
 
     /// Counts a request to `endpoint` arriving now; it is in flight (for
-    /// `max_concurrent`) until the guard is dropped.
-    pub(crate) fn arrive(&self, endpoint: Endpoint) -> InFlight<'_> {
+    /// `in_flight` and `max_concurrent`) until the guard is dropped.
+    pub(crate) fn arrive(&self, endpoint: Endpoint) -> InFlight {
         self.counters.arrive(endpoint)
     }
 
@@ -200,24 +206,29 @@ impl Inner {
         *lock(&self.latency) = latency;
     }
 
-    /// The base wait of a successful answer from `endpoint` (with the `slow`
-    /// profile's floor, without its tail).
-    pub(crate) fn latency_for(&self, endpoint: Endpoint) -> Duration {
-        latency::base(
-            self.latency(),
-            endpoint,
-            self.profile == Some(Profile::Slow),
-        )
+    /// The configured pacing (unset knobs as `None`).
+    pub(crate) fn pacing(&self) -> Pacing {
+        *lock(&self.pacing)
     }
 
-    /// Waits `endpoint`'s latency; under `slow`, sometimes four times as long.
-    pub(crate) async fn wait(&self, endpoint: Endpoint) {
-        let mut delay = self.latency_for(endpoint);
+    pub(crate) fn set_pacing(&self, pacing: Pacing) {
+        *lock(&self.pacing) = pacing;
+    }
+
+    /// The timing a request starting now keeps: the latency and pacing
+    /// resolved under the profile.
+    pub(crate) fn timing(&self) -> Timing {
+        Timing::resolve(self.latency(), self.pacing(), self.profile)
+    }
+
+    /// The wait before `endpoint` starts answering under `timing`; under
+    /// `slow`, sometimes four times as long.
+    pub(crate) fn first_wait(&self, timing: &Timing, endpoint: Endpoint) -> Duration {
+        let delay = timing.first(endpoint);
         if self.profile == Some(Profile::Slow) {
-            delay = latency::with_tail(delay, rand::rng().random::<f64>());
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            latency::with_tail(delay, rand::rng().random::<f64>())
+        } else {
+            delay
         }
     }
 
@@ -321,7 +332,7 @@ mod tests {
     fn slow_profile_raises_latency_floors() {
         let slow = inner(Some(Profile::Slow));
         assert_eq!(
-            slow.latency_for(Endpoint::ChatCompletions),
+            slow.timing().first(Endpoint::ChatCompletions),
             Duration::from_millis(3_000)
         );
         slow.set_latency(Latency {
@@ -329,10 +340,27 @@ mod tests {
             ..Latency::default()
         });
         assert_eq!(
-            slow.latency_for(Endpoint::Transcriptions),
+            slow.timing().first(Endpoint::Transcriptions),
             Duration::from_secs(5)
         );
-        assert_eq!(inner(None).latency_for(Endpoint::Speech), Duration::ZERO);
+        assert_eq!(inner(None).timing().first(Endpoint::Speech), Duration::ZERO);
+    }
+
+    #[test]
+    fn pacing_changes_at_run_time() {
+        let sim = inner(None);
+        assert_eq!(sim.timing().generating(100), Duration::ZERO);
+        sim.set_pacing(Pacing {
+            tokens_per_s: Some(100.0),
+            ttft: Some(Duration::from_millis(40)),
+            ..Pacing::default()
+        });
+        let timing = sim.timing();
+        assert_eq!(timing.generating(100), Duration::from_secs(1));
+        assert_eq!(
+            sim.first_wait(&timing, Endpoint::ChatCompletions),
+            Duration::from_millis(40)
+        );
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! Per-endpoint counters behind `GET /__sim/stats`: requests, refusals
-//! (rate limits), injected failures, the most requests in flight at once and
-//! the most arrivals within any sliding window as long as the rate-limit
-//! window (60 s unless configured).
+//! (rate limits), injected failures, the requests in flight now and the most
+//! ever in flight at once, and the most arrivals within any sliding window
+//! as long as the rate-limit window (60 s unless configured).
 //!
 //! A provider handler calls [`Counters::arrive`] first thing; the returned
 //! [`InFlight`] guard counts the request, records its arrival time and keeps
-//! it "in flight" until the handler has built its answer (or is cancelled).
-//! The gate reports refusals and failures through [`Counters::refused`] and
-//! [`Counters::failed`].
+//! it "in flight" while it lives. It owns its share of the counters, so a
+//! streamed answer carries it in its body and stays in flight until its last
+//! byte; other answers drop it once built (or when the handler is
+//! cancelled). The gate reports refusals and failures through
+//! [`Counters::refused`] and [`Counters::failed`].
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -63,9 +65,14 @@ pub struct Stats {
     #[serde(default)]
     pub failed: RequestCounts,
     /// The most requests to each endpoint handled at the same moment, from
-    /// arrival to answer, under any profile.
+    /// arrival to answer (a stream until its last byte), under any profile.
     #[serde(default)]
     pub max_concurrent: RequestCounts,
+    /// The requests to each endpoint being handled right now, streams until
+    /// their last byte. A reset leaves it alone: those requests are still
+    /// running.
+    #[serde(default)]
+    pub in_flight: RequestCounts,
     /// The most requests to each endpoint that arrived within any 60-second
     /// sliding window, whatever their answer.
     #[serde(default)]
@@ -113,13 +120,14 @@ pub(crate) struct Counters {
 /// One request being handled; leaves the in-flight count when dropped.
 #[derive(Debug)]
 #[must_use = "the request counts as in flight only while the guard lives"]
-pub(crate) struct InFlight<'a> {
-    counter: &'a AtomicU64,
+pub(crate) struct InFlight {
+    counters: Arc<Counters>,
+    index: usize,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::AcqRel);
+        self.counters.in_flight[self.index].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -139,14 +147,16 @@ impl Counters {
 
     /// Counts a request to `endpoint` arriving now; it is in flight until the
     /// guard is dropped.
-    pub(crate) fn arrive(&self, endpoint: Endpoint) -> InFlight<'_> {
+    pub(crate) fn arrive(self: &Arc<Self>, endpoint: Endpoint) -> InFlight {
         let i = endpoint.index();
         self.requests[i].fetch_add(1, Ordering::Relaxed);
         lock(&self.arrivals)[i].record(Instant::now(), self.window);
-        let counter = &self.in_flight[i];
-        let now_in_flight = counter.fetch_add(1, Ordering::AcqRel) + 1;
+        let now_in_flight = self.in_flight[i].fetch_add(1, Ordering::AcqRel) + 1;
         self.max_concurrent[i].fetch_max(now_in_flight, Ordering::Relaxed);
-        InFlight { counter }
+        InFlight {
+            counters: Arc::clone(self),
+            index: i,
+        }
     }
 
     /// Counts a 429 caused by a rate-limit window or the concurrency cap.
@@ -174,6 +184,7 @@ impl Counters {
             refused: load(&self.refused),
             failed: load(&self.failed),
             max_concurrent: load(&self.max_concurrent),
+            in_flight: load(&self.in_flight),
             max_in_window: RequestCounts::from_fn(|e| arrivals[e.index()].max),
         }
     }
@@ -211,6 +222,7 @@ mod tests {
                 "refused": zero,
                 "failed": zero,
                 "max_concurrent": zero,
+                "in_flight": zero,
                 "max_in_window": zero,
             })
         );
@@ -254,17 +266,19 @@ mod tests {
 
     #[test]
     fn in_flight_guards_track_the_maximum() {
-        let counters = Counters::new(Duration::from_secs(60));
+        let counters = Arc::new(Counters::new(Duration::from_secs(60)));
         let a = counters.arrive(Endpoint::Speech);
         let b = counters.arrive(Endpoint::Speech);
         drop(a);
         let c = counters.arrive(Endpoint::Speech);
         let stats = counters.snapshot();
+        assert_eq!(stats.in_flight.speech, 2);
         assert_eq!(stats.max_concurrent.speech, 2);
         assert_eq!(stats.requests.speech, 3);
         assert_eq!(stats.max_in_window.speech, 3);
         assert_eq!(stats.total, 3);
         drop((b, c));
+        assert_eq!(counters.snapshot().in_flight, RequestCounts::default());
         counters.refused(Endpoint::ChatCompletions);
         counters.failed(Endpoint::Transcriptions);
         let stats = counters.snapshot();

@@ -8,7 +8,9 @@
 //! without frames, an MP4 without a sound track) gets the 400 Groq's decoder
 //! answers, before any latency is spent. The transcript is deterministic
 //! (see [`crate::content::transcript`]): a WAV's `LIST/INFO/ICMT` comment,
-//! else a phrase picked by SHA-256.
+//! else a phrase picked by SHA-256. The answer waits the STT latency, then
+//! the audio's length divided by the configured speed factor (Groq's 216
+//! under the `realistic` profile; instant otherwise).
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -21,6 +23,7 @@ use crate::Sim;
 use crate::content::{random_id, transcript};
 use crate::form::{self, FormError};
 use crate::groq::{GroqError, STT_MODELS, authorize, rate_headers, refusal};
+use crate::pacing::pause;
 use crate::state::Endpoint;
 
 /// Groq's upload limit.
@@ -143,7 +146,10 @@ async fn run(sim: &Sim, request: Request) -> Result<Response, Response> {
         return Err(fail(GroqError::invalid(UNDECODABLE_MESSAGE)));
     }
     let text = transcript(&file.data);
-    sim.state().wait(Endpoint::Transcriptions).await;
+    let duration = duration_secs(&file.data, audio_format);
+    let timing = sim.state().timing();
+    let first = sim.state().first_wait(&timing, Endpoint::Transcriptions);
+    pause(first.saturating_add(timing.transcribing(duration))).await;
 
     let request_id = random_id("req_", 26);
     let headers = rate_headers(&grant.rate, &request_id);
@@ -156,7 +162,6 @@ async fn run(sim: &Sim, request: Request) -> Result<Response, Response> {
             (headers, axum::Json(json!({"text": text, "x_groq": x_groq}))).into_response()
         }
         Format::Verbose => {
-            let duration = duration_secs(&file.data, audio_format);
             let body = json!({
                 "task": "transcribe",
                 "language": language,

@@ -235,10 +235,12 @@ async fn llm_latency_is_applied_and_changeable() {
     bad["model"] = json!("nope");
     assert_eq!(sim.chat(bad).await.status(), 404);
     assert!(now.elapsed() < Duration::from_millis(250));
+    let latency = sim.get_json("/__sim/latency").await;
     assert_eq!(
-        sim.get_json("/__sim/latency").await,
-        json!({"stt_ms": 0, "llm_ms": 250, "tts_ms": 0})
+        [&latency["stt_ms"], &latency["llm_ms"], &latency["tts_ms"]],
+        [&json!(0), &json!(250), &json!(0)]
     );
+    assert_eq!(latency["effective"]["ttft_ms"], 250);
 }
 
 /// A chat body offering a weather tool and a note tool.

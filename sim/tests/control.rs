@@ -36,6 +36,7 @@ async fn stats_count_every_request_per_endpoint() {
         "failed": zero,
         // One request at a time, all within a minute.
         "max_concurrent": one_each,
+        "in_flight": zero,
         "max_in_window": {"transcriptions": 2, "chat_completions": 1, "text_to_speech": 3, "speech": 1},
     });
     assert_eq!(sim.get_json("/__sim/stats").await, expected);

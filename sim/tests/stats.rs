@@ -223,7 +223,7 @@ async fn refusals_and_failures_are_told_apart_and_reset_zeroes_everything() {
         json!({"transcriptions": 0, "chat_completions": 0, "text_to_speech": 0, "speech": 0});
     let all_zero = json!({
         "requests": zero, "total": 0, "refused": zero, "failed": zero,
-        "max_concurrent": zero, "max_in_window": zero,
+        "max_concurrent": zero, "in_flight": zero, "max_in_window": zero,
     });
     assert_eq!(reset, all_zero);
     assert_eq!(sim.get_json("/__sim/stats").await, all_zero);
