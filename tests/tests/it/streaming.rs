@@ -7,40 +7,21 @@ use std::time::Duration;
 
 use rose_shared::audio::{AudioFormat, sniff};
 use rose_shared::sentences::split;
-use rose_sim::{Latency, SimConfig};
-use rose_tests::{AppOptions, Deployment, TestApp, TestSim, read_events, spawn_app_with};
+use rose_sim::{Latency, Pacing, SimConfig, reply_for};
+use rose_tests::{AppOptions, Deployment, TestApp, read_events, spawn_app_with};
 use serde_json::{Value, json};
+
+use futures::StreamExt as _;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// Typed words whose simulated reply has `n` sentences (the simulator's
-/// reply depends only on the words), found by asking a simulator of our own.
-pub(crate) async fn words_with_sentences(n: usize, seed: &str) -> String {
-    let sim = TestSim::start(SimConfig::default()).await;
-    let http = reqwest::Client::new();
-    for i in 0..200 {
-        let words = format!("{seed} I keep thinking of the garden, day {i}.");
-        let body: Value = http
-            .post(format!("{}/openai/v1/chat/completions", sim.url))
-            .bearer_auth("sim-key")
-            .json(&json!({
-                "model": "llama-3.3-70b-versatile",
-                "messages": [{"role": "user", "content": words}],
-            }))
-            .send()
-            .await
-            .expect("chat request")
-            .json()
-            .await
-            .expect("chat json");
-        let reply = body["choices"][0]["message"]["content"]
-            .as_str()
-            .expect("reply");
-        if split(reply).len() == n {
-            return words;
-        }
-    }
-    panic!("no words found whose reply has {n} sentences");
+/// reply depends only on the words).
+pub(crate) fn words_with_sentences(n: usize, seed: &str) -> String {
+    (0..1000)
+        .map(|i| format!("{seed} I keep thinking of the garden, day {i}."))
+        .find(|words| split(&reply_for(words)).len() == n)
+        .expect("words whose reply has that many sentences")
 }
 
 fn options(env: &[(&str, &str)], sim: SimConfig) -> AppOptions {
@@ -65,7 +46,7 @@ fn tts_latency(ms: u64) -> SimConfig {
 }
 
 async fn speaks_sentence_by_sentence(app: TestApp) {
-    let words = words_with_sentences(3, "speaks").await;
+    let words = words_with_sentences(3, "speaks");
     let session = app.start_session().await;
     let id = app.submit_text(&session, &words).await;
     let events = read_events(&app.http, &format!("{}/api/jobs/{id}/events", app.url)).await;
@@ -177,7 +158,7 @@ async fn without_streaming_the_reply_is_spoken_whole() {
         options(&[("ROSE_STREAMING", "false")], SimConfig::default()),
     )
     .await;
-    let words = words_with_sentences(3, "whole").await;
+    let words = words_with_sentences(3, "whole");
     let session = app.start_session().await;
     let id = app.submit_text(&session, &words).await;
     let job = app.wait_for_job(&id, LIMIT).await;
@@ -201,8 +182,8 @@ async fn first_sentences_first(order: &str) -> (usize, usize) {
         ),
     )
     .await;
-    let a_words = words_with_sentences(3, "first").await;
-    let b_words = words_with_sentences(3, "second").await;
+    let a_words = words_with_sentences(3, "first");
+    let b_words = words_with_sentences(3, "second");
     let a_session = app.start_session().await;
     let b_session = app.start_session().await;
     let a = app.submit_text(&a_session, &a_words).await;
@@ -315,7 +296,7 @@ async fn cancels_while_speaking(deployment: Deployment) {
         options(&[("ROSE_TTS_CONCURRENCY", "1")], tts_latency(400)),
     )
     .await;
-    let words = words_with_sentences(3, "interrupted").await;
+    let words = words_with_sentences(3, "interrupted");
     let session = app.start_session().await;
     let id = app.submit_text(&session, &words).await;
     let url = format!("{}/api/jobs/{id}/events", app.url);
@@ -373,4 +354,60 @@ async fn embedded_a_running_job_stops_and_the_history_keeps_what_was_heard() {
 #[tokio::test]
 async fn scaled_a_running_job_stops_and_the_history_keeps_what_was_heard() {
     cancels_while_speaking(Deployment::Scaled).await;
+}
+
+/// With the model writing slowly, the first sentence is heard while the
+/// model is still writing the last: its `audio` event arrives while the
+/// reply stream is still open at the simulator.
+async fn speaks_before_the_reply_is_written(deployment: Deployment) {
+    let sim = SimConfig {
+        pacing: Pacing {
+            tokens_per_s: Some(10.0),
+            ..Pacing::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(deployment, options(&[], sim)).await;
+    let words = words_with_sentences(3, "early");
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let response = app
+        .http
+        .get(format!("{}/api/jobs/{id}/events", app.url))
+        .send()
+        .await
+        .expect("events");
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let writing = loop {
+        let chunk = tokio::time::timeout(LIMIT, body.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on until the first sentence")
+            .expect("events body");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if seen.contains("event: audio") {
+            let stats = serde_json::to_value(app.sim.sim.stats()).expect("stats");
+            break stats["in_flight"]["chat_completions"].as_u64();
+        }
+        assert!(
+            !seen.contains("event: succeeded"),
+            "no audio event before the end: {seen}"
+        );
+    };
+    assert_eq!(writing, Some(1), "the reply was still being written");
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["result"]["chunks"].as_array().map(Vec::len), Some(3));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_the_first_sentence_is_heard_while_the_model_writes() {
+    speaks_before_the_reply_is_written(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_the_first_sentence_is_heard_while_the_model_writes() {
+    speaks_before_the_reply_is_written(Deployment::Scaled).await;
 }
