@@ -3,8 +3,12 @@
 //!
 //! A sentence ends at `.`, `!` or `?` (with any closing quotes or brackets
 //! after it), or at a line break, when what follows — after the spaces — is a
-//! character that starts a new sentence: a capital letter, a digit, an
-//! opening quote or bracket. Not an end:
+//! character that starts a new sentence: a capital letter, a letter of a
+//! script without case (Arabic, Hebrew, Devanagari, CJK…), a digit, an
+//! opening quote or bracket. The full stops of scripts written without
+//! spaces or with their own marks end a sentence whatever follows: `。`,
+//! `！`, `？` (Chinese, Japanese), `।` (Devanagari), `؟` (Arabic), `።`
+//! (Ethiopic). Not an end:
 //! - an abbreviation (`Dr.`, `Mrs.`, `e.g.`, … see [`ABBREVIATIONS`]) or a
 //!   single initial (`J. R. Smith`);
 //! - a decimal (`3.5`: no space after the point);
@@ -77,7 +81,8 @@ impl Splitter {
                 '\n' => i > 0,
                 _ => false,
             };
-            if !ends {
+            let marked = is_script_stop(c);
+            if !ends && !marked {
                 continue;
             }
             // Closing quotes and brackets belong to the sentence.
@@ -97,6 +102,9 @@ impl Splitter {
             let Some(&(_, next)) = chars.get(k) else {
                 break;
             };
+            if marked {
+                return Some(close);
+            }
             if !spaced || !starts_sentence(next) {
                 continue;
             }
@@ -133,9 +141,15 @@ impl Splitter {
     }
 }
 
+/// A full stop of a script that marks its sentences its own way.
+fn is_script_stop(c: char) -> bool {
+    matches!(c, '。' | '！' | '？' | '।' | '॥' | '؟' | '።' | '｡')
+}
+
 /// Whether `c` can begin a sentence.
 fn starts_sentence(c: char) -> bool {
     c.is_uppercase()
+        || (c.is_alphabetic() && !c.is_lowercase())
         || c.is_ascii_digit()
         || matches!(c, '"' | '\'' | '(' | '[' | '“' | '‘' | '«' | '¿' | '¡')
 }
@@ -219,6 +233,18 @@ mod tests {
             ),
             ("It was 1999. 2000 came.", &["It was 1999.", "2000 came."]),
             ("No end in sight", &["No end in sight"]),
+            ("no capitals. none at all", &["no capitals. none at all"]),
+            (
+                "«Je t'aime.» Puis elle dormit.",
+                &["«Je t'aime.»", "Puis elle dormit."],
+            ),
+            ("Привет. Как ты?", &["Привет.", "Как ты?"]),
+            ("我很想她。她走了三年了。", &["我很想她。", "她走了三年了。"]),
+            ("お元気ですか？私は元気です。", &["お元気ですか？", "私は元気です。"]),
+            ("مرحبا. كيف حالك؟ أنا هنا.", &["مرحبا.", "كيف حالك؟", "أنا هنا."]),
+            ("मैं यहाँ हूँ। तुम कैसे हो?", &["मैं यहाँ हूँ।", "तुम कैसे हो?"]),
+            ("שלום. אני כאן.", &["שלום.", "אני כאן."]),
+            ("It cost $3.50. Fine.", &["It cost $3.50.", "Fine."]),
             ("   ", &[]),
         ];
         for (text, want) in table {
@@ -228,8 +254,17 @@ mod tests {
 
     #[test]
     fn streamed_tokens_give_the_same_sentences() {
-        let text = "Dr. Lee was kind. It took 3.5 years... Then I smiled! \"Really?\" Yes.";
+        for text in [
+            "Dr. Lee was kind. It took 3.5 years... Then I smiled! \"Really?\" Yes.",
+            "我很想她。她走了三年了。 Привет. Как ты? مرحبا. كيف حالك؟",
+        ] {
+            streamed_matches_whole(text);
+        }
+    }
+
+    fn streamed_matches_whole(text: &str) {
         let whole = split(text);
+        assert!(whole.len() > 2, "{whole:?}");
         for size in [1, 2, 3, 5, 8] {
             let mut splitter = Splitter::new();
             let mut got = Vec::new();

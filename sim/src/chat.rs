@@ -34,7 +34,7 @@ use crate::chat_stream::{self, Chunk, Ending};
 use crate::content::{self, random_id};
 use crate::groq::{CHAT_MODELS, GroqError, authorize, json_object, rate_headers, refusal};
 use crate::pacing::{paced_body, pause};
-use crate::state::Endpoint;
+use crate::state::{Endpoint, StreamBreak};
 use crate::stats::InFlight;
 use crate::tools::{self, Tool};
 
@@ -137,12 +137,21 @@ async fn run(
             usage: &usage,
             include_usage: request.include_usage,
         };
-        let events = chat_stream::events(&chunk, &reply, &ending, &timing);
+        let mut events = chat_stream::events(&chunk, &reply, &ending, &timing);
+        let fault = sim.state().take_stream_fault();
+        let hang = fault.is_some_and(|(kind, _)| kind == StreamBreak::Stall);
+        if let Some((kind, words)) = fault {
+            chat_stream::break_off(&mut events, kind, words);
+        }
         let sse = [
             (CONTENT_TYPE, "text/event-stream"),
             (CACHE_CONTROL, "no-cache"),
         ];
-        let body = paced_body(events, in_flight);
+        let body = if hang {
+            crate::pacing::paced_then_silent_body(events, in_flight)
+        } else {
+            paced_body(events, in_flight)
+        };
         return Ok((headers, sse, body).into_response());
     }
     pause(first_token.saturating_add(generation)).await;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::chat::Reply;
 use crate::content;
 use crate::pacing::Timing;
+use crate::state::StreamBreak;
 
 /// What every chunk of one streamed answer repeats.
 pub(crate) struct Chunk<'a> {
@@ -114,6 +115,16 @@ pub(crate) fn events(
     }
     out.push((at, Bytes::from_static(b"data: [DONE]\n\n")));
     out
+}
+
+/// Breaks a stream's `events` after the role chunk and `words` words: cut
+/// there, or a chunk that is not JSON, or (a stall) nothing more.
+pub(crate) fn break_off(events: &mut Vec<(Duration, Bytes)>, kind: StreamBreak, words: usize) {
+    events.truncate(words.saturating_add(1).min(events.len()));
+    if kind == StreamBreak::Malformed {
+        let at = events.last().map_or(Duration::ZERO, |(at, _)| *at);
+        events.push((at, Bytes::from_static(b"data: {\"choices\": [{\"delta\"\n\n")));
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,13 @@
 //! `GET stats`, `GET requests` (the recorder's log), `POST reset`,
 //! `GET|POST|DELETE faults`, `GET|PUT|POST latency` and
 //! `GET|POST|DELETE outage`.
+//!
+//! `POST faults` takes `{"endpoint", "status", "count", "retry_after",
+//! "body"}` (the next `count` requests to that endpoint answer `status`), or
+//! for a broken reply stream `{"endpoint": "chat_completions", "stream":
+//! "cut" | "malformed" | "stall", "after_words": n, "count"}`: the next
+//! `count` streamed chat answers send `n` words, then end without `[DONE]`,
+//! send a chunk that is not JSON, or go silent for good.
 //! Errors here are Rose's own shape, `{"error": {"code", "message"}}`, since
 //! no provider answers them; an invalid control body is a 400.
 //!
@@ -33,7 +40,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::pacing::Timing;
-use crate::state::{Endpoint, Fault, lock};
+use crate::state::{Endpoint, Fault, StreamBreak, StreamFault, lock};
 use crate::{Latency, Pacing, Sim, Stats};
 
 /// The control routes, relative to `/__sim`.
@@ -87,7 +94,12 @@ async fn reset(State(sim): State<Sim>) -> Json<Stats> {
 #[serde(deny_unknown_fields)]
 struct FaultRequest {
     endpoint: String,
-    status: u16,
+    #[serde(default)]
+    status: Option<u16>,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    after_words: usize,
     #[serde(default = "one")]
     count: u32,
     #[serde(default)]
@@ -101,7 +113,10 @@ fn one() -> u32 {
 }
 
 fn faults_body(sim: &Sim) -> Json<Value> {
-    Json(json!({ "faults": sim.state().faults() }))
+    Json(json!({
+        "faults": sim.state().faults(),
+        "stream_faults": sim.state().stream_faults(),
+    }))
 }
 
 async fn list_faults(State(sim): State<Sim>) -> Json<Value> {
@@ -117,12 +132,26 @@ async fn add_fault(State(sim): State<Sim>, body: Bytes) -> Response {
         Ok(endpoint) => endpoint,
         Err(message) => return bad_request(message),
     };
-    if !(400..=599).contains(&request.status) {
-        return bad_request("status must be an error status, 400 to 599");
-    }
     if request.count == 0 {
         return bad_request("count must be at least 1");
     }
+    if let Some(stream) = &request.stream {
+        let Some(stream) = StreamBreak::parse(stream) else {
+            return bad_request("stream must be cut, malformed or stall");
+        };
+        if endpoint != Endpoint::ChatCompletions {
+            return bad_request("a broken stream is a chat_completions fault");
+        }
+        sim.state().add_stream_fault(StreamFault {
+            stream,
+            after_words: request.after_words,
+            count: request.count,
+        });
+        return (StatusCode::CREATED, faults_body(&sim)).into_response();
+    }
+    let Some(status) = request.status.filter(|s| (400..=599).contains(s)) else {
+        return bad_request("status must be an error status, 400 to 599");
+    };
     if let Some(secs) = request.retry_after
         && !(secs.is_finite() && secs >= 0.0)
     {
@@ -130,14 +159,14 @@ async fn add_fault(State(sim): State<Sim>, body: Bytes) -> Response {
     }
     sim.state().add_fault(Fault {
         endpoint: endpoint.name(),
-        status: request.status,
+        status,
         count: request.count,
         retry_after: request.retry_after,
         body: request.body,
     });
     tracing::debug!(
         endpoint = endpoint.name(),
-        status = request.status,
+        status,
         count = request.count,
         "sim fault queued"
     );

@@ -199,6 +199,30 @@ where
     Body::from_stream(stream)
 }
 
+/// [`paced_body`], after which the body never ends (a stalled answer):
+/// the client sees nothing more until it gives up.
+pub(crate) fn paced_then_silent_body<K>(pieces: Vec<(Duration, Bytes)>, keep: K) -> Body
+where
+    K: Send + 'static,
+{
+    let start = tokio::time::Instant::now();
+    let stream = futures::stream::unfold(
+        (pieces.into_iter(), keep),
+        move |(mut pieces, keep)| async move {
+            let Some((offset, bytes)) = pieces.next() else {
+                return std::future::pending().await;
+            };
+            if !offset.is_zero()
+                && let Some(at) = start.checked_add(offset)
+            {
+                tokio::time::sleep_until(at).await;
+            }
+            Some((Ok::<_, Infallible>(bytes), (pieces, keep)))
+        },
+    );
+    Body::from_stream(stream)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,38 @@ impl Endpoint {
     }
 }
 
+/// How a streamed chat answer breaks (`POST /__sim/faults` with `stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StreamBreak {
+    /// The body ends without the finish chunk and `[DONE]`.
+    Cut,
+    /// A chunk that is not JSON, then the end.
+    Malformed,
+    /// Nothing more is sent, and the answer never ends.
+    Stall,
+}
+
+impl StreamBreak {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        match name {
+            "cut" => Some(Self::Cut),
+            "malformed" => Some(Self::Malformed),
+            "stall" => Some(Self::Stall),
+            _ => None,
+        }
+    }
+}
+
+/// A streamed chat answer that breaks after `after_words` words, for the
+/// next `count` streamed chat requests.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StreamFault {
+    pub stream: StreamBreak,
+    pub after_words: usize,
+    pub count: u32,
+}
+
 /// A one-shot failure queued by `POST /__sim/faults`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Fault {
@@ -129,6 +161,7 @@ pub(crate) struct Inner {
     pacing: Mutex<Pacing>,
     counters: Arc<Counters>,
     faults: Mutex<VecDeque<Fault>>,
+    stream_faults: Mutex<VecDeque<StreamFault>>,
     outages: Outages,
     windows: Mutex<Windows>,
     tts_slots: Arc<Semaphore>,
@@ -169,6 +202,7 @@ impl Inner {
             pacing: Mutex::new(config.pacing),
             counters: Arc::new(Counters::new(config.limits.window)),
             faults: Mutex::new(VecDeque::new()),
+            stream_faults: Mutex::new(VecDeque::new()),
             outages: Outages::default(),
             windows: Mutex::new(Windows::new(now, config.limits.window)),
             tts_slots: Arc::new(Semaphore::new(slots)),
@@ -242,6 +276,7 @@ impl Inner {
 
     pub(crate) fn clear_faults(&self) {
         lock(&self.faults).clear();
+        lock(&self.stream_faults).clear();
     }
 
     /// The run-time outages (`/__sim/outage`).
@@ -250,6 +285,27 @@ impl Inner {
     }
 
     /// Consumes one injected failure for `endpoint`, oldest first.
+    pub(crate) fn add_stream_fault(&self, fault: StreamFault) {
+        lock(&self.stream_faults).push_back(fault);
+    }
+
+    pub(crate) fn stream_faults(&self) -> Vec<StreamFault> {
+        lock(&self.stream_faults).iter().cloned().collect()
+    }
+
+    /// Consumes one use of the oldest stream fault: how the next streamed
+    /// chat answer breaks, and after how many words.
+    pub(crate) fn take_stream_fault(&self) -> Option<(StreamBreak, usize)> {
+        let mut faults = lock(&self.stream_faults);
+        let fault = faults.front_mut()?;
+        fault.count = fault.count.saturating_sub(1);
+        let taken = (fault.stream, fault.after_words);
+        if fault.count == 0 {
+            faults.pop_front();
+        }
+        Some(taken)
+    }
+
     fn take_fault(&self, endpoint: Endpoint) -> Option<Refusal> {
         let mut faults = lock(&self.faults);
         let index = faults.iter().position(|f| f.endpoint == endpoint.name())?;

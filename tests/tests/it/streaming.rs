@@ -411,3 +411,108 @@ async fn embedded_the_first_sentence_is_heard_while_the_model_writes() {
 async fn scaled_the_first_sentence_is_heard_while_the_model_writes() {
     speaks_before_the_reply_is_written(Deployment::Scaled).await;
 }
+
+/// Injects a fault into `app`'s simulator.
+async fn fault(app: &TestApp, body: Value) {
+    let response = app
+        .http
+        .post(format!("{}/__sim/faults", app.sim.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("fault request");
+    assert_eq!(response.status(), 201, "{body}");
+}
+
+/// A reply stream that breaks after its first sentence (cut short, a chunk
+/// that is not JSON, or silent past the provider timeout) is continued from
+/// what was spoken: the reply is whole, every sentence spoken once; within
+/// the call when it has tries left, else by the job's next attempt.
+async fn mends_a_broken_stream(kind: &str, tries: &str) {
+    let app = spawn_app_with(
+        Deployment::Scaled,
+        options(
+            &[
+                ("ROSE_PROVIDER_TRIES", tries),
+                ("ROSE_PROVIDER_TIMEOUT_SECS", "1"),
+            ],
+            SimConfig::default(),
+        ),
+    )
+    .await;
+    let words = words_with_sentences(3, &format!("broken {kind} {tries}"));
+    let sentences = split(&reply_for(&words));
+    // Past the first sentence and the first word of the second, so the
+    // first is complete and spoken before the break.
+    let after = sentences[0].split(' ').count() + 1;
+    fault(
+        &app,
+        json!({"endpoint": "chat_completions", "stream": kind, "after_words": after}),
+    )
+    .await;
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded", "{kind}, {tries} tries: {job}");
+    assert_eq!(
+        job["result"]["text"].as_str().map(split),
+        Some(sentences.clone()),
+        "{kind}: the reply is whole, nothing twice"
+    );
+    assert_eq!(app.sim.spoken_texts().await, sentences, "{kind}: each spoken once");
+    let prompts = app.reply_requests().await;
+    assert_eq!(prompts.len(), 2, "{kind}: asked again once");
+    let last = prompts[1]["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .expect("a last message");
+    assert_eq!(last["role"], "assistant", "{kind}: continued");
+    assert_eq!(last["content"], sentences[0].as_str());
+    let attempts = job["attempts"].as_i64().expect("attempts");
+    assert_eq!(attempts, if tries == "1" { 2 } else { 1 }, "{kind}: {job}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_reply_stream_cut_short_is_continued_in_the_call() {
+    mends_a_broken_stream("cut", "2").await;
+}
+
+#[tokio::test]
+async fn a_malformed_reply_stream_is_continued_by_the_next_attempt() {
+    mends_a_broken_stream("malformed", "1").await;
+}
+
+#[tokio::test]
+async fn a_stalled_reply_stream_is_given_up_and_continued() {
+    mends_a_broken_stream("stall", "2").await;
+}
+
+/// A sentence speech refuses (a 4xx): its text is delivered, the others
+/// are spoken, and the job is `degraded: ["tts"]` without a whole file.
+#[tokio::test]
+async fn a_sentence_speech_refuses_is_delivered_as_text() {
+    let app = spawn_app_with(
+        Deployment::Embedded,
+        options(&[("ROSE_TTS_CONCURRENCY", "1")], SimConfig::default()),
+    )
+    .await;
+    fault(
+        &app,
+        json!({"endpoint": "text_to_speech", "status": 400, "count": 1}),
+    )
+    .await;
+    let words = words_with_sentences(3, "refused");
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["degraded"], json!(["tts"]));
+    assert_eq!(job["result"]["audio_url"], Value::Null);
+    let chunks = job["result"]["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 3, "every sentence delivered: {job}");
+    assert_eq!(chunks[0]["audio_url"], Value::Null, "the refused one: {job}");
+    assert!(chunks[1..].iter().all(|c| c["audio_url"].is_string()), "{job}");
+    assert_eq!(chunks[0]["text"], split(&reply_for(&words))[0].as_str());
+    app.stop().await;
+}
