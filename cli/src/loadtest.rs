@@ -24,6 +24,13 @@
 //!   `llm` + `tts`); memory recall (local embedding and search) is Rose's own
 //!   work and counts as overhead.
 //!
+//! `--interrupt` stops each job as a person interrupting Rose would: the
+//! job is read every 5 ms until its first sentence was spoken, then
+//! cancelled (`POST /api/jobs/{id}/cancel`); the report adds how long the
+//! cancel took to answer, and the jobs count as done when cancelled. (How
+//! soon the worker dropped the job's provider requests is the worker's
+//! `rose_cancel_stop_seconds`, and `stop_ms` on its "job cancelled" log line.)
+//!
 //! `--submit-only` measures the intake alone: each job is only uploaded (a
 //! job counts as done at its 202) and is left to whatever workers run, so the
 //! api can be measured at a rate the workers could not keep up with.
@@ -66,6 +73,9 @@ pub struct LoadtestArgs {
     /// how fast the api accepts jobs, whatever the workers do.
     #[arg(long)]
     submit_only: bool,
+    /// Cancel each job once its first sentence was spoken (an interruption).
+    #[arg(long, conflicts_with = "submit_only")]
+    interrupt: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -88,6 +98,8 @@ const LATE: Duration = Duration::from_millis(5);
 struct Outcome {
     /// Upload to finished job, client side.
     end_to_end: Duration,
+    /// With `--interrupt`: the cancel's round trip.
+    cancel: Option<Duration>,
     /// The `POST` alone, until its 202.
     upload: Option<Duration>,
     job: Result<Value, String>,
@@ -153,6 +165,7 @@ pub async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         base,
         audio,
         follow: !args.submit_only,
+        interrupt: args.interrupt,
         bar: bar.clone(),
     };
     let started = Instant::now();
@@ -188,6 +201,8 @@ struct Load {
     audio: Arc<[u8]>,
     /// Follow each job to its end (not with `--submit-only`).
     follow: bool,
+    /// Cancel each job at its first spoken sentence.
+    interrupt: bool,
     bar: ProgressBar,
 }
 
@@ -287,7 +302,11 @@ async fn one_job(load: &Load, session: &str) -> Outcome {
         }
         let mut job = body;
         if !load.follow {
-            return Ok((job, upload));
+            return Ok((job, upload, None));
+        }
+        if load.interrupt {
+            let (job, cancel) = interrupt(load, job).await?;
+            return Ok((job, upload, cancel));
         }
         while !matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
             let id = job["job_id"].as_str().ok_or("no job_id")?.to_owned();
@@ -300,27 +319,76 @@ async fn one_job(load: &Load, session: &str) -> Outcome {
                 .await
                 .map_err(|e| format!("poll: {e}"))?;
         }
-        Ok((job, upload))
+        Ok((job, upload, None))
     }
     .await;
     let end_to_end = started.elapsed();
     match result {
-        Ok((job, upload)) if job["status"] == "succeeded" || !load.follow => Outcome {
+        Ok((job, upload, cancel))
+            if job["status"] == "succeeded"
+                || (load.interrupt && job["status"] == "cancelled")
+                || !load.follow =>
+        {
+            Outcome {
+                end_to_end,
+                cancel,
+                upload,
+                job: Ok(job),
+            }
+        }
+        Ok((job, upload, cancel)) => Outcome {
             end_to_end,
-            upload,
-            job: Ok(job),
-        },
-        Ok((job, upload)) => Outcome {
-            end_to_end,
+            cancel,
             upload,
             job: Err(job["error"]["code"].as_str().unwrap_or("failed").to_owned()),
         },
         Err(code) => Outcome {
             end_to_end,
+            cancel: None,
             upload: None,
             job: Err(code),
         },
     }
+}
+
+/// Reads the job every 5 ms until its first sentence was spoken (or it
+/// ended), then cancels it; the job as the cancel answered, and the
+/// cancel's round trip.
+async fn interrupt(load: &Load, accepted: Value) -> Result<(Value, Option<Duration>), String> {
+    let (http, base) = (&load.http, &load.base);
+    let id = accepted["job_id"].as_str().ok_or("no job_id")?.to_owned();
+    loop {
+        let job: Value = http
+            .get(format!("{base}/api/jobs/{id}"))
+            .send()
+            .await
+            .map_err(|e| format!("poll: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("poll: {e}"))?;
+        if matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return Ok((job, None));
+        }
+        if job["result"]["chunks"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    let response = http
+        .post(format!("{base}/api/jobs/{id}/cancel"))
+        .send()
+        .await
+        .map_err(|e| format!("cancel: {e}"))?;
+    let took = asked.elapsed();
+    let job: Value = response.json().await.map_err(|e| format!("cancel: {e}"))?;
+    Ok((job, Some(took)))
 }
 
 /// p50, p95, p99 and max of `values` in ms (empty: nulls).
@@ -392,6 +460,7 @@ fn report(outcomes: &[Outcome], wall: Duration, concurrency: u64) -> Value {
         "upload_ms": percentiles(outcomes.iter().filter_map(|o| o.upload).map(ms).collect()),
         "stages_ms": stages,
         "overhead_ms": percentiles(overhead),
+        "cancel_ms": percentiles(outcomes.iter().filter_map(|o| o.cancel).map(ms).collect()),
     })
 }
 
@@ -439,6 +508,9 @@ fn print_report(r: &Value) {
         row(part, &r["stages_ms"][part]);
     }
     row("rose overhead", &r["overhead_ms"]);
+    if r["cancel_ms"]["count"].as_u64().unwrap_or(0) > 0 {
+        row("cancel", &r["cancel_ms"]);
+    }
     let with_audio = r["first_audio_ms"]["count"].as_u64().unwrap_or(0);
     if with_audio != r["succeeded"].as_u64().unwrap_or(0) {
         println!(
@@ -478,12 +550,14 @@ mod tests {
                 timings["first_audio"] = json!(ms);
             }
             Outcome {
+                cancel: None,
                 end_to_end: Duration::from_millis(1_000),
                 upload: Some(Duration::from_millis(5)),
                 job: Ok(json!({"status": "succeeded", "timings_ms": timings})),
             }
         };
         let failed = Outcome {
+            cancel: None,
             end_to_end: Duration::from_millis(1_000),
             upload: None,
             job: Err("llm_failed".to_owned()),

@@ -150,6 +150,11 @@ async fn metrics_move_with_the_jobs_and_logs_carry_request_ids_but_no_words() {
 
     let n = JOBS as f64;
     let spoken = n - 1.0;
+    // One speech request per sentence of each reply.
+    let sentences: usize = jobs
+        .iter()
+        .map(|(_, job)| job["result"]["chunks"].as_array().map_or(0, Vec::len))
+        .sum();
     for (key, expected) in [
         (r#"rose_jobs_enqueued_total{queue="voice"}"#, n),
         (r#"rose_jobs_succeeded_total{queue="voice"}"#, n),
@@ -164,8 +169,9 @@ async fn metrics_move_with_the_jobs_and_logs_carry_request_ids_but_no_words() {
         ),
         (
             r#"rose_provider_requests_total{provider="tts",status="200"}"#,
-            n,
+            sentences as f64,
         ),
+        (r#"rose_first_audio_seconds_count"#, n),
         (r#"rose_http_requests_total{method="POST",status="200"}"#, n),
     ] {
         assert_eq!(delta(&before, &after, key), expected, "{key}");

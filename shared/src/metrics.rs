@@ -153,6 +153,12 @@ pub fn job_cancelled(queue: &'static str) {
     counter!("rose_jobs_cancelled_total", "queue" => queue).increment(1);
 }
 
+/// A running job's work stopped `after` its cancel was recorded (its
+/// provider requests in flight dropped with it).
+pub fn cancel_stop(after: Duration) {
+    histogram!("rose_cancel_stop_seconds").record(after.as_secs_f64());
+}
+
 /// A voice job's first sentence of speech was stored, `after` its creation.
 pub fn first_audio(after: Duration) {
     histogram!("rose_first_audio_seconds").record(after.as_secs_f64());

@@ -154,7 +154,7 @@ impl Pipeline {
         let run = tokio::select! {
             // Dropping the run drops its provider requests in flight.
             () = self.cancelled(id, &mut watch) => {
-                tracing::info!(job_id = %id, "job cancelled; stopped");
+                self.stopped(id).await;
                 return Ok(Outcome::Finished);
             }
             run = self.run_stages(job.clone()) => run,
@@ -277,6 +277,18 @@ impl Pipeline {
         }
     }
 
+    /// A cancelled job's work was dropped (its provider requests in flight
+    /// with it): how long after the cancel, for `rose_cancel_stop_seconds`.
+    async fn stopped(&self, id: JobId) {
+        let cancelled_at = match self.rose.store.get_job(id).await {
+            Ok(Some(job)) => job.updated_at,
+            _ => now_ms(),
+        };
+        let stop_ms = (now_ms() - cancelled_at).max(0);
+        metrics::cancel_stop(ms(stop_ms));
+        tracing::info!(job_id = %id, stop_ms, "job cancelled; stopped");
+    }
+
     /// A transient failure that opened its provider's breaker, or failed the
     /// half-open trial, is part of an outage: the job waits it out like any
     /// job that meets the open breaker, without spending an attempt.
@@ -382,6 +394,7 @@ impl Pipeline {
                     };
                     self.rose.store.save_speech(&job, audio, ms).await?;
                     metrics::stage("tts", started.elapsed());
+                    metrics::first_audio(self::ms(now_ms() - job.created_at));
                     tracing::info!(event = "job_stage", job_id = %job.id, stage = "tts", tts_duration_ms = ms, "job_stage");
                 }
                 Err(e) => {

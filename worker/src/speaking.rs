@@ -176,6 +176,10 @@ impl Pipeline {
             mark_degraded(job, "tts");
         }
         let tts_ms = clock.map_or(0, elapsed_ms);
+        metrics::stage(
+            "tts",
+            std::time::Duration::from_millis(u64::try_from(tts_ms).unwrap_or(0)),
+        );
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "tts", sentences = job.chunks.len(), tts_duration_ms = tts_ms, "job_stage");
         self.join_speech(job, fresh, tts_ms).await
     }

@@ -30,7 +30,7 @@ use rose_shared::store::Cancel;
 use rose_shared::view::ChunkView;
 use serde_json::Value;
 
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -183,29 +183,41 @@ impl PartialSchema for JobEvent {
             JobStatus::Succeeded.as_str(),
             JobStatus::Failed.as_str(),
             JobStatus::Cancelled.as_str(),
-            "audio",
         ];
-        ObjectBuilder::new()
+        let event = |names: &[&str], data: &str, description: &str| {
+            ObjectBuilder::new()
+                .description(Some(description))
+                .property(
+                    "event",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(names.to_vec())),
+                )
+                .required("event")
+                .property(
+                    "data",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type("application/json")
+                        .content_schema(Some(Ref::from_schema_name(data))),
+                )
+                .required("data")
+        };
+        OneOfBuilder::new()
             .description(Some(
-                "One Server-Sent Event: `event` is the state the job was seen in, `data` the \
-                 job JSON at that moment; or `event` is `audio` and `data` one spoken \
-                 sentence of the reply, `{\"index\", \"text\", \"audio_url\"}`.",
+                "One Server-Sent Event: a state the job was seen in with the job JSON, or \
+                 a spoken sentence of the reply.",
             ))
-            .property(
-                "event",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(states)),
-            )
-            .required("event")
-            .property(
-                "data",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .content_media_type("application/json")
-                    .content_schema(Some(Ref::from_schema_name(JobView::name()))),
-            )
-            .required("data")
+            .item(event(
+                &states,
+                &JobView::name(),
+                "`event` is the state the job was seen in, `data` the job JSON at that moment.",
+            ))
+            .item(event(
+                &["audio"],
+                &ChunkView::name(),
+                "`event` is `audio`, `data` one spoken sentence of the reply.",
+            ))
             .into()
     }
 }
@@ -214,6 +226,7 @@ impl ToSchema for JobEvent {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push((JobView::name().into_owned(), JobView::schema()));
         <JobView as ToSchema>::schemas(schemas);
+        schemas.push((ChunkView::name().into_owned(), ChunkView::schema()));
     }
 }
 
@@ -268,7 +281,7 @@ async fn events(
     post,
     path = "/api/jobs/{id}/cancel",
     tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
+    params(("id" = String, Path, description = "Job id (a ULID)", pattern = "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")),
     responses(
         (status = 200, description = "The job, `cancelled`", body = JobView),
         (status = 400, description = "`invalid_job_id`", body = ErrorBody),

@@ -190,7 +190,8 @@ pub trait Store: PersonStore + Send + Sync + 'static {
     /// keeps only what the person heard of the reply (its chunks; nothing
     /// when none was delivered: the turn leaves no trace in the history).
     async fn cancel_job(&self, id: JobId) -> StoreResult<Cancel>;
-    /// TTS checkpoint: stores the reply audio; returns the audio id now on the job.
+    /// TTS checkpoint: stores the reply audio (the first audio, when no
+    /// sentence was spoken before it); returns the audio id now on the job.
     async fn save_speech(&self, job: &Job, audio: NewAudio, tts_ms: i64) -> StoreResult<AudioId>;
     /// The job succeeded, with the stages that fell back. False when it had
     /// already ended (cancelled meanwhile, or finished by another delivery).

@@ -501,7 +501,8 @@ macro_rules! sql_store {
                 let audio_id = AudioId::new();
                 let mut tx = self.pool.begin().await?;
                 let updated = sqlx::query(
-                    "UPDATE voice_jobs SET reply_audio_id = $2, tts_ms = $3, updated_at = $4 \
+                    "UPDATE voice_jobs SET reply_audio_id = $2, tts_ms = $3, updated_at = $4, \
+                     first_audio_ms = COALESCE(first_audio_ms, $4 - created_at) \
                      WHERE id = $1 AND reply_audio_id IS NULL",
                 )
                 .bind(job.id.to_string())
@@ -674,7 +675,7 @@ macro_rules! sql_store {
                 let done = sqlx::query(
                     "UPDATE voice_jobs SET callback_status = 'pending' \
                      WHERE id = $1 AND callback_url IS NOT NULL AND callback_status IS NULL \
-                     AND status IN ('succeeded', 'failed')",
+                     AND status IN ('succeeded', 'failed', 'cancelled')",
                 )
                 .bind(id.to_string())
                 .execute(&self.pool)

@@ -414,3 +414,35 @@ async fn delivery_checks_the_address_again() {
     );
     app.stop().await;
 }
+
+/// A job cancelled before it ran still tells its callback: one signed
+/// delivery of the job, `cancelled`.
+#[tokio::test]
+async fn a_cancelled_job_is_delivered_as_cancelled() {
+    let (url, receiver) = receiver(&[200]).await;
+    let mut options = options(&[]);
+    options.no_worker = true;
+    let app = spawn_app_with(Deployment::Scaled, options).await;
+    let id = submit(&app, &url).await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    // The delivery runs on the callbacks queue: a worker for it.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(rose_worker::run(
+        app.rose.clone(),
+        rose_worker::WorkerOptions {
+            concurrency: 1,
+            name: rose_worker::unique_name(),
+        },
+        shutdown.clone(),
+    ));
+    let job = settled_callback(&app, &id).await;
+    assert_eq!(job["callback"]["status"], "delivered", "{job}");
+    let seen = receiver.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1);
+    let body: Value = serde_json::from_slice(&seen[0].body).expect("job json");
+    assert_eq!(body["job_id"], id.as_str());
+    assert_eq!(body["status"], "cancelled");
+    assert_eq!(app.sim.count("transcriptions"), 0, "it never ran");
+    shutdown.cancel();
+    app.stop().await;
+}

@@ -459,7 +459,11 @@ async fn mends_a_broken_stream(kind: &str, tries: &str) {
         Some(sentences.clone()),
         "{kind}: the reply is whole, nothing twice"
     );
-    assert_eq!(app.sim.spoken_texts().await, sentences, "{kind}: each spoken once");
+    assert_eq!(
+        app.sim.spoken_texts().await,
+        sentences,
+        "{kind}: each spoken once"
+    );
     let prompts = app.reply_requests().await;
     assert_eq!(prompts.len(), 2, "{kind}: asked again once");
     let last = prompts[1]["messages"]
@@ -511,8 +515,15 @@ async fn a_sentence_speech_refuses_is_delivered_as_text() {
     assert_eq!(job["result"]["audio_url"], Value::Null);
     let chunks = job["result"]["chunks"].as_array().expect("chunks");
     assert_eq!(chunks.len(), 3, "every sentence delivered: {job}");
-    assert_eq!(chunks[0]["audio_url"], Value::Null, "the refused one: {job}");
-    assert!(chunks[1..].iter().all(|c| c["audio_url"].is_string()), "{job}");
+    assert_eq!(
+        chunks[0]["audio_url"],
+        Value::Null,
+        "the refused one: {job}"
+    );
+    assert!(
+        chunks[1..].iter().all(|c| c["audio_url"].is_string()),
+        "{job}"
+    );
     assert_eq!(chunks[0]["text"], split(&reply_for(&words))[0].as_str());
     app.stop().await;
 }
