@@ -167,10 +167,31 @@ async fn a_worker_killed_after_the_first_sentence_leaves_no_repeats() {
         );
         tokio::spawn(async move { read_events(&http, &url).await })
     };
-    until(&app, &id, "the first sentence is spoken", |j| {
+    let spoke = until(&app, &id, "the first sentence is spoken", |j| {
         chunks(j) == 1
     })
     .await;
+    // Stored, not only announced (its speech relayed): a sentence cut off
+    // mid-speech is spoken again by the next delivery.
+    let audio_id = spoke["result"]["chunks"][0]["audio_url"]
+        .as_str()
+        .expect("speech")
+        .trim_start_matches("/api/audio/")
+        .to_owned();
+    let deadline = Instant::now() + LIMIT;
+    while app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM audio WHERE id = '{audio_id}'"
+        ))
+        .await
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first sentence's audio is stored"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = Command::new("kill")
         .args(["-KILL", &doomed.0.id().to_string()])
         .status()

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod metrics;
 pub mod providers;
 pub mod queue;
+pub mod relay;
 pub mod resilience;
 pub mod rose;
 pub mod safety;

@@ -40,6 +40,8 @@ pub struct Rose {
     pub store: Arc<dyn Store>,
     pub queue: Queue,
     pub events: JobEvents,
+    /// Speech relayed while it is synthesised (see [`crate::relay`]).
+    pub relay: crate::relay::Relay,
     pub providers: Providers,
     pub resilience: Resilience,
     pub memory: Arc<Memory>,
@@ -121,6 +123,14 @@ impl Rose {
             Queue::Redis(redis) => RequestLimiter::redis(redis.connection(), redis.prefix()),
             Queue::Sqlite(_) => RequestLimiter::local(),
         };
+        let relay = match &queue {
+            Queue::Redis(redis) => crate::relay::Relay::redis(
+                redis.client().clone(),
+                redis.connection(),
+                redis.prefix(),
+            ),
+            Queue::Sqlite(_) => crate::relay::Relay::local(),
+        };
         let memory_store: Arc<dyn MemoryStore> = match &config.qdrant_url {
             // A Qdrant still starting is waited for (ROSE_QDRANT_START_TIMEOUT_SECS).
             Some(url) => Arc::new(
@@ -149,6 +159,7 @@ impl Rose {
             db,
             queue,
             events,
+            relay,
             providers,
             depth_reads: Arc::default(),
         })

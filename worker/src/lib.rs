@@ -13,6 +13,7 @@ mod prompt;
 pub mod safety;
 mod silence;
 mod speaking;
+mod voicing;
 
 use std::sync::Arc;
 

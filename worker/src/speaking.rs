@@ -5,14 +5,16 @@
 //! speech the moment it is complete, while the model writes on. Sentences
 //! are synthesised side by side, as many as the shared speech budget lets
 //! through (a reply's first sentence ahead of other replies' later ones,
-//! `ROSE_TTS_ORDER`), and announced strictly in order: each is stored as a
-//! chunk of the job with its audio — its checkpoint — and announced to the
-//! job's followers at once (`result.chunks`, the `audio` event). When the
+//! `ROSE_TTS_ORDER`), and announced strictly in order as chunks of the job
+//! (`result.chunks`, the `audio` event) as soon as their speech starts:
+//! the chunk's `audio_url` streams the speech as it arrives, through the
+//! relay, and its stored audio once whole (see [`crate::voicing`]). When the
 //! reply has been spoken, the chunks' audio is joined into one file
 //! (`result.audio_url`) for clients that want the whole reply.
 //!
 //! Resuming: a delivery that finds chunks stored speaks only what follows
-//! them. When the reply was stored whole, that is the rest of its
+//! them (and, into its announced id, a sentence whose speech a dead worker
+//! had started but not stored). When the reply was stored whole, that is the rest of its
 //! sentences; when the model had not finished, the model is asked to go on
 //! from the spoken part, sent as the start of its own answer (an assistant
 //! prefix), so nothing heard is said twice or contradicted. The same
@@ -32,21 +34,19 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use rose_shared::audio::join::join;
-use rose_shared::config::TtsOrder;
-use rose_shared::domain::{Job, ReplyChunk, Session, Stage, now_ms, spoken_text};
+use rose_shared::domain::{Job, Session, Stage, now_ms, spoken_text};
 use rose_shared::metrics;
-use rose_shared::providers::{
-    ChatMessage, ChatRequest, ProviderError, Speech, SpeechContext, TextToSpeech,
-};
-use rose_shared::resilience::{CallError, Provider, jittered};
+use rose_shared::providers::{ChatMessage, ChatRequest, ProviderError, Speech, SpeechContext};
+use rose_shared::resilience::{Provider, jittered};
 use rose_shared::sentences::Splitter;
 use rose_shared::store::{AudioLookup, NewAudio};
 use tokio::sync::mpsc;
 
 use crate::failure::StageError;
 use crate::pipeline::{Pipeline, elapsed_ms, mark_degraded};
+use crate::voicing::Line;
 
 /// Where the reply comes from.
 pub(crate) enum Source<'a> {
@@ -69,13 +69,6 @@ enum Piece {
     /// The model finished: the whole reply (what an earlier delivery spoke
     /// included) and how long this delivery's writing took.
     Done { text: String, llm_ms: i64 },
-}
-
-/// A sentence back from speech.
-struct Spoken {
-    index: u32,
-    text: String,
-    speech: Result<Speech, CallError>,
 }
 
 /// How much of what was said before a sentence goes with it as context.
@@ -124,14 +117,46 @@ impl Pipeline {
         };
         tokio::pin!(writer);
         let mut written = None;
-        let mut speaking = FuturesOrdered::new();
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+        let mut synthesising = FuturesUnordered::new();
+        let mut line = Line::new(u32::try_from(job.chunks.len()).unwrap_or(u32::MAX));
+        // Sentences an earlier delivery announced but did not store the
+        // audio of are spoken again, into the id they were announced with.
+        let mut before = String::new();
+        for chunk in job.chunks.clone() {
+            if let Some(id) = chunk.audio_id
+                && !self.rose.store.audio_exists(id).await?
+            {
+                let context = SpeechContext {
+                    previous_text: tail(&before, CONTEXT_CHARS),
+                    next_text: None,
+                };
+                line.add_announced(chunk.index, chunk.text.clone());
+                synthesising.push(self.synthesise(
+                    &*tts,
+                    chunk.index,
+                    chunk.text.clone(),
+                    context,
+                    Some(id),
+                    progress_tx.clone(),
+                ));
+            }
+            append(&mut before, &chunk.text);
+        }
         let mut next_index = u32::try_from(job.chunks.len()).unwrap_or(u32::MAX);
-        let mut fresh: HashMap<u32, Speech> = HashMap::new();
         // The speech that trails the reply's writing is timed from its end
         // (or from now, when the reply is known).
         let mut clock = session.is_none().then(Instant::now);
         let mut listening = true;
         loop {
+            if written.is_some() && !listening && synthesising.is_empty() {
+                // Every sentence reported: take in what is left, and stop.
+                while let Ok(progress) = progress_rx.try_recv() {
+                    let tts_ms = clock.map_or(0, elapsed_ms);
+                    self.advance(job, &mut line, progress, tts_ms).await?;
+                }
+                break;
+            }
             tokio::select! {
                 done = &mut writer, if written.is_none() => written = Some(done),
                 piece = rx.recv(), if listening => match piece {
@@ -145,7 +170,8 @@ impl Pipeline {
                             next_text: next,
                         };
                         append(&mut said, &text);
-                        speaking.push_back(self.synthesise(&*tts, next_index, text, context));
+                        line.add(next_index, text.clone());
+                        synthesising.push(self.synthesise(&*tts, next_index, text, context, None, progress_tx.clone()));
                         next_index = next_index.saturating_add(1);
                     }
                     Some(Piece::Done { text, llm_ms }) => {
@@ -158,16 +184,17 @@ impl Pipeline {
                                 next_text: None,
                             };
                             append(&mut said, &text);
-                            speaking.push_back(self.synthesise(&*tts, next_index, text, context));
+                            line.add(next_index, text.clone());
+                            synthesising.push(self.synthesise(&*tts, next_index, text, context, None, progress_tx.clone()));
                             next_index = next_index.saturating_add(1);
                         }
                     }
                 },
-                Some(spoken) = speaking.next(), if !speaking.is_empty() => {
+                Some(progress) = progress_rx.recv() => {
                     let tts_ms = clock.map_or(0, elapsed_ms);
-                    self.store_chunk(job, spoken, tts_ms, &mut fresh).await?;
+                    self.advance(job, &mut line, progress, tts_ms).await?;
                 }
-                else => break,
+                Some(()) = synthesising.next(), if !synthesising.is_empty() => {}
             }
         }
         // What was spoken stays spoken, whatever the model did after.
@@ -181,7 +208,7 @@ impl Pipeline {
             std::time::Duration::from_millis(u64::try_from(tts_ms).unwrap_or(0)),
         );
         tracing::info!(event = "job_stage", job_id = %job.id, stage = "tts", sentences = job.chunks.len(), tts_duration_ms = tts_ms, "job_stage");
-        self.join_speech(job, fresh, tts_ms).await
+        self.join_speech(job, line.into_speech(), tts_ms).await
     }
 
     /// Reads the reply model's stream into sentences for the speaker,
@@ -297,79 +324,6 @@ impl Pipeline {
         if let Some((session, earlier)) = session {
             self.queue_background(job, session, earlier).await;
         }
-        Ok(())
-    }
-
-    /// One sentence through the shared speech budget, ranked by its place
-    /// in the reply unless `ROSE_TTS_ORDER=arrival`.
-    async fn synthesise(
-        &self,
-        tts: &dyn TextToSpeech,
-        index: u32,
-        text: String,
-        context: SpeechContext,
-    ) -> Spoken {
-        let rank = match self.rose.config.tts_order {
-            TtsOrder::FirstSentences => index,
-            TtsOrder::Arrival => 0,
-        };
-        let speech = self
-            .rose
-            .resilience
-            .call_ranked(Provider::Tts, rank, || tts.speak_sentence(&text, &context))
-            .await;
-        Spoken {
-            index,
-            text,
-            speech,
-        }
-    }
-
-    /// Stores and announces one spoken sentence (in index order).
-    async fn store_chunk(
-        &self,
-        job: &mut Job,
-        spoken: Spoken,
-        tts_ms: i64,
-        fresh: &mut HashMap<u32, Speech>,
-    ) -> Result<(), StageError> {
-        let audio = match spoken.speech {
-            Ok(speech) => {
-                let audio = NewAudio {
-                    bytes: speech.bytes.clone(),
-                    mime: speech.mime.clone(),
-                };
-                fresh.insert(spoken.index, speech);
-                Some(audio)
-            }
-            Err(e) => {
-                tracing::warn!(job_id = %job.id, index = spoken.index, error = %e, "a sentence could not be spoken; delivering its text");
-                mark_degraded(job, "tts");
-                None
-            }
-        };
-        let chunk = ReplyChunk {
-            index: spoken.index,
-            text: spoken.text,
-            audio_id: None,
-        };
-        let Some(chunk) = self
-            .rose
-            .store
-            .save_chunk(job, chunk, audio, tts_ms)
-            .await?
-        else {
-            return Err(StageError::Moved);
-        };
-        if chunk.audio_id.is_some() && job.timings.first_audio.is_none() {
-            let after = now_ms() - job.created_at;
-            job.timings.first_audio = Some(after);
-            metrics::first_audio(std::time::Duration::from_millis(
-                u64::try_from(after).unwrap_or(0),
-            ));
-        }
-        job.chunks.push(chunk);
-        self.rose.events.publish_progress(job.id).await;
         Ok(())
     }
 

@@ -85,10 +85,10 @@ async fn queues(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<Json<
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct JobsQuery {
-    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`); all when absent or empty.
+    /// `queued`, `processing`, `succeeded`, `failed` (or `dead`), `cancelled`; all when absent or empty.
     #[param(
         nullable = false,
-        pattern = "^(queued|processing|succeeded|failed|dead)?$"
+        pattern = "^(queued|processing|succeeded|failed|dead|cancelled)?$"
     )]
     status: Option<String>,
     /// 1-200 (default 50).
@@ -123,10 +123,10 @@ async fn jobs(
     let status = match query.status.as_deref() {
         None | Some("") => None,
         Some("dead") => Some("failed"),
-        Some(s @ ("queued" | "processing" | "succeeded" | "failed")) => Some(s),
+        Some(s @ ("queued" | "processing" | "succeeded" | "failed" | "cancelled")) => Some(s),
         Some(other) => {
             return Err(ApiError::InvalidQuery(format!(
-                "status {other:?}: expected queued, processing, succeeded, failed or dead"
+                "status {other:?}: expected queued, processing, succeeded, failed, dead or cancelled"
             )));
         }
     };

@@ -16,7 +16,9 @@ pub fn router() -> OpenApiRouter<Rose> {
     OpenApiRouter::new().routes(routes!(fetch))
 }
 
-/// Rose's spoken reply (MP3 from ElevenLabs or the simulator, WAV from espeak-ng).
+/// Rose's spoken reply (MP3 from ElevenLabs or the simulator, WAV from
+/// espeak-ng). A sentence of a reply still being spoken streams as its
+/// speech arrives (no `Content-Length`), then is served whole once stored.
 #[utoipa::path(
     get,
     path = "/api/audio/{id}",
@@ -32,7 +34,21 @@ pub fn router() -> OpenApiRouter<Rose> {
 )]
 async fn fetch(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<Response> {
     let id: AudioId = id.parse().map_err(|_| ApiError::AudioNotFound)?;
-    match rose.store.get_audio(id).await? {
+    let found = rose.store.get_audio(id).await?;
+    if matches!(found, AudioLookup::Missing)
+        && let Some(live) = rose.relay.read(id).await
+    {
+        // A sentence still being synthesised: its speech as it arrives.
+        return Ok((
+            [
+                (header::CONTENT_TYPE, live.mime),
+                (header::CACHE_CONTROL, "no-store".to_owned()),
+            ],
+            axum::body::Body::from_stream(live.body),
+        )
+            .into_response());
+    }
+    match found {
         AudioLookup::Found(audio) => Ok((
             [
                 (header::CONTENT_TYPE, audio.mime),

@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::{ProviderError, Speech, SpeechContext, TextToSpeech};
+use futures::StreamExt;
+
+use super::{ProviderError, Speech, SpeechContext, SpeechStream, TextToSpeech};
 
 const PROVIDER: &str = "elevenlabs";
 
@@ -49,15 +51,44 @@ impl TextToSpeech for ElevenLabs {
     }
 
     /// `POST /v1/text-to-speech/{voice_id}/stream` with `previous_text` and
-    /// `next_text`, so the voice's prosody runs on across sentences; the
-    /// audio is read whole (a sentence is short), its first byte comes sooner.
+    /// `next_text`, so the voice's prosody runs on across sentences.
     async fn speak_sentence(
         &self,
         text: &str,
         context: &SpeechContext,
     ) -> Result<Speech, ProviderError> {
+        let stream = self.speak_sentence_stream(text, context).await?;
+        let mut bytes = Vec::new();
+        let mut parts = stream.bytes;
+        while let Some(part) = parts.next().await {
+            bytes.extend_from_slice(&part?);
+        }
+        if bytes.is_empty() {
+            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
+        }
+        Ok(Speech {
+            bytes,
+            mime: stream.mime,
+        })
+    }
+
+    /// The `/stream` endpoint's audio as it is generated: its first bytes
+    /// come long before its last.
+    async fn speak_sentence_stream(
+        &self,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<SpeechStream, ProviderError> {
         let url = format!("{}/v1/text-to-speech/{}/stream", self.base, self.voice_id);
-        self.synthesise(url, text, context).await
+        let response = self.request(url, text, context).await?;
+        let mime = mime_of(&response);
+        let bytes = response
+            .bytes_stream()
+            .map(|part| part.map_err(|e| ProviderError::from_reqwest(PROVIDER, &e)));
+        Ok(SpeechStream {
+            mime,
+            bytes: Box::pin(bytes),
+        })
     }
 }
 
@@ -68,6 +99,28 @@ impl ElevenLabs {
         text: &str,
         context: &SpeechContext,
     ) -> Result<Speech, ProviderError> {
+        let response = self.request(url, text, context).await?;
+        let mime = mime_of(&response);
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
+        if bytes.is_empty() {
+            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
+        }
+        Ok(Speech {
+            bytes: bytes.to_vec(),
+            mime,
+        })
+    }
+
+    /// Sends one request; the answer when it is a success.
+    async fn request(
+        &self,
+        url: String,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<reqwest::Response, ProviderError> {
         // A calm, steady voice: high stability, natural similarity.
         let mut body = json!({
             "text": text,
@@ -101,22 +154,16 @@ impl ElevenLabs {
                 &body,
             ));
         }
-        let mime = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("audio/mpeg")
-            .to_owned();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
-        if bytes.is_empty() {
-            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
-        }
-        Ok(Speech {
-            bytes: bytes.to_vec(),
-            mime,
-        })
+        Ok(response)
     }
+}
+
+/// The audio type an answer declares (MP3 unless it says otherwise).
+fn mime_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("audio/mpeg")
+        .to_owned()
 }

@@ -95,6 +95,21 @@ pub trait ChatModel: Send + Sync {
     }
 }
 
+/// Speech as it is synthesised: its type, then its bytes in order (an
+/// item that is an error ends them).
+pub struct SpeechStream {
+    pub mime: String,
+    pub bytes: Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>,
+}
+
+impl std::fmt::Debug for SpeechStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechStream")
+            .field("mime", &self.mime)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What surrounds a sentence spoken on its own, so the voice carries on
 /// across sentences instead of starting afresh each time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,6 +139,25 @@ pub trait TextToSpeech: Send + Sync {
     ) -> Result<Speech, ProviderError> {
         let _ = context;
         self.speak(text).await
+    }
+
+    /// [`Self::speak_sentence`] as its audio arrives, so it can be relayed
+    /// before it is whole. Unless a client streams for real, the whole
+    /// audio as one piece.
+    ///
+    /// # Errors
+    /// [`ProviderError`], classified, when the speech does not start.
+    async fn speak_sentence_stream(
+        &self,
+        text: &str,
+        context: &SpeechContext,
+    ) -> Result<SpeechStream, ProviderError> {
+        let speech = self.speak_sentence(text, context).await?;
+        let bytes = Bytes::from(speech.bytes);
+        Ok(SpeechStream {
+            mime: speech.mime,
+            bytes: Box::pin(futures::stream::once(async move { Ok(bytes) })),
+        })
     }
 }
 

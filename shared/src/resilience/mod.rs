@@ -141,6 +141,27 @@ impl Resilience {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ProviderError>>,
     {
+        self.call_holding(provider, rank, call)
+            .await
+            .map(|(value, _permit)| value)
+    }
+
+    /// [`Self::call_ranked`] for a call whose answer goes on after it
+    /// returns (a stream): the concurrency slot comes back with the value
+    /// and is held until the caller drops it.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn call_holding<T, F, Fut>(
+        &self,
+        provider: Provider,
+        rank: Rank,
+        call: F,
+    ) -> Result<(T, Permit), CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         let mut steps = ExponentialBuilder::new()
             .with_min_delay(self.policy.base)
             .with_max_delay(self.policy.cap)
@@ -153,14 +174,16 @@ impl Resilience {
                 .map_err(CallError::Open)?;
             let permit = self.limiter.acquire_ranked(provider, rank).await;
             let result = call().await;
-            drop(permit);
             let error = match result {
                 Ok(value) => {
                     crate::metrics::provider_request(provider.as_str(), Some(200));
                     self.breakers.record(provider, true).await;
-                    return Ok(value);
+                    return Ok((value, permit));
                 }
-                Err(e) => e,
+                Err(e) => {
+                    drop(permit);
+                    e
+                }
             };
             crate::metrics::provider_request(provider.as_str(), error.status);
             let hint = error.retry_after;

@@ -177,8 +177,11 @@ pub trait Store: PersonStore + Send + Sync + 'static {
     /// (so no index is announced twice and a cancelled job stays as it is).
     /// Records the first token's and the first audio's times once
     /// (`job.timings.first_token`, now) and sets `tts_ms` (the speech that
-    /// trails the reply's writing, so far). The chunk's
-    /// `audio_id` is set here. False when the row had moved on.
+    /// trails the reply's writing, so far). The chunk's `audio_id`: the one
+    /// given (its audio, when not given here, comes later through
+    /// [`Store::save_chunk_audio`]: the chunk is announced while its speech
+    /// is relayed), else a new one when `audio` is given, else none (the
+    /// sentence is delivered as text). `None` when the row had moved on.
     async fn save_chunk(
         &self,
         job: &Job,
@@ -186,6 +189,15 @@ pub trait Store: PersonStore + Send + Sync + 'static {
         audio: Option<NewAudio>,
         tts_ms: i64,
     ) -> StoreResult<Option<ReplyChunk>>;
+    /// Stores the audio of an announced chunk under its id (once: a second
+    /// call is a no-op).
+    async fn save_chunk_audio(&self, job: &Job, id: AudioId, audio: NewAudio) -> StoreResult<()>;
+    /// Replaces the job's chunks with `chunks` (an announced chunk whose
+    /// speech broke loses its audio), provided the row still holds exactly
+    /// `job.chunks` and the job is still processing. False when it had moved on.
+    async fn replace_chunks(&self, job: &Job, chunks: &[ReplyChunk]) -> StoreResult<bool>;
+    /// Whether audio `id` is stored.
+    async fn audio_exists(&self, id: AudioId) -> StoreResult<bool>;
     /// Stops a queued or processing job: `cancelled`, and the conversation
     /// keeps only what the person heard of the reply (its chunks; nothing
     /// when none was delivered: the turn leaves no trace in the history).

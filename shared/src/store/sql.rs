@@ -390,7 +390,9 @@ macro_rules! sql_store {
                 let now = now_ms();
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
                 let prior = serde_json::to_string(&job.chunks).map_err(corrupt)?;
-                let audio_id = audio.as_ref().map(|_| AudioId::new());
+                let audio_id = chunk
+                    .audio_id
+                    .or_else(|| audio.as_ref().map(|_| AudioId::new()));
                 chunk.audio_id = audio_id;
                 let mut all = job.chunks.clone();
                 all.push(chunk.clone());
@@ -433,6 +435,47 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(Some(chunk))
+            }
+
+            async fn save_chunk_audio(&self, job: &Job, id: AudioId, audio: NewAudio) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO audio (id, session_id, kind, mime, bytes, size, created_at) \
+                     VALUES ($1, $2, 'reply', $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id.to_string())
+                .bind(job.session_id.to_string())
+                .bind(&audio.mime)
+                .bind(&audio.bytes)
+                .bind(audio.bytes.len() as i64)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn replace_chunks(&self, job: &Job, chunks: &[ReplyChunk]) -> StoreResult<bool> {
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+                let prior = serde_json::to_string(&job.chunks).map_err(corrupt)?;
+                let all = serde_json::to_string(chunks).map_err(corrupt)?;
+                let updated = sqlx::query(
+                    "UPDATE voice_jobs SET chunks = $2, updated_at = $3 \
+                     WHERE id = $1 AND chunks = $4 AND status = 'processing'",
+                )
+                .bind(job.id.to_string())
+                .bind(&all)
+                .bind(now_ms())
+                .bind(&prior)
+                .execute(&self.pool)
+                .await?;
+                Ok(updated.rows_affected() > 0)
+            }
+
+            async fn audio_exists(&self, id: AudioId) -> StoreResult<bool> {
+                let found: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audio WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(found > 0)
             }
 
             async fn cancel_job(&self, id: JobId) -> StoreResult<Cancel> {

@@ -527,3 +527,86 @@ async fn a_sentence_speech_refuses_is_delivered_as_text() {
     assert_eq!(chunks[0]["text"], split(&reply_for(&words))[0].as_str());
     app.stop().await;
 }
+
+/// A sentence is announced as soon as its speech starts: its `audio_url`
+/// streams the speech as it arrives, before the audio is stored, and gives
+/// the same bytes as the stored audio afterwards.
+async fn relays_speech_as_it_arrives(deployment: Deployment) {
+    let sim = SimConfig {
+        pacing: Pacing {
+            tts_ttfb: Some(Duration::from_millis(50)),
+            tts_speed: Some(2.0),
+            ..Pacing::default()
+        },
+        ..SimConfig::default()
+    };
+    let app = spawn_app_with(deployment, options(&[], sim)).await;
+    let words = words_with_sentences(3, "relayed");
+    let session = app.start_session().await;
+    let id = app.submit_text(&session, &words).await;
+    let response = app
+        .http
+        .get(format!("{}/api/jobs/{id}/events", app.url))
+        .send()
+        .await
+        .expect("events");
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    let first: Value = loop {
+        let chunk = tokio::time::timeout(LIMIT, body.next())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on until the first sentence")
+            .expect("events body");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(start) = seen.find("event: audio\ndata: ") {
+            let rest = &seen[start + "event: audio\ndata: ".len()..];
+            if let Some(end) = rest.find('\n') {
+                break serde_json::from_str(&rest[..end]).expect("audio data");
+            }
+        }
+    };
+    let url = first["audio_url"]
+        .as_str()
+        .expect("the first sentence has speech");
+    let audio_id = url.trim_start_matches("/api/audio/");
+    let stored_then = app
+        .scalar(&format!(
+            "SELECT COUNT(*) FROM audio WHERE id = '{audio_id}'"
+        ))
+        .await;
+    let live = app
+        .http
+        .get(format!("{}{url}", app.url))
+        .send()
+        .await
+        .expect("live audio");
+    assert_eq!(live.status(), 200);
+    assert_eq!(live.headers()["content-type"], "audio/mpeg");
+    let live = live.bytes().await.expect("the whole sentence");
+    assert_eq!(stored_then, 0, "announced before its audio was stored");
+    let job = app.wait_for_job(&id, LIMIT).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let stored = app
+        .http
+        .get(format!("{}{url}", app.url))
+        .send()
+        .await
+        .expect("stored audio")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(live, stored, "the relayed speech is the stored speech");
+    assert_eq!(sniff(&stored), Some(AudioFormat::Mp3));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_speech_is_relayed_as_it_arrives() {
+    relays_speech_as_it_arrives(Deployment::Embedded).await;
+}
+
+#[tokio::test]
+async fn scaled_speech_is_relayed_as_it_arrives() {
+    relays_speech_as_it_arrives(Deployment::Scaled).await;
+}
