@@ -123,7 +123,10 @@ pub(crate) fn break_off(events: &mut Vec<(Duration, Bytes)>, kind: StreamBreak, 
     events.truncate(words.saturating_add(1).min(events.len()));
     if kind == StreamBreak::Malformed {
         let at = events.last().map_or(Duration::ZERO, |(at, _)| *at);
-        events.push((at, Bytes::from_static(b"data: {\"choices\": [{\"delta\"\n\n")));
+        events.push((
+            at,
+            Bytes::from_static(b"data: {\"choices\": [{\"delta\"\n\n"),
+        ));
     }
 }
 
