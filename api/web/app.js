@@ -473,14 +473,6 @@ async function startAfresh() {
 }
 
 async function init() {
-  loadResources();
-  try {
-    const health = await fetch("/api/health").then((r) => r.json());
-    $("simulated").hidden = !health.simulated;
-  } catch {
-    // Health is informative only.
-  }
-  initRemembers({ erased: startAfresh });
   if (!(window.AudioContext ?? window.webkitAudioContext)) {
     // Without Web Audio there is no ear to listen with, and replies play whole.
     handsFree.disabled = true;
@@ -489,6 +481,14 @@ async function init() {
     // Otherwise the audio wakes with the first tap or key press.
     if (handsFree.checked) wakeAudio();
   }
+  loadResources();
+  try {
+    const health = await fetch("/api/health").then((r) => r.json());
+    $("simulated").hidden = !health.simulated;
+  } catch {
+    // Health is informative only.
+  }
+  initRemembers({ erased: startAfresh });
   try {
     await startSession();
     setState("idle");

@@ -342,9 +342,10 @@ test("hands-free, a turn ends by itself on silence and Rose answers it", async (
   assert.ok(first.result?.transcript, `Rose heard the recording: ${JSON.stringify(first)}`);
   await shot("reply");
   assert.deepEqual(seen.cancels, [], "nothing interrupted her first answer");
-  // Remembered: after a reload the switch is still on.
+  // Remembered: after a reload the switch is still on, and the page listens by itself.
   await page.reload();
   assert.equal(await page.getByRole("switch", { name: "Hands-free" }).isChecked(), true);
+  await page.waitForFunction(() => document.body.dataset.state === "listening");
   assert.deepEqual(errors, []);
   await page.context().close();
 });
