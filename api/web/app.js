@@ -280,7 +280,7 @@ async function run(fill, yourWords) {
     current.jobId = accepted.job_id ?? null;
     trace.job = current.jobId;
     if (current.interrupted) {
-      if (current.jobId) cancelJob(current.jobId);
+      if (current.jobId) cancelJob(current);
       return;
     }
     const job =
@@ -315,9 +315,12 @@ function turnOver() {
   else setState("idle");
 }
 
-function cancelJob(jobId) {
-  trace.cancelled.push(jobId);
-  cancel(jobId);
+/** Cancels the turn's job; the person's line shows what Rose heard, if she heard it. */
+function cancelJob(current) {
+  trace.cancelled.push(current.jobId);
+  cancel(current.jobId).then((job) => {
+    if (job?.result?.transcript) wordsOf(current.you).textContent = job.result.transcript;
+  });
 }
 
 /** The person speaks over Rose: she stops at once, the job is cancelled, the page listens. */
@@ -335,7 +338,7 @@ function interrupt() {
   trace.stopped += silenced;
   trace.interrupted.push({ job: current.jobId, state: was, silenced });
   current.abort.abort();
-  if (current.jobId) cancelJob(current.jobId);
+  if (current.jobId) cancelJob(current);
   listen();
 }
 

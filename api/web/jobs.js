@@ -89,9 +89,19 @@ async function poll(statusUrl, hooks) {
   return null;
 }
 
-/** Asks the server to stop the job; one that had already ended (409) needs nothing. */
-export function cancel(jobId) {
-  fetch(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }).catch(() => {
+/**
+ * Asks the server to stop the job; one that had already ended (409) needs
+ * nothing. Resolves with the job as it stands (null when it cannot be had),
+ * so the page can still show what Rose heard.
+ */
+export async function cancel(jobId) {
+  const url = `/api/jobs/${encodeURIComponent(jobId)}`;
+  try {
+    const response = await fetch(`${url}/cancel`, { method: "POST" });
+    if (response.ok) return await response.json();
+    if (response.status === 409) return await fetch(url).then((r) => (r.ok ? r.json() : null));
+  } catch {
     // The job runs on; its reply is no longer shown or played.
-  });
+  }
+  return null;
 }

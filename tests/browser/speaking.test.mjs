@@ -368,7 +368,13 @@ test("hands-free, speaking over Rose interrupts her and the new words are answer
   if (by.state === "speaking") assert.ok(by.silenced >= 1, "her voice was stopped");
   t.diagnostic(`interrupted while ${by.state}, ${by.silenced} sentence(s) silenced`);
   // Cancelled if she was still writing; a reply written whole (409) is only silenced.
-  assert.ok(["cancelled", "succeeded"].includes((await job(seen.jobs[0])).status));
+  const first = await job(seen.jobs[0]);
+  assert.ok(["cancelled", "succeeded"].includes(first.status), first.status);
+  // The interrupted turn still shows what Rose heard.
+  await page.waitForFunction(
+    (words) => document.querySelector("#transcript li.you .words").textContent === words,
+    first.result.transcript,
+  );
   // The words that interrupted her are a turn of their own, ended by silence.
   await until(() => seen.jobs.length >= 2, "the second turn");
   await until(async () => (await transcriptions()).length >= heard + 2, "the second recording's transcription");
