@@ -1,6 +1,8 @@
 // The web client in a real browser: Debian's Chromium, driven by
-// playwright-core, against `rose serve` with its in-process simulator.
-// Chromium's fake microphone plays a WAV spoken by espeak-ng.
+// playwright-core, against `rose serve` and the provider simulator as its
+// own process (so faults can be injected). Chromium's fake microphone plays
+// a WAV spoken by espeak-ng. Rose's replies arrive and play sentence by
+// sentence; the page's debug hook (`window.__rose`) says which it played.
 //
 //   ROSE_BIN=target/debug/rose node --test tests/browser/
 //
@@ -112,10 +114,11 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function openPage(name) {
+async function openPage(name, { before } = {}) {
   // Reduced motion stills the listening pulse, so clicks land on a steady button.
   const context = await browser.newContext({ permissions: ["microphone"], reducedMotion: "reduce" });
   const page = await context.newPage();
+  if (before) await page.addInitScript(before);
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
@@ -125,22 +128,25 @@ async function openPage(name) {
   return { page, errors, shot: (step) => page.screenshot({ path: path.join(artifacts, `${name}-${step}.png`), fullPage: true }) };
 }
 
-/** Waits until Rose's reply is on the page and her audio has played. */
+/** Rose's reply line without the "Rose" name above it. */
+async function replyText(page) {
+  return (await page.locator("#transcript li.rose").last().innerText()).replace(/^Rose\s*/, "");
+}
+
+/**
+ * Waits until Rose's reply is on the page and her turn is over; each of its
+ * sentences played, in order (the page's debug hook, `window.__rose`).
+ */
 async function expectReply(page) {
   const reply = page.locator("#transcript li.rose").last();
   await reply.waitFor({ timeout: 30_000 });
-  const text = (await reply.innerText()).replace(/^Rose\s*/, "");
+  await page.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 30_000 });
+  const text = await replyText(page);
   assert.match(text, /Simulated reply/, "the simulator's words are shown");
-  await page.waitForFunction(
-    () => {
-      const audio = document.getElementById("voice");
-      return audio.played.length > 0 && audio.currentTime > 0;
-    },
-    null,
-    { timeout: 30_000 },
-  );
-  const src = await page.locator("#voice").getAttribute("src");
-  assert.match(src ?? "", /^\/api\/audio\//, "Rose's reply audio is played");
+  const { played, shown } = await page.evaluate(() => ({ played: window.__rose.played, shown: window.__rose.shown }));
+  assert.ok(shown.length > 0, "the reply came sentence by sentence");
+  assert.deepEqual(played, [...shown.keys()], "every sentence played, in order");
+  assert.equal(await page.locator("#voice").getAttribute("src"), null, "not the whole file");
   return text;
 }
 
@@ -182,6 +188,28 @@ test("a person types instead and hears Rose answer", async () => {
   await page.context().close();
 });
 
+test("without Server-Sent Events the page waits for the whole reply and plays it as one file", async () => {
+  const { page, errors } = await openPage("whole", { before: () => delete window.EventSource });
+  await page.getByLabel("Or write to Rose").fill("Some mornings I still set out two cups.");
+  await page.getByLabel("Or write to Rose").press("Enter");
+  const reply = page.locator("#transcript li.rose").last();
+  await reply.waitFor({ timeout: 30_000 });
+  assert.match(await replyText(page), /Simulated reply/);
+  await page.waitForFunction(
+    () => {
+      const audio = document.getElementById("voice");
+      return audio.played.length > 0 && audio.currentTime > 0;
+    },
+    null,
+    { timeout: 30_000 },
+  );
+  assert.match((await page.locator("#voice").getAttribute("src")) ?? "", /^\/api\/audio\//, "the whole reply is played");
+  assert.deepEqual(await page.evaluate(() => window.__rose.shown), [], "no sentence came on its own");
+  await page.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 30_000 });
+  assert.deepEqual(errors, []);
+  await page.context().close();
+});
+
 /** Makes the simulator answer the next call to `endpoint` with `status`. */
 async function fault(endpoint, status) {
   const r = await fetch(`${simBase}/__sim/faults`, {
@@ -199,10 +227,15 @@ test("when Rose's voice fails, her words are shown without audio", async () => {
   await page.getByRole("button", { name: "Send" }).click();
   const reply = page.locator("#transcript li.rose").last();
   await reply.waitFor({ timeout: 30_000 });
+  await page.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 30_000 });
   assert.match(await reply.innerText(), /Simulated reply/);
   assert.match(await reply.innerText(), /voice could not be reached/);
-  assert.equal(await page.locator("#voice").getAttribute("src"), null, "no audio to play");
-  await page.waitForFunction(() => document.body.dataset.state === "idle");
+  assert.equal(await page.locator("#voice").getAttribute("src"), null, "no whole file to play");
+  // The sentence whose speech failed is shown and skipped; the others play.
+  const job = await fetch(`${base}/api/jobs/${await page.evaluate(() => window.__rose.job)}`).then((r) => r.json());
+  const voiced = job.result.chunks.filter((c) => c.audio_url).map((c) => c.index);
+  assert.ok(voiced.length < job.result.chunks.length, `a sentence without voice: ${JSON.stringify(job.result.chunks)}`);
+  assert.deepEqual(await page.evaluate(() => window.__rose.played), voiced);
   await shot("reply");
   await page.context().close();
 });
@@ -229,8 +262,14 @@ test("the controls are keyboard operable with a visible focus", async () => {
   const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
   assert.notEqual(outline, "none", "focus is visible");
   await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "hands-free");
+  const toggle = page.getByRole("switch", { name: "Hands-free" });
+  assert.equal(await toggle.isChecked(), false, "hands-free is off until asked for");
+  await page.keyboard.press("Tab");
   assert.equal(await page.evaluate(() => document.activeElement?.id), "message");
   await page.keyboard.press("Shift+Tab");
+  await page.keyboard.press("Shift+Tab");
+  assert.equal(await page.evaluate(() => document.activeElement?.id), "talk");
   await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.body.dataset.state === "listening");
   // Let the fake microphone speak: a recording stopped at once holds no audio.

@@ -114,7 +114,7 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Types `words` and waits for Rose's reply; returns its text. */
+/** Types `words` and waits for Rose's whole reply; returns its text. */
 async function say(page, words) {
   const before = await page.locator("#transcript li.rose").count();
   await page.getByLabel("Or write to Rose").fill(words);
@@ -122,7 +122,8 @@ async function say(page, words) {
   await page.waitForFunction((n) => document.querySelectorAll("#transcript li.rose").length > n, before, {
     timeout: 30_000,
   });
-  await page.waitForFunction(() => document.body.dataset.state !== "thinking", null, { timeout: 30_000 });
+  // Her line grows sentence by sentence; it is whole when her turn is over.
+  await page.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 30_000 });
   return (await page.locator("#transcript li.rose").last().innerText()).replace(/^Rose\s*/, "");
 }
 

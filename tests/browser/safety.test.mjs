@@ -107,7 +107,7 @@ async function openPage(name) {
   };
 }
 
-/** Types `words` and waits for Rose's reply; returns its text. */
+/** Types `words` and waits for Rose's whole reply; returns its text. */
 async function say(page, words) {
   const before = await page.locator("#transcript li.rose").count();
   await page.getByLabel("Or write to Rose").fill(words);
@@ -115,6 +115,8 @@ async function say(page, words) {
   await page.waitForFunction((n) => document.querySelectorAll("#transcript li.rose").length > n, before, {
     timeout: 30_000,
   });
+  // Her line grows sentence by sentence; it is whole when her turn is over.
+  await page.waitForFunction(() => document.body.dataset.state === "idle", null, { timeout: 30_000 });
   return (await page.locator("#transcript li.rose").last().innerText()).replace(/^Rose\s*/, "");
 }
 

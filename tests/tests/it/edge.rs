@@ -208,7 +208,17 @@ async fn unmatched_routes_answer_the_error_json() {
         );
     }
     // The web client is still served.
-    for path in ["/", "/app.js", "/identity.js", "/safety.js", "/app.css"] {
+    for path in [
+        "/",
+        "/app.js",
+        "/identity.js",
+        "/safety.js",
+        "/jobs.js",
+        "/player.js",
+        "/listen.js",
+        "/vad.js",
+        "/app.css",
+    ] {
         let response = app
             .http
             .get(format!("{}{path}", app.url))
