@@ -131,6 +131,25 @@ async fn a_cancel_stops_a_job_running_in_another_process() {
     assert_eq!(job["status"], "cancelled");
     assert_eq!(chunks(&job), 1, "{job}");
     assert_eq!(job["result"]["text"], heard.as_str());
+
+    // The next turn, run by the same worker: its prompt holds what was
+    // heard of the cancelled reply, and nothing more.
+    let next = app.submit_text(&session, "Thank you for that.").await;
+    let done = until(&app, &next, "the next turn ends", |j| {
+        j["status"] == "succeeded" || j["status"] == "failed"
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let prompts = app.reply_requests().await;
+    let last = prompts.last().expect("the next turn's prompt");
+    let assistant: Vec<&str> = last["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(assistant, [heard.as_str()], "{last}");
     app.stop().await;
 }
 
