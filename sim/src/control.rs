@@ -9,7 +9,9 @@
 //! for a broken reply stream `{"endpoint": "chat_completions", "stream":
 //! "cut" | "malformed" | "stall", "after_words": n, "count"}`: the next
 //! `count` streamed chat answers send `n` words, then end without `[DONE]`,
-//! send a chunk that is not JSON, or go silent for good.
+//! send a chunk that is not JSON, or go silent for good; or a hostile 200,
+//! `{"endpoint", "answer": "not_json" | "huge" | "endless", "count"}` (see
+//! `hostile.rs`).
 //! Errors here are Rose's own shape, `{"error": {"code", "message"}}`, since
 //! no provider answers them; an invalid control body is a 400.
 //!
@@ -39,8 +41,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::hostile::Hostile;
 use crate::pacing::Timing;
-use crate::state::{Endpoint, Fault, StreamBreak, StreamFault, lock};
+use crate::state::{Endpoint, Fault, HostileFault, StreamBreak, StreamFault, lock};
 use crate::{Latency, Pacing, Sim, Stats};
 
 /// The control routes, relative to `/__sim`.
@@ -99,6 +102,8 @@ struct FaultRequest {
     #[serde(default)]
     stream: Option<String>,
     #[serde(default)]
+    answer: Option<String>,
+    #[serde(default)]
     after_words: usize,
     #[serde(default = "one")]
     count: u32,
@@ -116,6 +121,7 @@ fn faults_body(sim: &Sim) -> Json<Value> {
     Json(json!({
         "faults": sim.state().faults(),
         "stream_faults": sim.state().stream_faults(),
+        "hostile": sim.state().hostile_faults(),
     }))
 }
 
@@ -134,6 +140,17 @@ async fn add_fault(State(sim): State<Sim>, body: Bytes) -> Response {
     };
     if request.count == 0 {
         return bad_request("count must be at least 1");
+    }
+    if let Some(answer) = &request.answer {
+        let Some(answer) = Hostile::parse(answer) else {
+            return bad_request("answer must be not_json, huge or endless");
+        };
+        sim.state().add_hostile(HostileFault {
+            endpoint: endpoint.name(),
+            answer,
+            count: request.count,
+        });
+        return (StatusCode::CREATED, faults_body(&sim)).into_response();
     }
     if let Some(stream) = &request.stream {
         let Some(stream) = StreamBreak::parse(stream) else {

@@ -49,6 +49,7 @@ mod elevenlabs_body;
 mod extract;
 mod form;
 mod groq;
+mod hostile;
 mod latency;
 mod mp3;
 mod outage;
@@ -128,6 +129,10 @@ impl Sim {
             .nest("/__sim", control::routes())
             .fallback(groq::unknown_url)
             .method_not_allowed_fallback(groq::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                hostile::hostile,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 record::record,

@@ -102,6 +102,14 @@ pub(crate) struct StreamFault {
     pub count: u32,
 }
 
+/// Hostile answers queued by `POST /__sim/faults` with `answer`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HostileFault {
+    pub endpoint: &'static str,
+    pub answer: crate::hostile::Hostile,
+    pub count: u32,
+}
+
 /// A one-shot failure queued by `POST /__sim/faults`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Fault {
@@ -162,6 +170,7 @@ pub(crate) struct Inner {
     counters: Arc<Counters>,
     faults: Mutex<VecDeque<Fault>>,
     stream_faults: Mutex<VecDeque<StreamFault>>,
+    hostile: Mutex<VecDeque<HostileFault>>,
     outages: Outages,
     windows: Mutex<Windows>,
     tts_slots: Arc<Semaphore>,
@@ -203,6 +212,7 @@ impl Inner {
             counters: Arc::new(Counters::new(config.limits.window)),
             faults: Mutex::new(VecDeque::new()),
             stream_faults: Mutex::new(VecDeque::new()),
+            hostile: Mutex::new(VecDeque::new()),
             outages: Outages::default(),
             windows: Mutex::new(Windows::new(now, config.limits.window)),
             tts_slots: Arc::new(Semaphore::new(slots)),
@@ -277,6 +287,7 @@ impl Inner {
     pub(crate) fn clear_faults(&self) {
         lock(&self.faults).clear();
         lock(&self.stream_faults).clear();
+        lock(&self.hostile).clear();
     }
 
     /// The run-time outages (`/__sim/outage`).
@@ -285,6 +296,27 @@ impl Inner {
     }
 
     /// Consumes one injected failure for `endpoint`, oldest first.
+    pub(crate) fn add_hostile(&self, fault: HostileFault) {
+        lock(&self.hostile).push_back(fault);
+    }
+
+    pub(crate) fn hostile_faults(&self) -> Vec<HostileFault> {
+        lock(&self.hostile).iter().cloned().collect()
+    }
+
+    /// Consumes one use of the oldest hostile answer queued for `endpoint`.
+    pub(crate) fn take_hostile(&self, endpoint: Endpoint) -> Option<crate::hostile::Hostile> {
+        let mut faults = lock(&self.hostile);
+        let index = faults.iter().position(|f| f.endpoint == endpoint.name())?;
+        let fault = faults.get_mut(index)?;
+        fault.count = fault.count.saturating_sub(1);
+        let answer = fault.answer;
+        if fault.count == 0 {
+            faults.remove(index);
+        }
+        Some(answer)
+    }
+
     pub(crate) fn add_stream_fault(&self, fault: StreamFault) {
         lock(&self.stream_faults).push_back(fault);
     }

@@ -49,12 +49,22 @@ impl StageError {
                 "provider_auth_failed",
                 format!("{} refused Rose's credentials", error.provider),
             ),
+            Self::Provider { stage, error } if error.is_bad_answer() => (
+                "provider_bad_answer",
+                format!(
+                    "{} stage: {} kept answering what Rose cannot read ({})",
+                    stage.as_str(),
+                    error.provider,
+                    error.message
+                ),
+            ),
             Self::Provider { stage, error } if error.is_retryable() => (
                 "provider_unavailable",
                 format!(
-                    "{} stage: {} stayed unavailable",
+                    "{} stage: {} stayed unavailable (last: {})",
                     stage.as_str(),
-                    error.provider
+                    error.provider,
+                    error.message
                 ),
             ),
             Self::Open { stage, .. } => (

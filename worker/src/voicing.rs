@@ -12,17 +12,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use rose_shared::config::TtsOrder;
 use rose_shared::domain::{AudioId, Job, ReplyChunk, now_ms};
 use rose_shared::metrics;
-use rose_shared::providers::{ProviderError, Speech, SpeechContext, TextToSpeech};
+use rose_shared::providers::{ProviderError, Speech, SpeechContext, TextToSpeech, body};
 use rose_shared::resilience::Provider;
 use rose_shared::store::NewAudio;
 use tokio::sync::mpsc;
 
 use crate::failure::StageError;
 use crate::pipeline::{Pipeline, mark_degraded};
+
+/// Bytes of speech looked at before it is relayed as audio.
+const SNIFF_BYTES: usize = 16;
 
 /// What a sentence's synthesis reports.
 pub(crate) enum Progress {
@@ -155,21 +159,32 @@ impl Pipeline {
                         "the speech stream stalled",
                     ));
                 }
-                Ok(None) if bytes.is_empty() => {
-                    break Err(ProviderError::transient("elevenlabs", None, "empty audio"));
-                }
-                Ok(None) => break Ok(()),
+                Ok(None) => break body::check_audio("elevenlabs", &bytes),
                 Ok(Some(Err(e))) => break Err(e),
                 Ok(Some(Ok(part))) if part.is_empty() => {}
+                Ok(Some(Ok(part))) if bytes.len() + part.len() > body::MAX_AUDIO_ANSWER => {
+                    break Err(ProviderError::bad_answer(
+                        "elevenlabs",
+                        "the speech is larger than Rose reads",
+                    ));
+                }
                 Ok(Some(Ok(part))) => {
+                    bytes.extend_from_slice(&part);
                     if relay.is_none() {
-                        relay = Some(self.rose.relay.open(audio_id, &stream.mime).await);
+                        // Relayed once its first bytes show it is audio.
+                        if bytes.len() < SNIFF_BYTES {
+                            continue;
+                        }
+                        if let Err(e) = body::check_audio("elevenlabs", &bytes) {
+                            break Err(e);
+                        }
+                        let mut opened = self.rose.relay.open(audio_id, &stream.mime).await;
+                        opened.push(&Bytes::copy_from_slice(&bytes)).await;
+                        relay = Some(opened);
                         let _ = tx.send(Progress::Started { index, audio_id });
-                    }
-                    if let Some(relay) = &mut relay {
+                    } else if let Some(relay) = &mut relay {
                         relay.push(&part).await;
                     }
-                    bytes.extend_from_slice(&part);
                 }
             }
         };

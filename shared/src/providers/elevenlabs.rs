@@ -61,11 +61,16 @@ impl TextToSpeech for ElevenLabs {
         let mut bytes = Vec::new();
         let mut parts = stream.bytes;
         while let Some(part) = parts.next().await {
-            bytes.extend_from_slice(&part?);
+            let part = part?;
+            if bytes.len() + part.len() > super::body::MAX_AUDIO_ANSWER {
+                return Err(ProviderError::bad_answer(
+                    PROVIDER,
+                    "the speech is larger than Rose reads",
+                ));
+            }
+            bytes.extend_from_slice(&part);
         }
-        if bytes.is_empty() {
-            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
-        }
+        super::body::check_audio(PROVIDER, &bytes)?;
         Ok(Speech {
             bytes,
             mime: stream.mime,
@@ -101,13 +106,7 @@ impl ElevenLabs {
     ) -> Result<Speech, ProviderError> {
         let response = self.request(url, text, context).await?;
         let mime = mime_of(&response);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::from_reqwest(PROVIDER, &e))?;
-        if bytes.is_empty() {
-            return Err(ProviderError::transient(PROVIDER, None, "empty audio"));
-        }
+        let bytes = super::body::read_audio(PROVIDER, response).await?;
         Ok(Speech {
             bytes: bytes.to_vec(),
             mime,
@@ -146,7 +145,7 @@ impl ElevenLabs {
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();
-            let body = response.text().await.unwrap_or_default();
+            let body = super::body::read_error_body(response).await;
             return Err(ProviderError::from_status(
                 PROVIDER,
                 status.as_u16(),

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 
+/// The code of an answer Rose could not use ([`ProviderError::bad_answer`]).
+pub const BAD_ANSWER: &str = "bad_answer";
+
 /// Whether trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -37,7 +40,8 @@ pub struct ProviderError {
     pub status: Option<u16>,
     pub message: String,
     /// The provider's own error code, e.g. ElevenLabs'
-    /// `too_many_concurrent_requests` or Groq's `rate_limit_exceeded`.
+    /// `too_many_concurrent_requests` or Groq's `rate_limit_exceeded`; or
+    /// [`BAD_ANSWER`] when its answer could not be read.
     pub code: Option<String>,
     /// The provider's own wait hint.
     pub retry_after: Option<Duration>,
@@ -87,6 +91,23 @@ impl ProviderError {
             code: None,
             retry_after: None,
         }
+    }
+
+    /// A success answer Rose cannot use: not the promised JSON or audio,
+    /// or larger than Rose reads. Transient (a proxy's error page, a
+    /// glitch), marked [`BAD_ANSWER`] so a job that fails on it says so.
+    #[must_use]
+    pub fn bad_answer(provider: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(BAD_ANSWER.to_owned()),
+            ..Self::transient(provider, None, message)
+        }
+    }
+
+    /// Whether the answer itself was unusable ([`Self::bad_answer`]).
+    #[must_use]
+    pub fn is_bad_answer(&self) -> bool {
+        self.code.as_deref() == Some(BAD_ANSWER)
     }
 
     /// Whether trying again can help.

@@ -5,6 +5,7 @@
 //! ([`elevenlabs`]), or local espeak-ng ([`espeak`]). Every failure is a
 //! [`ProviderError`] that says whether trying again can help.
 
+pub mod body;
 pub mod elevenlabs;
 pub mod error;
 pub mod espeak;

@@ -53,7 +53,7 @@ impl OpenAiClient {
             return Ok(response);
         }
         let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
+        let body = super::body::read_error_body(response).await;
         Err(ProviderError::from_status(
             PROVIDER,
             status.as_u16(),
@@ -83,8 +83,16 @@ struct Message {
     content: Option<String>,
 }
 
-fn bad_body(e: &reqwest::Error) -> ProviderError {
-    ProviderError::transient(PROVIDER, None, format!("unreadable answer: {e}"))
+/// The reply a completion holds.
+fn completion_text(completion: Completion) -> Result<String, ProviderError> {
+    completion
+        .choices
+        .into_iter()
+        .next()
+        .and_then(|c| c.message.content)
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| ProviderError::transient(PROVIDER, None, "empty completion"))
 }
 
 #[async_trait]
@@ -110,7 +118,7 @@ impl SpeechToText for OpenAiClient {
                 }
                 e
             })?;
-        let body: Transcription = response.json().await.map_err(|e| bad_body(&e))?;
+        let body: Transcription = super::body::read_json(PROVIDER, response).await?;
         Ok(body.text.trim().to_owned())
     }
 }
@@ -180,7 +188,7 @@ impl SseText {
                 continue;
             }
             let value: serde_json::Value = serde_json::from_str(data).map_err(|_| {
-                ProviderError::transient(PROVIDER, None, "malformed chunk in the reply stream")
+                ProviderError::bad_answer(PROVIDER, "malformed chunk in the reply stream")
             })?;
             if let Some(error) = value.get("error") {
                 let message = error
@@ -190,7 +198,7 @@ impl SseText {
                 return Err(ProviderError::transient(PROVIDER, None, message));
             }
             let chunk: StreamChunk = serde_json::from_value(value).map_err(|_| {
-                ProviderError::transient(PROVIDER, None, "malformed chunk in the reply stream")
+                ProviderError::bad_answer(PROVIDER, "malformed chunk in the reply stream")
             })?;
             if let Some(text) = chunk
                 .choices
@@ -201,6 +209,12 @@ impl SseText {
             {
                 out.push(text);
             }
+        }
+        if self.buffer.len() > super::body::MAX_JSON_ANSWER {
+            return Err(ProviderError::bad_answer(
+                PROVIDER,
+                "a line of the reply stream is larger than Rose reads",
+            ));
         }
         Ok(out)
     }
@@ -219,6 +233,18 @@ impl ChatModel for OpenAiClient {
         body["stream"] = json!(true);
         let url = format!("{}/chat/completions", self.base);
         let response = self.send(self.http.post(url).json(&body)).await?;
+        let event_stream = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        if !event_stream {
+            // A server that does not stream may answer the whole completion;
+            // anything else is not an answer.
+            let completion: Completion = super::body::read_json(PROVIDER, response).await?;
+            let text = completion_text(completion)?;
+            return Ok(Box::pin(futures::stream::once(async move { Ok(text) })));
+        }
         let bytes = response.bytes_stream();
         let state = (
             bytes,
@@ -262,15 +288,8 @@ impl ChatModel for OpenAiClient {
         let body = chat_body(&request);
         let url = format!("{}/chat/completions", self.base);
         let response = self.send(self.http.post(url).json(&body)).await?;
-        let completion: Completion = response.json().await.map_err(|e| bad_body(&e))?;
-        completion
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.message.content)
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| ProviderError::transient(PROVIDER, None, "empty completion"))
+        let completion: Completion = super::body::read_json(PROVIDER, response).await?;
+        completion_text(completion)
     }
 }
 
@@ -287,7 +306,7 @@ impl TextToSpeech for OpenAiClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("audio/mpeg")
             .to_owned();
-        let bytes = response.bytes().await.map_err(|e| bad_body(&e))?;
+        let bytes = super::body::read_audio(PROVIDER, response).await?;
         Ok(Speech {
             bytes: bytes.to_vec(),
             mime,

@@ -8,6 +8,7 @@ mod callbacks;
 mod edge;
 mod events;
 mod fuzz;
+mod hostile;
 mod identity;
 mod memory;
 mod metrics;
