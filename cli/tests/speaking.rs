@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rose_shared::sentences::split;
 use rose_sim::{Latency, Pacing, SimConfig, reply_for};
 use rose_tests::process::Proc;
-use rose_tests::{AppOptions, Deployment, TestApp, read_events, spawn_app_with};
+use rose_tests::{
+    AppOptions, Deployment, TestApp, read_events, spawn_app_with, words_with_sentences,
+};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -32,13 +34,6 @@ fn rose_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
         cmd.env(k, v);
     }
     Proc(cmd.spawn().expect("start rose worker"))
-}
-
-fn words_with_sentences(n: usize, seed: &str) -> String {
-    (0..1000)
-        .map(|i| format!("{seed} I keep thinking of the garden, day {i}."))
-        .find(|words| split(&reply_for(words)).len() == n)
-        .expect("words whose reply has that many sentences")
 }
 
 fn unix_ms() -> u64 {

@@ -33,6 +33,19 @@ pub const SPOKEN_WAV: &[u8] = include_bytes!("../fixtures/spoken.wav");
 /// What `SPOKEN_WAV` says.
 pub const SPOKEN_TEXT: &str = "I lost my mother last spring, and I still talk to her every night.";
 
+/// Words whose simulated reply has `n` sentences (the simulator's reply
+/// depends only on the last words), distinct for each `seed`.
+///
+/// # Panics
+/// When none of the first thousand candidates has `n` sentences.
+#[must_use]
+pub fn words_with_sentences(n: usize, seed: &str) -> String {
+    (0..1000)
+        .map(|i| format!("{seed} I keep thinking of the garden, day {i}."))
+        .find(|words| rose_shared::sentences::split(&rose_sim::reply_for(words)).len() == n)
+        .expect("words whose reply has that many sentences")
+}
+
 /// The test worlds' person-key secret (`ROSE_PERSON_KEY_SECRET`).
 pub const PERSON_KEY_SECRET: &str = "test-person-key-secret-0123456789abcdef";
 /// The test worlds' user-token secret (`ROSE_USER_TOKEN_SECRET`).

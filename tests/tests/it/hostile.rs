@@ -122,10 +122,7 @@ async fn speech_that_is_not_audio_or_never_ends_is_delivered_as_text() {
     .await;
     hostile(&app, "text_to_speech", "not_json", 1).await;
     hostile(&app, "text_to_speech", "endless", 1).await;
-    let words = (0..1000)
-        .map(|i| format!("The garden, day {i}."))
-        .find(|w| rose_shared::sentences::split(&rose_sim::reply_for(w)).len() == 3)
-        .expect("a three-sentence reply");
+    let words = rose_tests::words_with_sentences(3, "hostile");
     let session = app.start_session().await;
     let id = app.submit_text(&session, &words).await;
     let job = app.wait_for_job(&id, LIMIT).await;

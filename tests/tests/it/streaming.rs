@@ -8,21 +8,14 @@ use std::time::Duration;
 use rose_shared::audio::{AudioFormat, sniff};
 use rose_shared::sentences::split;
 use rose_sim::{Latency, Pacing, SimConfig, reply_for};
-use rose_tests::{AppOptions, Deployment, TestApp, read_events, spawn_app_with};
+use rose_tests::{
+    AppOptions, Deployment, TestApp, read_events, spawn_app_with, words_with_sentences,
+};
 use serde_json::{Value, json};
 
 use futures::StreamExt as _;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Typed words whose simulated reply has `n` sentences (the simulator's
-/// reply depends only on the words).
-pub(crate) fn words_with_sentences(n: usize, seed: &str) -> String {
-    (0..1000)
-        .map(|i| format!("{seed} I keep thinking of the garden, day {i}."))
-        .find(|words| split(&reply_for(words)).len() == n)
-        .expect("words whose reply has that many sentences")
-}
 
 fn options(env: &[(&str, &str)], sim: SimConfig) -> AppOptions {
     AppOptions {
