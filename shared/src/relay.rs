@@ -3,7 +3,7 @@
 //! streams it to a listener before the sentence is stored, so the first
 //! sound can be heard at the provider's first byte rather than when the
 //! whole sentence is ready. Once stored, the audio is served from the
-//! database; the relay is kept a few minutes after its end
+//! database; the relay is kept half a minute after its end
 //! ([`KEEP_AFTER_END`]) so a listener between the two always gets it whole.
 //!
 //! Scaled deployment: one Redis stream per audio id, `P:relay:{id}` (`P` =
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::domain::AudioId;
 
 /// How long a relay outlives its end (and its last write).
-pub const KEEP_AFTER_END: Duration = Duration::from_secs(300);
+pub const KEEP_AFTER_END: Duration = Duration::from_secs(30);
 /// A reader that hears nothing this long ends.
 pub const STALL: Duration = Duration::from_secs(30);
 
