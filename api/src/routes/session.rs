@@ -100,7 +100,8 @@ fn owner(rose: &Rose, headers: &HeaderMap, body: StartBody) -> ApiResult<Option<
     )
 )]
 async fn start(State(rose): State<Rose>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let body: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body at all names no one; anything else must be the JSON object.
+    let body: StartBody = if body.is_empty() {
         StartBody::default()
     } else {
         let value: serde_json::Value =

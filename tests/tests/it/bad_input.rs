@@ -268,3 +268,26 @@ async fn a_valid_upload_is_stored_and_enqueued_once() {
     assert_eq!(app.count_rows("voice_jobs").await, 4);
     app.stop().await;
 }
+
+/// Session start: no body names no one; a body that is not a JSON object
+/// (whitespace included) is refused, and no session is made.
+#[tokio::test]
+async fn a_session_start_body_is_nothing_or_a_json_object() {
+    let app = rose_tests::spawn_app(Deployment::Embedded).await;
+    let start = format!("{}/api/session/start", app.url);
+    let empty = app.http.post(&start).send().await.expect("request");
+    assert_eq!(empty.status(), 201);
+    for body in ["\t", " \n", "null", "[]", "{"] {
+        let response = app
+            .http
+            .post(&start)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        expect_error(response, 400, "invalid_json").await;
+    }
+    assert_eq!(app.count_rows("sessions").await, 1, "only the empty start");
+    app.stop().await;
+}
