@@ -176,6 +176,15 @@ impl Relay {
         match &self.inner {
             Inner::Local(relays) => {
                 let relay = relays.lock().ok()?.get(&id)?.clone();
+                let failed = relay
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.ended)
+                    .is_some_and(|(ok, _)| !ok);
+                if failed {
+                    return None;
+                }
                 Some(RelayRead {
                     mime: relay.mime.clone(),
                     body: local_body(relay),
@@ -195,6 +204,25 @@ impl Relay {
                     .await
                     .ok()?;
                 let (first_id, fields) = first.into_iter().next()?;
+                // A sentence whose speech broke has no audio to give.
+                let last: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let failed = last
+                    .first()
+                    .and_then(|(_, f)| f.get("end"))
+                    .is_some_and(|v| {
+                        redis::from_redis_value::<String>(v.clone()).is_ok_and(|v| v != "ok")
+                    });
+                if failed {
+                    return None;
+                }
                 let mime = match fields.get("mime") {
                     Some(value) => redis::from_redis_value::<String>(value.clone()).ok()?,
                     None => return None,
@@ -231,10 +259,9 @@ fn local_body(relay: Arc<LocalRelay>) -> RelayBody {
             }
             match ended {
                 Some((true, _)) => return None,
-                Some((false, _)) => {
-                    let e = std::io::Error::other("the speech stopped before its end");
-                    return Some((Err(e), (relay, usize::MAX)));
-                }
+                // Speech that broke ends the body where it broke (the
+                // chunk loses its audio in the job).
+                Some((false, _)) => return None,
                 None => {}
             }
             if tokio::time::timeout(STALL, changed).await.is_err() {
@@ -294,9 +321,12 @@ fn redis_body(conn: redis::aio::MultiplexedConnection, key: String, after: Strin
                         }
                         return Some((Ok(ready.remove(0)), (conn, key, after, ready, true)));
                     }
+                    // Speech that broke ends the body where it broke.
                     Some(false) => {
-                        let e = std::io::Error::other("the speech stopped before its end");
-                        return Some((Err(e), (conn, key, after, Vec::new(), true)));
+                        if ready.is_empty() {
+                            return None;
+                        }
+                        return Some((Ok(ready.remove(0)), (conn, key, after, ready, true)));
                     }
                     None => {}
                 }
@@ -430,15 +460,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_relay_ends_its_listeners_with_an_error() {
+    async fn speech_that_broke_ends_its_listeners_and_is_not_served_after() {
         let relay = Relay::local();
         let id = AudioId::new();
         let mut writer = relay.open(id, "audio/mpeg").await;
         writer.push(&Bytes::from_static(b"ab")).await;
-        writer.finish(false).await;
         let mut read = relay.read(id).await.expect("a relay");
+        writer.finish(false).await;
         assert!(read.body.next().await.expect("a part").is_ok());
-        assert!(read.body.next().await.expect("the end").is_err());
-        assert!(read.body.next().await.is_none());
+        assert!(read.body.next().await.is_none(), "ends where it broke");
+        assert!(relay.read(id).await.is_none(), "no audio to give");
     }
 }
