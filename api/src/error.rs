@@ -181,7 +181,9 @@ impl ApiError {
             Self::RateLimited(_) => (S::TOO_MANY_REQUESTS, "rate_limited"),
             Self::SessionBusy(_) => (S::TOO_MANY_REQUESTS, "session_busy"),
             Self::Maintenance(_) => (S::SERVICE_UNAVAILABLE, "maintenance_unavailable"),
-            Self::Store(_) => (S::SERVICE_UNAVAILABLE, "storage_unavailable"),
+            Self::Store(e) if e.is_full() => (S::INSUFFICIENT_STORAGE, "storage_full"),
+            Self::Queue(e) if e.is_full() => (S::INSUFFICIENT_STORAGE, "storage_full"),
+            Self::Store(_) => (S::SERVICE_UNAVAILABLE, "database_unavailable"),
             Self::Queue(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable"),
             Self::Memory(_) => (S::SERVICE_UNAVAILABLE, "memory_unavailable"),
         }
@@ -200,6 +202,9 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::RateLimited(wait) => Some(retry_secs(*wait)),
             Self::SessionBusy(_) => Some(1),
+            // An outage of the database or the queue, or a full disk: worth
+            // trying again shortly, and nothing of this request was kept.
+            Self::Store(_) | Self::Queue(_) => Some(2),
             _ => None,
         };
         let body = ErrorBody {

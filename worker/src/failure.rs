@@ -86,7 +86,7 @@ impl StageError {
             Self::SessionGone => ("session_not_found", self.to_string()),
             Self::AudioGone => ("audio_unavailable", self.to_string()),
             Self::Moved => ("job_moved", self.to_string()),
-            Self::Store(_) => ("storage_unavailable", "storage failed".to_owned()),
+            Self::Store(_) => ("database_unavailable", "storage failed".to_owned()),
         };
         JobError {
             code: code.to_owned(),

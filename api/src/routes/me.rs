@@ -153,7 +153,7 @@ fn parse_cursor(raw: &str) -> ApiResult<(i64, String)> {
         (status = 200, description = "A page, newest first", body = KeptPage),
         (status = 400, description = "`invalid_person_key`, `invalid_query`", body = ErrorBody),
         (status = 401, description = "`identity_required`, `invalid_user_token`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `memory_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `memory_unavailable`", body = ErrorBody),
     )
 )]
 async fn memories(
@@ -218,7 +218,7 @@ async fn memories(
         (status = 400, description = "`invalid_person_key`", body = ErrorBody),
         (status = 401, description = "`identity_required`, `invalid_user_token`", body = ErrorBody),
         (status = 404, description = "`memory_not_found`: not this person's", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `memory_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `memory_unavailable`", body = ErrorBody),
     )
 )]
 async fn forget_one(
@@ -275,7 +275,7 @@ async fn forget_one(
         (status = 204, description = "Erased (also when nothing was kept)"),
         (status = 400, description = "`invalid_person_key`", body = ErrorBody),
         (status = 401, description = "`identity_required`, `invalid_user_token`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `memory_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `memory_unavailable`", body = ErrorBody),
     )
 )]
 async fn erase(State(rose): State<Rose>, headers: HeaderMap) -> ApiResult<StatusCode> {

@@ -96,7 +96,8 @@ fn owner(rose: &Rose, headers: &HeaderMap, body: StartBody) -> ApiResult<Option<
         (status = 201, description = "Session started", body = Started),
         (status = 400, description = "`invalid_json`, `invalid_user_id`, `invalid_person_key`, `ambiguous_identity`", body = ErrorBody),
         (status = 401, description = "`user_id_requires_token`, `invalid_user_token`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `person_keys_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable` (with `Retry-After`), `person_keys_unavailable`", body = ErrorBody),
+        (status = 507, description = "`storage_full`: the disk under the database is full; nothing was stored", body = ErrorBody),
     )
 )]
 async fn start(State(rose): State<Rose>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
@@ -226,7 +227,7 @@ fn one_identity(doc: &mut utoipa::openapi::OpenApi) {
     responses(
         (status = 204, description = "Erased with its turns, jobs, audio and memories"),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `memory_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `memory_unavailable`", body = ErrorBody),
     )
 )]
 async fn erase(State(rose): State<Rose>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -11,8 +11,9 @@
 //! `invalid_audio` otherwise: an empty WAV `fmt `, a WebM without frames, an
 //! MP4 without a sound track — what the provider would refuse anyway, and
 //! Rose can tell without paying for it), and the session must exist. The job row
-//! is committed before the push; if the push fails the job is marked failed so
-//! it is never left waiting for nothing.
+//! is committed before the push; if the push fails the job and its recording
+//! are removed (the answer says nothing was taken), or, when even that
+//! fails, the job is marked failed so it is never left waiting for nothing.
 
 use std::collections::HashMap;
 
@@ -158,7 +159,8 @@ struct Accepted {
         (status = 429, description = "`rate_limited` (per client address), `session_busy` (jobs in flight); with `Retry-After`", body = ErrorBody),
         (status = 415, description = "`unsupported_audio_format`: the bytes are none of the accepted containers", body = ErrorBody),
         (status = 422, description = "`invalid_audio`: a known container with no decodable audio in it (e.g. a WAV whose `fmt `/`data` chunk is missing or impossible, a WebM without frames, an MP4 without a sound track)", body = ErrorBody),
-        (status = 503, description = "`storage_unavailable`, `queue_unavailable`", body = ErrorBody),
+        (status = 503, description = "`database_unavailable`, `queue_unavailable`; with `Retry-After`", body = ErrorBody),
+        (status = 507, description = "`storage_full`: the disk under the database is full; nothing was stored", body = ErrorBody),
     )
 )]
 async fn process(
@@ -194,12 +196,22 @@ async fn process(
             request_id: Some(request_id.0),
         };
         if let Err(e) = rose.queue.push_voice(&task).await {
-            let error = JobError {
-                code: "queue_unavailable".to_owned(),
-                message: "the job could not be queued".to_owned(),
-            };
-            if let Err(store_err) = rose.store.fail_job(job.id, &error).await {
-                tracing::error!(job_id = %job.id, error = %store_err, "could not mark unqueued job failed");
+            // The person is told the upload was not taken: nothing of it
+            // stays. Should even that fail, the job is marked failed (a
+            // row left `queued` would be pushed later by the stale-job
+            // reaper and answered after the person heard "not taken").
+            match rose.store.discard_job(job.id).await {
+                Ok(_) => {}
+                Err(store_err) => {
+                    tracing::error!(job_id = %job.id, error = %store_err, "could not remove an unqueued job; marking it failed");
+                    let error = JobError {
+                        code: "queue_unavailable".to_owned(),
+                        message: "the job could not be queued".to_owned(),
+                    };
+                    if let Err(store_err) = rose.store.fail_job(job.id, &error).await {
+                        tracing::error!(job_id = %job.id, error = %store_err, "could not mark unqueued job failed");
+                    }
+                }
             }
             return Err(ApiError::Queue(e));
         }

@@ -93,6 +93,18 @@ pub enum QueueError {
     Stopped(&'static str),
 }
 
+impl QueueError {
+    /// The disk under the embedded queue is full.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        match self {
+            Self::Sqlx(e) => crate::store::disk_full(e),
+            Self::Sqlite(e) => e.to_string().contains("database or disk is full"),
+            _ => false,
+        }
+    }
+}
+
 /// How one worker consumes a queue, on either carrier.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {

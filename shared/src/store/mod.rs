@@ -48,6 +48,56 @@ pub enum StoreError {
     SessionBusy(u32),
 }
 
+impl StoreError {
+    /// The database could not be reached, or dropped the connection under
+    /// the call: a passing outage, not a fault of what was asked.
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Database(e) if unreachable(e))
+    }
+
+    /// The disk under the database is full (SQLite `SQLITE_FULL`,
+    /// PostgreSQL `disk_full`, or `ENOSPC` from the file system).
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Database(e) if disk_full(e))
+    }
+}
+
+/// Whether `e` says the database is out of reach (connection refused,
+/// reset or timed out; the pool could not connect; the server shutting
+/// down or refusing connections: SQLSTATE class 08, 57P01–57P03, 53300).
+#[must_use]
+pub fn unreachable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(io) => io.raw_os_error() != Some(ENOSPC),
+        E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => true,
+        E::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// `ENOSPC`: no space left on the device.
+const ENOSPC: i32 = 28;
+
+/// Whether `e` says the disk is full.
+#[must_use]
+pub fn disk_full(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(io) => io.raw_os_error() == Some(ENOSPC),
+        // SQLite's primary result code 13 (SQLITE_FULL, "database or disk
+        // is full"); PostgreSQL's SQLSTATE 53100 (disk_full).
+        E::Database(db) => db
+            .code()
+            .is_some_and(|code| matches!(code.as_ref(), "13" | "53100")),
+        _ => false,
+    }
+}
+
 /// Result alias for storage calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -210,6 +260,10 @@ pub trait Store: PersonStore + Send + Sync + 'static {
     async fn complete_job(&self, id: JobId, degraded: &[String]) -> StoreResult<bool>;
     /// The job failed for good.
     async fn fail_job(&self, id: JobId, error: &JobError) -> StoreResult<()>;
+    /// Removes a job no worker has touched (`queued`, never attempted) and
+    /// its recording, as if it had never been taken: the api answered an
+    /// error because it could not be queued. False when it had moved on.
+    async fn discard_job(&self, id: JobId) -> StoreResult<bool>;
     /// The job waits for a later attempt (already pushed, delayed): back to
     /// `queued`; `deferred` counts a breaker deferral rather than a failure.
     async fn reschedule_job(&self, id: JobId, deferred: bool) -> StoreResult<()>;

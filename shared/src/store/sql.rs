@@ -612,6 +612,28 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn discard_job(&self, id: JobId) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let audio: Option<Option<String>> = sqlx::query_scalar(
+                    "DELETE FROM voice_jobs WHERE id = $1 AND status = 'queued' AND attempts = 0 \
+                     RETURNING input_audio_id",
+                )
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(audio) = audio else {
+                    return Ok(false);
+                };
+                if let Some(audio) = audio {
+                    sqlx::query("DELETE FROM audio WHERE id = $1")
+                        .bind(audio)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
             async fn reschedule_job(&self, id: JobId, deferred: bool) -> StoreResult<()> {
                 sqlx::query(
                     "UPDATE voice_jobs SET status = 'queued', deferrals = deferrals + $2, \
