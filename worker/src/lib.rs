@@ -31,7 +31,7 @@ use rose_shared::queue::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use pipeline::{Outcome, Pipeline, job_backoff};
+pub use pipeline::{Outcome, Pipeline, PipelineError, job_backoff};
 
 /// How a worker process runs.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ pub fn unique_name() -> String {
 async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), BoxDynError> {
     let run = std::panic::AssertUnwindSafe(pipeline.process(&task)).catch_unwind();
     match run.await {
-        Ok(outcome) => match outcome? {
+        Ok(outcome) => match outcome.map_err(settle_pipeline_error)? {
             Outcome::Finished | Outcome::Rescheduled => Ok(()),
             // The policy said stop: the message goes to the dead letters.
             Outcome::GaveUp(reason) => Err(Box::new(Abort(reason))),
@@ -81,6 +81,23 @@ async fn handle(task: VoiceTask, pipeline: Data<Arc<Pipeline>>) -> Result<(), Bo
             pipeline.fail_internal(task.job_id).await?;
             Err(Box::new(Abort(panicked.to_string())))
         }
+    }
+}
+
+/// What the queue does with a delivery whose row could not be read or
+/// written: while the database is out of reach (or its disk is full) the
+/// job waits, retried every
+/// 1–3 s (jittered, so a recovering database is not met by every job at
+/// once) without spending one of its attempts — an outage is not the job's
+/// fault, and its checkpoints make the retry resume where it stopped. Any
+/// other failure spends an attempt ([`voice_retry`]).
+fn settle_pipeline_error(error: PipelineError) -> BoxDynError {
+    match error {
+        PipelineError::Store(e) if e.is_unavailable() || e.is_full() => Box::new(Defer {
+            after: Duration::from_millis(rand::random_range(1_000..3_000)),
+            reason: format!("the database cannot be written: {e}"),
+        }),
+        e => Box::new(e),
     }
 }
 

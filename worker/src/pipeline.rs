@@ -106,6 +106,40 @@ impl Upload<'_> {
     }
 }
 
+/// How long a write of work a provider was paid for waits for the database
+/// to come back before the attempt gives up (and the job's retry pays that
+/// stage again).
+pub(crate) const CHECKPOINT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `write` until it succeeds or fails for another reason than a
+/// database out of reach or a full disk: those are tried again every
+/// 0.5–1 s for up to [`CHECKPOINT_PATIENCE`], so a short outage costs the
+/// job a wait, not a second payment for what it is storing. A cancelled job
+/// drops the wait with the rest of its work.
+pub(crate) async fn patiently<T, F>(write: impl Fn() -> F) -> StoreResult<T>
+where
+    F: std::future::Future<Output = StoreResult<T>>,
+{
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match write().await {
+            Err(e)
+                if (e.is_unavailable() || e.is_full())
+                    && started.elapsed() < CHECKPOINT_PATIENCE =>
+            {
+                if !warned {
+                    tracing::warn!(error = %e, "paid-for work could not be stored; trying again while the database is away");
+                    warned = true;
+                }
+                let wait = Duration::from_millis(rand::random_range(500..1_000));
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs voice jobs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -334,7 +368,7 @@ impl Pipeline {
                 job.reply_text = Some(reply.to_owned());
                 let store = &self.rose.store;
                 self.checkpoint(&mut job, async |job, next| {
-                    store.save_silent_reply(job.id, reply, next).await
+                    patiently(|| store.save_silent_reply(job.id, reply, next)).await
                 })
                 .await?;
                 tracing::info!(job_id = %job.id, "silent turn; answered without the model");
@@ -392,7 +426,8 @@ impl Pipeline {
                         bytes: speech.bytes,
                         mime: speech.mime,
                     };
-                    self.rose.store.save_speech(&job, audio, ms).await?;
+                    let store = &self.rose.store;
+                    patiently(|| store.save_speech(&job, audio.clone(), ms)).await?;
                     metrics::stage("tts", started.elapsed());
                     metrics::first_audio(self::ms(now_ms() - job.created_at));
                     tracing::info!(event = "job_stage", job_id = %job.id, stage = "tts", tts_duration_ms = ms, "job_stage");
@@ -508,7 +543,7 @@ impl Pipeline {
         job.transcript = Some(text.clone());
         let store = &self.rose.store;
         self.checkpoint(job, async |job, next| {
-            store.save_transcript(job.id, &text, ms, next).await
+            patiently(|| store.save_transcript(job.id, &text, ms, next)).await
         })
         .await
     }
@@ -544,7 +579,7 @@ impl Pipeline {
                 job.memories = Some(facts.clone());
                 let store = &self.rose.store;
                 self.checkpoint(job, async |job, next| {
-                    store.save_memories(job.id, &facts, ms, next).await
+                    patiently(|| store.save_memories(job.id, &facts, ms, next)).await
                 })
                 .await?;
                 tracing::info!(event = "job_stage", job_id = %job.id, stage = "memory", recalled = facts.len(), qdrant_duration_ms = ms, "job_stage");
@@ -606,7 +641,7 @@ impl Pipeline {
         job.reply_text = Some(reply.clone());
         let store = &self.rose.store;
         self.checkpoint(job, async |job, next| {
-            store.save_reply(job, &reply, ms, next).await
+            patiently(|| store.save_reply(job, &reply, ms, next)).await
         })
         .await?;
         self.queue_background(job, session, earlier).await;

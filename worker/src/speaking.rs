@@ -45,7 +45,7 @@ use rose_shared::store::{AudioLookup, NewAudio};
 use tokio::sync::mpsc;
 
 use crate::failure::StageError;
-use crate::pipeline::{Pipeline, elapsed_ms, mark_degraded};
+use crate::pipeline::{Pipeline, elapsed_ms, mark_degraded, patiently};
 use crate::voicing::Line;
 
 /// Where the reply comes from.
@@ -316,7 +316,7 @@ impl Pipeline {
         job.reply_text = Some(reply.clone());
         let store = &self.rose.store;
         self.checkpoint(job, async |job, next| {
-            store.save_reply(job, &reply, llm_ms, next).await
+            patiently(|| store.save_reply(job, &reply, llm_ms, next)).await
         })
         .await?;
         // Followers see the stage move on to the speech that trails the reply.

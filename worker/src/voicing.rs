@@ -23,7 +23,7 @@ use rose_shared::store::NewAudio;
 use tokio::sync::mpsc;
 
 use crate::failure::StageError;
-use crate::pipeline::{Pipeline, mark_degraded};
+use crate::pipeline::{Pipeline, mark_degraded, patiently};
 
 /// Bytes of speech looked at before it is relayed as audio.
 const SNIFF_BYTES: usize = 16;
@@ -267,10 +267,9 @@ impl Pipeline {
                     bytes: speech.bytes.clone(),
                     mime: speech.mime.clone(),
                 };
-                self.rose
-                    .store
-                    .save_chunk_audio(job, *audio_id, audio)
-                    .await?;
+                let store = &self.rose.store;
+                let done: &Job = job;
+                patiently(|| store.save_chunk_audio(done, *audio_id, audio.clone())).await?;
                 slot.stored = true;
             }
             State::Failed => {
@@ -323,12 +322,11 @@ impl Pipeline {
                 text: slot.text.clone(),
                 audio_id,
             };
-            let Some(chunk) = self
-                .rose
-                .store
-                .save_chunk(job, chunk, audio, tts_ms)
-                .await?
-            else {
+            let store = &self.rose.store;
+            let done: &Job = job;
+            let saved =
+                patiently(|| store.save_chunk(done, chunk.clone(), audio.clone(), tts_ms)).await?;
+            let Some(chunk) = saved else {
                 return Err(StageError::Moved);
             };
             if chunk.audio_id.is_some() && job.timings.first_audio.is_none() {
