@@ -11,6 +11,7 @@
 //! | `P:q:Q:delayed` | sorted set, score = due time (unix ms) | delayed jobs and retries waiting for their time | from scheduling until promoted into the stream (at most [`PROMOTE_BATCH`] per call) |
 //! | `P:q:Q:dead` | stream | jobs whose attempts are exhausted, with their last error | until revived (`rose queue retry`) or purged; capped at about [`DEAD_LETTER_CAP`] entries |
 //! | `P:q:Q:stats` | hash | counters `completed`, `retried`, `dead`, `revived`, `reclaimed` | as long as the queue exists (a handful of integers) |
+//! | `P:q:Q:push:T` | string | one push's token: a push resent after its connection dropped adds nothing when the first send arrived | 60 s ([`PUSH_TOKEN_TTL`]) |
 //!
 //! Pub/sub channel `P:q:Q:wake` (no storage) tells promoters that an entry
 //! with an earlier due time was scheduled.
@@ -81,6 +82,23 @@ impl Keys {
         }
     }
 }
+
+/// How long a push's token outlives it: far longer than the one resend
+/// that can follow it.
+pub const PUSH_TOKEN_TTL: Duration = Duration::from_secs(60);
+
+/// `XADD` unless this push's token says it was done already; records the
+/// queue's name in `P:queues` (so it is listed again after a Redis that
+/// lost its data comes back).
+static PUSH_ONCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[4]) then \
+           redis.call('SADD', KEYS[3], ARGV[5]) \
+           return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'data', ARGV[2], 'at', ARGV[3], 'attempt', '0') \
+         end \
+         return false",
+    )
+});
 
 /// A handle on the Redis queue: pushes, inspection, and worker backends.
 #[derive(Clone)]
@@ -174,7 +192,15 @@ impl RedisQueue {
         }
     }
 
-    /// Appends one message to `queue`.
+    /// Appends one message to `queue`, once.
+    ///
+    /// A push whose connection had dropped (Redis restarted, a failover, a
+    /// reset) is sent again once on the reconnected connection. The push
+    /// carries a token, `P:q:Q:push:TOKEN`, set in the same script as the
+    /// `XADD` and kept [`PUSH_TOKEN_TTL`]: when the first send did reach
+    /// Redis and only its answer was lost, the second finds the token and
+    /// adds nothing, so a message is never queued twice (which could run a
+    /// job twice at once and pay its providers twice).
     ///
     /// # Errors
     /// When Redis refuses or cannot be reached.
@@ -186,12 +212,33 @@ impl RedisQueue {
     ) -> Result<(), QueueError> {
         let data = serde_json::to_string(message)?;
         let at = now_ms().to_string();
-        let mut pipe = redis::pipe();
-        self.registration(queue, &mut pipe);
-        pipe.xadd(self.stream_key(queue), "*", &fields(id, &data, &at))
-            .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await?;
-        Ok(())
+        let token = format!("{}:q:{queue}:push:{}", self.prefix, ulid::Ulid::generate());
+        let stream = self.stream_key(queue);
+        let queues = self.queues_key();
+        let ttl = PUSH_TOKEN_TTL.as_millis().to_string();
+        let mut conn = self.conn.clone();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let sent: Result<redis::Value, redis::RedisError> = PUSH_ONCE
+                .key(&stream)
+                .key(&token)
+                .key(&queues)
+                .arg(id)
+                .arg(&data)
+                .arg(&at)
+                .arg(&ttl)
+                .arg(queue)
+                .invoke_async(&mut conn)
+                .await;
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 2 && e.is_connection_dropped() => {
+                    tracing::debug!(queue, error = %e, "push met a dropped connection; sending it again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Appends many messages to `queue` in pipelines of 1,000.
