@@ -34,7 +34,14 @@ pub struct SimConfig {
     /// `None` (the default) keeps the outage for good. Ignored under other
     /// profiles.
     pub outage: Option<Duration>,
+    /// How many requests `GET /__sim/requests` keeps, oldest dropped first
+    /// (default [`DEFAULT_LOG_CAPACITY`]; a test that accounts for every
+    /// request of a long run raises it).
+    pub log_capacity: usize,
 }
+
+/// Requests the log keeps unless told otherwise.
+pub const DEFAULT_LOG_CAPACITY: usize = 200;
 
 /// The flaky profile's default failure share: one request in five.
 pub const DEFAULT_FLAKY_RATE: f64 = 0.2;
@@ -48,6 +55,7 @@ impl Default for SimConfig {
             limits: SimLimits::default(),
             flaky_rate: DEFAULT_FLAKY_RATE,
             outage: None,
+            log_capacity: DEFAULT_LOG_CAPACITY,
         }
     }
 }
@@ -60,6 +68,7 @@ impl PartialEq for SimConfig {
             && self.limits == other.limits
             && self.flaky_rate.to_bits() == other.flaky_rate.to_bits()
             && self.outage == other.outage
+            && self.log_capacity == other.log_capacity
     }
 }
 

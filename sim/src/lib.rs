@@ -72,8 +72,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    DEFAULT_FLAKY_RATE, Latency, LatencyParseError, Profile, ProfileParseError, SimConfig,
-    SimLimits,
+    DEFAULT_FLAKY_RATE, DEFAULT_LOG_CAPACITY, Latency, LatencyParseError, Profile,
+    ProfileParseError, SimConfig, SimLimits,
 };
 pub use pacing::{
     Pacing, REALISTIC_STT_OVERHEAD, REALISTIC_STT_SPEED, REALISTIC_TOKENS_PER_S, REALISTIC_TTFT,

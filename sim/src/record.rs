@@ -1,4 +1,4 @@
-//! The request recorder: a middleware that keeps the last [`CAPACITY`]
+//! The request recorder: a middleware that keeps the last `log_capacity`
 //! provider requests for `GET /__sim/requests`.
 //!
 //! It buffers each body once (bounded by [`crate::MAX_BODY_BYTES`]), writes a
@@ -36,9 +36,6 @@ use crate::form::{self, FieldValue};
 use crate::state::lock;
 use crate::{MAX_BODY_BYTES, Sim};
 
-/// How many requests the log keeps.
-pub(crate) const CAPACITY: usize = 200;
-
 /// One recorded request.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Entry {
@@ -64,18 +61,28 @@ pub(crate) struct Entry {
 }
 
 /// The bounded log, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RequestLog {
     entries: VecDeque<Entry>,
     next_id: u64,
+    capacity: usize,
 }
 
 impl RequestLog {
+    /// A log keeping the last `capacity` requests (at least one).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            next_id: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
     fn push(&mut self, mut entry: Entry) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         entry.id = id;
-        if self.entries.len() == CAPACITY {
+        if self.entries.len() >= self.capacity {
             self.entries.pop_front();
         }
         self.entries.push_back(entry);
@@ -323,7 +330,8 @@ mod tests {
 
     #[test]
     fn log_keeps_the_newest() {
-        let mut log = RequestLog::default();
+        const CAPACITY: usize = crate::config::DEFAULT_LOG_CAPACITY;
+        let mut log = RequestLog::new(CAPACITY);
         for i in 0..(CAPACITY + 5) {
             let id = log.push(Entry {
                 id: 0,

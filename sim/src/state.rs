@@ -216,7 +216,7 @@ impl Inner {
             outages: Outages::default(),
             windows: Mutex::new(Windows::new(now, config.limits.window)),
             tts_slots: Arc::new(Semaphore::new(slots)),
-            log: Mutex::new(RequestLog::default()),
+            log: Mutex::new(RequestLog::new(config.log_capacity)),
         }
     }
 
