@@ -1,0 +1,827 @@
+//! Faults survived, with real processes and real services: a hundred voice
+//! jobs through `rose api` and two `rose worker` processes on PostgreSQL
+//! and Redis, a fault injected while they run, and then the promises
+//! checked — every job ends `succeeded`, no provider stage was paid twice
+//! (the simulator's request log), nothing was stored twice, and new work is
+//! served once the fault has cleared.
+//!
+//! Each case owns what it breaks: a Redis it starts on its own port, a TCP
+//! gate in front of PostgreSQL it can close, its own `rose api` process, a
+//! tmpfs it mounts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rose_sim::{Latency, SimConfig};
+use rose_tests::process::{Proc, free_port, wait_for_api};
+use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestApp, spawn_app_with};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const JOBS: usize = 100;
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Provider latencies long enough that a fault lands while jobs are
+/// between stages, short enough that a hundred jobs take seconds.
+fn sim() -> SimConfig {
+    SimConfig {
+        latency: Latency {
+            stt: Duration::from_millis(100),
+            llm: Duration::from_millis(150),
+            tts: Duration::from_millis(100),
+        },
+        // Every request of the run is accounted for.
+        log_capacity: 100_000,
+        ..SimConfig::default()
+    }
+}
+
+fn kill9(p: &Proc) {
+    let status = Command::new("kill")
+        .args(["-KILL", &p.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+/// Where this case's processes write their logs (kept for a failure's
+/// post-mortem under `target/fault-logs/`).
+fn log_dir(case: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/fault-logs")
+        .join(case);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// A `rose` process with `env`, its output in `logs/name.log`.
+fn rose(args: &[&str], env: &HashMap<String, String>, logs: &Path, name: &str) -> Proc {
+    let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rose"));
+    cmd.args(args)
+        .env_remove("GROQ_API_KEY")
+        .env_remove("ELEVENLABS_API_KEY")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "warn")
+        .envs(env)
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    Proc(cmd.spawn().expect("start rose"))
+}
+
+/// A Redis of this test's own, on its own port and directory.
+struct OwnRedis {
+    port: u16,
+    aof: bool,
+    dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl OwnRedis {
+    async fn start(aof: bool) -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            aof,
+            dir: tempfile::tempdir().expect("redis dir"),
+            proc: None,
+        };
+        redis.run().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn run(&mut self) {
+        let aof = if self.aof { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)");
+        self.proc = Some(Proc(child));
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let started = Instant::now();
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+                // With AOF on, Redis answers LOADING until the file is read.
+                if pong.is_ok() {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < LIMIT, "redis did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Dies as a machine losing power would, then comes back on the same
+    /// port and directory after `down`.
+    async fn crash_and_restart(&mut self, down: Duration) {
+        if let Some(p) = self.proc.take() {
+            kill9(&p);
+        }
+        tokio::time::sleep(down).await;
+        self.run().await;
+    }
+}
+
+/// A TCP gate in front of PostgreSQL: open, it forwards; cut, it drops
+/// every connection through it and refuses new ones, as a database that
+/// went away does.
+struct Gate {
+    port: u16,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        let port = listener.local_addr().expect("gate addr").port();
+        let (open, rx) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                if !*rx.borrow() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn mend(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// `host:port` of a `postgres://user@host:port/db…` URL.
+fn pg_host(url: &str) -> &str {
+    let rest = url.split_once('@').map_or(url, |(_, r)| r);
+    rest.split('/').next().expect("host")
+}
+
+/// The environment every role of a case shares.
+fn fleet_env(app: &TestApp, database_url: String, redis_url: String) -> HashMap<String, String> {
+    HashMap::from([
+        ("DATABASE_URL".to_owned(), database_url),
+        ("REDIS_URL".to_owned(), redis_url),
+        ("ROSE_REDIS_PREFIX".to_owned(), app.prefix.clone()),
+        ("ROSE_SIMULATOR_URL".to_owned(), app.sim.url.clone()),
+        (
+            "ROSE_PERSON_KEY_SECRET".to_owned(),
+            rose_tests::PERSON_KEY_SECRET.to_owned(),
+        ),
+        (
+            "EMBEDDING_MODEL_DIR".to_owned(),
+            rose_tests::model_dir().display().to_string(),
+        ),
+        // A hundred jobs from one address and one session: no abuse limits.
+        ("ROSE_RATE_LIMIT_VOICE_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_RATE_LIMIT_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_SESSION_MAX_IN_FLIGHT".to_owned(), "0".to_owned()),
+        // Longer than any outage here: a worker that could not renew its
+        // messages while Redis was away keeps them (a visibility timeout
+        // shorter than an outage hands a live worker's jobs to another, and
+        // both pay for the stage in progress).
+        (
+            "ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS".to_owned(),
+            "10".to_owned(),
+        ),
+        ("ROSE_WORKER_CONCURRENCY".to_owned(), "25".to_owned()),
+        ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+        ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "2000".to_owned()),
+    ])
+}
+
+/// A case's world: the test's own app (its schema, simulator and a view
+/// of the database for the checks), with `rose api` and two `rose worker`
+/// processes on it.
+struct Fleet {
+    app: TestApp,
+    env: HashMap<String, String>,
+    logs: PathBuf,
+    api: Option<Proc>,
+    api_port: u16,
+    workers: Vec<Proc>,
+    _scheduler: Option<Proc>,
+}
+
+impl Fleet {
+    async fn start(case: &str, redis_url: String, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(case, redis_url, str::to_owned, extra).await
+    }
+
+    /// `database` turns the test's own database URL into the one the
+    /// processes are given (through a gate, under a name).
+    async fn start_with(
+        case: &str,
+        redis_url: String,
+        database: impl FnOnce(&str) -> String,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let app = spawn_app_with(
+            Deployment::Scaled,
+            AppOptions {
+                no_worker: true,
+                sim: sim(),
+                env: HashMap::from([("REDIS_URL".to_owned(), redis_url.clone())]),
+            },
+        )
+        .await;
+        let database_url = database(&app.database_url().expect("scaled"));
+        let mut env = fleet_env(&app, database_url, redis_url);
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let logs = log_dir(case);
+        let workers = vec![
+            rose(&["worker"], &env, &logs, "worker-1"),
+            rose(&["worker"], &env, &logs, "worker-2"),
+        ];
+        let mut fleet = Self {
+            app,
+            env,
+            logs,
+            api: None,
+            api_port: free_port(),
+            workers,
+            _scheduler: None,
+        };
+        fleet.start_api().await;
+        fleet
+    }
+
+    async fn start_api(&mut self) {
+        let port = self.api_port.to_string();
+        self.api = Some(rose(
+            &["api", "--port", &port],
+            &self.env,
+            &self.logs,
+            "api",
+        ));
+        self.app.url = format!("http://127.0.0.1:{port}");
+        wait_for_api(&self.app.http, &self.app.url).await;
+    }
+
+    fn start_scheduler(&mut self) {
+        self._scheduler = Some(rose(&["scheduler"], &self.env, &self.logs, "scheduler"));
+    }
+
+    /// Uploads `n` recordings; the ids of those the api took.
+    async fn upload(&self, session: &str, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let response = self.app.upload(session, SPOKEN_WAV, None).await;
+            let status = response.status();
+            let body: Value = response.json().await.expect("answer json");
+            assert_eq!(status, 202, "upload taken: {body}");
+            ids.push(body["job_id"].as_str().expect("job_id").to_owned());
+        }
+        ids
+    }
+
+    async fn wait_until(&self, what: &str, mut check: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + LIMIT;
+        while !check().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what} (logs in {})",
+                self.logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every job row ends `succeeded`; each was transcribed, answered and
+    /// spoken once; each stored its two turns once. Then new work is served.
+    async fn assert_whole(&self, session: &str) {
+        let logs = self.logs.display().to_string();
+        self.wait_until("every job ends", async || {
+            let rows = self.app.count_rows("voice_jobs").await;
+            self.app.count_jobs("succeeded").await + self.app.count_jobs("failed").await == rows
+        })
+        .await;
+        let rows = self.app.count_rows("voice_jobs").await;
+        assert_eq!(
+            self.app.count_jobs("succeeded").await,
+            rows,
+            "every job succeeded (logs in {logs})"
+        );
+        assert_eq!(
+            self.app.sim.count("transcriptions"),
+            rows as u64,
+            "each recording transcribed once"
+        );
+        assert_eq!(
+            self.app.reply_requests().await.len(),
+            rows as usize,
+            "each reply asked for once"
+        );
+        let spoken = self.app.sim.spoken_texts().await.len();
+        let chunks = self
+            .app
+            .scalar(
+                "SELECT COUNT(*) FROM voice_jobs, json_array_elements(chunks::json) c \
+                 WHERE c->>'audio_id' IS NOT NULL",
+            )
+            .await;
+        assert_eq!(spoken as i64, chunks, "each sentence spoken once");
+        assert_eq!(
+            self.app.count_rows("turns").await,
+            2 * rows,
+            "each job's turns stored once"
+        );
+        // New work after the fault.
+        for id in self.upload(session, 3).await {
+            let job = self.app.wait_for_job(&id, LIMIT).await;
+            assert_eq!(job["status"], "succeeded", "served after the fault: {job}");
+        }
+    }
+
+    async fn stop(self) {
+        drop(self.workers);
+        drop(self.api);
+        self.app.stop().await;
+    }
+}
+
+/// Redis dies mid-load and comes back with its append-only file: the
+/// queued and claimed messages are all still there, and every job ends once.
+#[tokio::test]
+async fn redis_killed_mid_load_with_aof_loses_nothing() {
+    let mut redis = OwnRedis::start(true).await;
+    // Few at once, so most messages wait in Redis when it dies.
+    let fleet = Fleet::start(
+        "redis_aof",
+        redis.url(),
+        &[("ROSE_WORKER_CONCURRENCY", "5")],
+    )
+    .await;
+    let session = fleet.app.start_session().await;
+    fleet.upload(&session, JOBS).await;
+    fleet
+        .wait_until("jobs in flight", async || {
+            fleet.app.sim.count("chat_completions") >= 10
+        })
+        .await;
+    redis.crash_and_restart(Duration::from_secs(2)).await;
+    fleet.assert_whole(&session).await;
+    fleet.stop().await;
+}
+
+/// Redis dies mid-load and comes back empty (no persistence): the messages
+/// are gone, and the scheduler's stale-job reaper pushes the jobs again from
+/// their rows; their checkpoints keep every stage paid once.
+#[tokio::test]
+async fn redis_killed_mid_load_without_persistence_loses_nothing() {
+    let mut redis = OwnRedis::start(false).await;
+    let mut fleet = Fleet::start(
+        "redis_volatile",
+        redis.url(),
+        &[
+            ("ROSE_STALE_JOB_SECS", "3"),
+            ("ROSE_SCHEDULE_STALE_JOBS", "*/2 * * * * *"),
+            // Few at once, so most messages still wait in Redis when it dies.
+            ("ROSE_WORKER_CONCURRENCY", "5"),
+        ],
+    )
+    .await;
+    fleet.start_scheduler();
+    let session = fleet.app.start_session().await;
+    fleet.upload(&session, JOBS).await;
+    fleet
+        .wait_until("jobs in flight", async || {
+            fleet.app.sim.count("chat_completions") >= 10
+        })
+        .await;
+    redis.crash_and_restart(Duration::from_secs(1)).await;
+    fleet.assert_whole(&session).await;
+    let requeued = fleet
+        .app
+        .scalar(
+            "SELECT COALESCE(SUM(CAST(counts::json->>'count' AS BIGINT)), 0)::BIGINT \
+             FROM schedule_runs WHERE name = 'stale_jobs'",
+        )
+        .await;
+    assert!(requeued > 0, "the reaper pushed the lost jobs again");
+    fleet.stop().await;
+}
+
+/// Rose's connections to PostgreSQL are terminated by the server mid-load
+/// (`pg_terminate_backend`, as an administrator or a failover does): the
+/// pools open new ones, and the jobs caught in a write wait and resume.
+#[tokio::test]
+async fn postgres_connections_killed_mid_load_lose_nothing() {
+    // The processes name their connections, so only theirs are terminated.
+    let name = rose_tests::unique("rose_fault");
+    let fleet = Fleet::start_with(
+        "pg_terminate",
+        rose_tests::redis_url(),
+        |own| format!("{own}&application_name={name}"),
+        &[],
+    )
+    .await;
+    let session = fleet.app.start_session().await;
+    fleet.upload(&session, JOBS).await;
+    let terminate = format!(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'"
+    );
+    let mut terminated = 0;
+    for at in [10, 40, 70] {
+        fleet
+            .wait_until("jobs in flight", async || {
+                fleet.app.sim.count("chat_completions") >= at
+            })
+            .await;
+        terminated += fleet.app.scalar(&terminate).await;
+    }
+    assert!(terminated >= 3, "Rose's connections were terminated");
+    fleet.assert_whole(&session).await;
+    fleet.stop().await;
+}
+
+/// PostgreSQL out of reach for 10 s mid-load: uploads answer 503
+/// `database_unavailable` and store nothing, `/api/health` says the
+/// database is down, the jobs in flight wait without spending their
+/// attempts, and everything finishes once it is back.
+#[tokio::test]
+async fn postgres_unreachable_for_10_s_answers_503_and_recovers() {
+    let own = rose_tests::database_url();
+    let upstream: SocketAddr = tokio::net::lookup_host(pg_host(&own))
+        .await
+        .expect("resolve the database host")
+        .next()
+        .expect("an address");
+    let gate = Arc::new(Gate::start(upstream).await);
+    let through = format!("127.0.0.1:{}", gate.port);
+    let fleet = Fleet::start_with(
+        "pg_unreachable",
+        rose_tests::redis_url(),
+        |own| own.replacen(pg_host(own), &through, 1),
+        &[],
+    )
+    .await;
+    let session = fleet.app.start_session().await;
+    fleet.upload(&session, JOBS).await;
+    fleet
+        .wait_until("jobs in flight", async || {
+            fleet.app.sim.count("chat_completions") >= 10
+        })
+        .await;
+    gate.cut();
+    let cut_at = Instant::now();
+    let rows = fleet.app.count_rows("voice_jobs").await;
+    for _ in 0..5 {
+        let response = fleet.app.upload(&session, SPOKEN_WAV, None).await;
+        assert_eq!(
+            response.status(),
+            503,
+            "an upload while the database is away"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        let body: Value = response.json().await.expect("error json");
+        assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    }
+    let health = fleet
+        .app
+        .http
+        .get(format!("{}/api/health", fleet.app.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.expect("health json");
+    assert_eq!(health["services"]["database"], "unhealthy", "{health}");
+    assert_eq!(
+        fleet.app.count_rows("voice_jobs").await,
+        rows,
+        "nothing stored from the refused uploads"
+    );
+    tokio::time::sleep_until(cut_at + Duration::from_secs(10)).await;
+    gate.mend();
+    fleet.assert_whole(&session).await;
+    let health = fleet
+        .app
+        .http
+        .get(format!("{}/api/health", fleet.app.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200, "healthy again");
+    fleet.stop().await;
+}
+
+/// The voice queue's messages as (entry id, job id) pairs.
+async fn queued_job_ids(redis_url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{prefix}:q:voice:stream"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("xrange");
+    entries
+        .ids
+        .iter()
+        .filter_map(|e| e.get::<String>("id"))
+        .collect()
+}
+
+/// `rose api` killed with SIGKILL while uploads stream in, then started
+/// again: no job row lacks its recording, no queue message lacks its row,
+/// and every job the api took (and any it wrote but could not push before
+/// it died, which the stale-job reaper pushes) ends once.
+#[tokio::test]
+async fn api_killed_during_uploads_leaves_nothing_half_stored() {
+    let mut fleet = Fleet::start(
+        "api_killed",
+        rose_tests::redis_url(),
+        &[
+            ("ROSE_STALE_JOB_SECS", "3"),
+            ("ROSE_SCHEDULE_STALE_JOBS", "*/2 * * * * *"),
+        ],
+    )
+    .await;
+    fleet.start_scheduler();
+    let session = fleet.app.start_session().await;
+    // Ten clients uploading side by side while the api dies under them.
+    let url = fleet.app.url.clone();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (url, session, http) = (url.clone(), session.clone(), fleet.app.http.clone());
+        clients.spawn(async move {
+            let mut taken = 0;
+            for _ in 0..10 {
+                let form = reqwest::multipart::Form::new()
+                    .part(
+                        "audio",
+                        reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec())
+                            .file_name("speech.wav"),
+                    )
+                    .text("session_id", session.clone());
+                let sent = http
+                    .post(format!("{url}/api/voice/process"))
+                    .multipart(form)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 202 => taken += 1,
+                    Ok(r) => panic!("an upload answered {}", r.status()),
+                    // The api died under this one.
+                    Err(_) => break,
+                }
+            }
+            taken
+        });
+    }
+    fleet
+        .wait_until("uploads are coming in", async || {
+            fleet.app.count_rows("voice_jobs").await >= 30
+        })
+        .await;
+    kill9(fleet.api.as_ref().expect("the api"));
+    let mut taken = 0;
+    while let Some(n) = clients.join_next().await {
+        taken += n.expect("a client");
+    }
+    let orphans = fleet
+        .app
+        .scalar(
+            "SELECT COUNT(*) FROM voice_jobs j WHERE j.input_audio_id IS NULL \
+             OR NOT EXISTS (SELECT 1 FROM audio a WHERE a.id = j.input_audio_id)",
+        )
+        .await;
+    assert_eq!(orphans, 0, "no job row without its recording");
+    for id in queued_job_ids(&rose_tests::redis_url(), &fleet.app.prefix).await {
+        let rows = fleet
+            .app
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM voice_jobs WHERE id = '{id}'"
+            ))
+            .await;
+        assert_eq!(rows, 1, "queue message {id} has its row");
+    }
+    let rows = fleet.app.count_rows("voice_jobs").await;
+    assert!(rows >= taken, "every upload answered 202 has its row");
+    fleet.api = None;
+    fleet.start_api().await;
+    fleet.assert_whole(&session).await;
+    fleet.stop().await;
+}
+
+/// A tmpfs mounted for this test, unmounted when it ends.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// `None` when this machine cannot mount one (not root).
+    fn mount(megabytes: u32) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Fills what is left of `dir`'s file system with 1 MB files, then frees
+/// `keep` of them; returns the rest, to free later.
+fn fill(dir: &Path, keep: usize) -> Vec<PathBuf> {
+    use std::io::Write;
+    let block = vec![7u8; 1 << 20];
+    let mut files = Vec::new();
+    for i in 0.. {
+        let path = dir.join(format!("filler-{i}"));
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let written = file.write_all(&block).and_then(|()| file.sync_all());
+        files.push(path);
+        if written.is_err() {
+            break;
+        }
+    }
+    for path in files.drain(files.len().saturating_sub(keep + 1)..) {
+        std::fs::remove_file(path).expect("free a filler");
+    }
+    files
+}
+
+/// The embedded deployment with its data directory on a 32 MB tmpfs that
+/// fills up: uploads answer 507 `storage_full` and store nothing, the SQLite
+/// file stays whole (`PRAGMA integrity_check`), and once space is freed the
+/// jobs caught by the full disk finish and new uploads are taken.
+#[tokio::test]
+async fn a_full_disk_answers_507_and_recovers() {
+    let Some(tmpfs) = Tmpfs::mount(32) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must mount a tmpfs"
+        );
+        eprintln!("skipped: a_full_disk_answers_507_and_recovers: mounting a tmpfs needs root");
+        return;
+    };
+    let sim = rose_tests::TestSim::start(sim()).await;
+    let port = free_port();
+    let env = HashMap::from([
+        (
+            "ROSE_DATA_DIR".to_owned(),
+            tmpfs.path().display().to_string(),
+        ),
+        ("ROSE_SIMULATOR_URL".to_owned(), sim.url.clone()),
+        (
+            "EMBEDDING_MODEL_DIR".to_owned(),
+            rose_tests::model_dir().display().to_string(),
+        ),
+        ("ROSE_RATE_LIMIT_VOICE_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_RATE_LIMIT_PER_MIN".to_owned(), "0".to_owned()),
+        ("ROSE_SESSION_MAX_IN_FLIGHT".to_owned(), "0".to_owned()),
+        ("ROSE_JOB_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+        ("ROSE_JOB_RETRY_CAP_MS".to_owned(), "2000".to_owned()),
+    ]);
+    let logs = log_dir("disk_full");
+    let _serve = rose(
+        &["serve", "--port", &port.to_string()],
+        &env,
+        &logs,
+        "serve",
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for_api(&http, &base).await;
+    let session: Value = http
+        .post(format!("{base}/api/session/start"))
+        .send()
+        .await
+        .expect("session")
+        .json()
+        .await
+        .expect("session json");
+    let session = session["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let upload = async || {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "audio",
+                reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec()).file_name("speech.wav"),
+            )
+            .text("session_id", session.clone());
+        http.post(format!("{base}/api/voice/process"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload")
+    };
+    let database = tmpfs.path().join("rose.db");
+    let pool = rose_tests::sqlite_pool(&database).await;
+    let rows = async || -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM voice_jobs")
+            .fetch_one(&pool)
+            .await
+            .expect("count jobs")
+    };
+    let fillers = fill(tmpfs.path(), 3);
+    let mut taken = Vec::new();
+    let mut refused = None;
+    for _ in 0..60 {
+        let before = rows().await;
+        let response = upload().await;
+        match response.status().as_u16() {
+            202 => {
+                let body: Value = response.json().await.expect("accepted");
+                taken.push(body["job_id"].as_str().expect("job_id").to_owned());
+            }
+            507 => {
+                let body: Value = response.json().await.expect("error json");
+                assert_eq!(
+                    rows().await,
+                    before,
+                    "nothing stored from the refused upload"
+                );
+                refused = Some(body);
+                break;
+            }
+            other => panic!(
+                "an upload on a filling disk answered {other} (logs in {})",
+                logs.display()
+            ),
+        }
+    }
+    let refused = refused.expect("the disk filled up");
+    assert_eq!(refused["error"]["code"], "storage_full", "{refused}");
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await
+        .expect("integrity check");
+    assert_eq!(check, "ok", "the database is whole on a full disk");
+    for path in fillers {
+        std::fs::remove_file(path).expect("free space");
+    }
+    let response = upload().await;
+    assert_eq!(response.status(), 202, "taken once space is freed");
+    let body: Value = response.json().await.expect("accepted");
+    taken.push(body["job_id"].as_str().expect("job_id").to_owned());
+    for id in &taken {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let job: Value = http
+                .get(format!("{base}/api/jobs/{id}"))
+                .send()
+                .await
+                .expect("job")
+                .json()
+                .await
+                .expect("job json");
+            if job["status"] == "succeeded" {
+                break;
+            }
+            assert_ne!(job["status"], "failed", "{job}");
+            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    pool.close().await;
+}
