@@ -80,15 +80,22 @@ fn rose(args: &[&str], env: &HashMap<String, String>, logs: &Path, name: &str) -
 struct OwnRedis {
     port: u16,
     aof: bool,
+    also: Vec<String>,
     dir: tempfile::TempDir,
     proc: Option<Proc>,
 }
 
 impl OwnRedis {
     async fn start(aof: bool) -> Self {
+        Self::start_on(aof, &[]).await
+    }
+
+    /// Listening on loopback and on `also`.
+    async fn start_on(aof: bool, also: &[&str]) -> Self {
         let mut redis = Self {
             port: free_port(),
             aof,
+            also: also.iter().map(|a| (*a).to_owned()).collect(),
             dir: tempfile::tempdir().expect("redis dir"),
             proc: None,
         };
@@ -104,6 +111,9 @@ impl OwnRedis {
         let aof = if self.aof { "yes" } else { "no" };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.also)
+            // The namespace's worker is not on loopback; this Redis is the test's own.
+            .args(["--protected-mode", "no"])
             .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -148,7 +158,12 @@ struct Gate {
 
 impl Gate {
     async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gate");
+        Self::start_on("127.0.0.1", upstream).await
+    }
+
+    /// A gate listening on `host` (an address of this machine).
+    async fn start_on(host: &str, upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((host, 0)).await.expect("bind gate");
         let port = listener.local_addr().expect("gate addr").port();
         let (open, rx) = watch::channel(true);
         tokio::spawn(async move {
@@ -358,6 +373,14 @@ impl Fleet {
             "each job's turns stored once"
         );
         // New work after the fault.
+        for id in self.upload(session, 3).await {
+            let job = self.app.wait_for_job(&id, LIMIT).await;
+            assert_eq!(job["status"], "succeeded", "served after the fault: {job}");
+        }
+    }
+
+    /// New work is served (after a fault whose stages were paid again).
+    async fn assert_whole_again(&self, session: &str) {
         for id in self.upload(session, 3).await {
             let job = self.app.wait_for_job(&id, LIMIT).await;
             assert_eq!(job["status"], "succeeded", "served after the fault: {job}");
@@ -824,4 +847,269 @@ async fn a_full_disk_answers_507_and_recovers() {
         }
     }
     pool.close().await;
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace joined to this one by a veth pair: `host` is this
+/// side's address, `inside` the namespace's. Setting the link down is a
+/// partition: packets are dropped, connections hang, nothing is refused.
+struct Island {
+    name: String,
+    link: String,
+    host: String,
+}
+
+impl Island {
+    /// `None` when this machine cannot make one (not root).
+    fn create() -> Option<Self> {
+        let probe = Command::new("ip").args(["netns", "list"]).output().ok()?;
+        if !probe.status.success() || not_root() {
+            return None;
+        }
+        let id = ulid::Ulid::generate().to_string().to_lowercase();
+        let tag = &id[id.len() - 6..];
+        let octet = 16 + (u32::from_str_radix(&id[id.len() - 2..], 32).unwrap_or(0) % 200);
+        let island = Self {
+            name: format!("rose-part-{tag}"),
+            link: format!("rp{tag}h"),
+            host: format!("10.201.{octet}.1"),
+        };
+        let inside = format!("10.201.{octet}.2");
+        let peer = format!("rp{tag}n");
+        ip(&["netns", "add", &island.name]);
+        ip(&[
+            "link",
+            "add",
+            &island.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &island.name]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", island.host),
+            "dev",
+            &island.link,
+        ]);
+        ip(&["link", "set", &island.link, "up"]);
+        let ns = |args: &[&str]| {
+            let mut all = vec!["-n", island.name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        ns(&["link", "set", "lo", "up"]);
+        ns(&["addr", "add", &format!("{inside}/30"), "dev", &peer]);
+        ns(&["link", "set", &peer, "up"]);
+        Some(island)
+    }
+
+    fn cut(&self) {
+        ip(&["link", "set", &self.link, "down"]);
+    }
+
+    fn mend(&self) {
+        ip(&["link", "set", &self.link, "up"]);
+    }
+}
+
+impl Drop for Island {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the pair with it.
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Whether this process lacks root (namespaces need it).
+fn not_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
+        .unwrap_or(true)
+}
+
+/// The voice messages `consumer_pid`'s worker holds (its consumer name
+/// carries its process id).
+async fn held_by(redis_url: &str, prefix: &str, consumer_pid: u32) -> usize {
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let pending: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(format!("{prefix}:q:voice:stream"))
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let mark = format!("-{consumer_pid}-");
+    pending
+        .ids
+        .iter()
+        .filter(|p| p.consumer.contains(&mark))
+        .count()
+}
+
+/// A worker cut off from Redis, PostgreSQL and the providers for 20 s by a
+/// network partition (its own namespace, the veth link set down): its jobs
+/// are reclaimed and finished by the other worker; when the link is back it
+/// finishes none of them a second time — at most the one stage each had in
+/// flight when the link went down is paid again — and it serves on.
+#[tokio::test]
+async fn a_worker_partitioned_for_20_s_finishes_nothing_twice() {
+    let Some(island) = Island::create() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must make a network namespace"
+        );
+        eprintln!(
+            "skipped: a_worker_partitioned_for_20_s_finishes_nothing_twice: network namespaces need root"
+        );
+        return;
+    };
+    let redis = OwnRedis::start_on(true, &[island.host.as_str()]).await;
+    let own = rose_tests::database_url();
+    let postgres: SocketAddr = tokio::net::lookup_host(pg_host(&own))
+        .await
+        .expect("resolve the database host")
+        .next()
+        .expect("an address");
+    let pg_gate = Gate::start_on(&island.host, postgres).await;
+    let mut fleet = Fleet::start(
+        "partition",
+        redis.url(),
+        &[
+            // Shorter than the partition: the other worker takes its jobs.
+            ("ROSE_QUEUE_VISIBILITY_TIMEOUT_SECS", "5"),
+            ("ROSE_WORKER_CONCURRENCY", "10"),
+        ],
+    )
+    .await;
+    let sim: SocketAddr = fleet
+        .app
+        .sim
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("sim address");
+    let sim_gate = Gate::start_on(&island.host, sim).await;
+    // The first worker moves to the island, reaching everything through it.
+    let mut env = fleet.env.clone();
+    let own_url = fleet.app.database_url().expect("scaled");
+    env.insert(
+        "DATABASE_URL".to_owned(),
+        own_url.replacen(
+            pg_host(&own_url),
+            &format!("{}:{}", island.host, pg_gate.port),
+            1,
+        ),
+    );
+    env.insert(
+        "REDIS_URL".to_owned(),
+        format!("redis://{}:{}", island.host, redis.port),
+    );
+    env.insert(
+        "ROSE_SIMULATOR_URL".to_owned(),
+        format!("http://{}:{}", island.host, sim_gate.port),
+    );
+    let exec = [
+        "netns",
+        "exec",
+        island.name.as_str(),
+        env!("CARGO_BIN_EXE_rose"),
+        "worker",
+    ];
+    let log = std::fs::File::create(fleet.logs.join("islander.log")).expect("log");
+    let islander = Proc(
+        Command::new("ip")
+            .args(exec)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "warn")
+            .envs(&env)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the islander"),
+    );
+    fleet.workers[0] = islander;
+    let pid = fleet.workers[0].0.id();
+    let session = fleet.app.start_session().await;
+    fleet.upload(&session, JOBS).await;
+    let mut held = 0;
+    fleet
+        .wait_until("the islander holds jobs", async || {
+            held = held_by(&redis.url(), &fleet.app.prefix, pid).await;
+            held > 0
+        })
+        .await;
+    island.cut();
+    let cut_at = Instant::now();
+    fleet
+        .wait_until("the islander's jobs are reclaimed", async || {
+            held_by(&redis.url(), &fleet.app.prefix, pid).await == 0
+        })
+        .await;
+    tokio::time::sleep_until(cut_at + Duration::from_secs(20)).await;
+    island.mend();
+    fleet
+        .wait_until("every job ends", async || {
+            fleet.app.count_jobs("succeeded").await == JOBS as i64
+        })
+        .await;
+    // Let the islander come back and try to go on with what it held.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = fleet.app.count_rows("voice_jobs").await;
+    assert_eq!(fleet.app.count_jobs("succeeded").await, rows);
+    assert_eq!(
+        fleet.app.count_rows("turns").await,
+        2 * rows,
+        "no job's turns stored twice"
+    );
+    let repeated = fleet
+        .app
+        .scalar(
+            "SELECT COUNT(*) FROM (SELECT j.id, c->>'index' FROM voice_jobs j, \
+             json_array_elements(j.chunks::json) c GROUP BY 1, 2 HAVING COUNT(*) > 1) r",
+        )
+        .await;
+    assert_eq!(repeated, 0, "no sentence announced twice");
+    let paid = fleet.app.sim.count("transcriptions") as i64 - rows;
+    let replies = fleet.app.reply_requests().await.len() as i64 - rows;
+    eprintln!(
+        "partition: the islander held {held} jobs; paid again: {paid} transcriptions, {replies} replies"
+    );
+    assert!(
+        paid + replies <= held as i64,
+        "at most the stage in flight paid again for each of the {held} jobs the islander held \
+         ({paid} transcriptions and {replies} replies more than jobs)"
+    );
+    assert!(
+        fleet.workers[0].0.try_wait().expect("status").is_none(),
+        "the islander is still up (logs in {})",
+        fleet.logs.display()
+    );
+    fleet.assert_whole_again(&session).await;
+    drop(sim_gate);
+    drop(pg_gate);
+    fleet.stop().await;
+    drop(redis);
 }
