@@ -560,6 +560,90 @@ async fn postgres_unreachable_for_10_s_answers_503_and_recovers() {
     fleet.stop().await;
 }
 
+/// Queues `count` hostile answers of kind `answer` at `endpoint` in the
+/// simulator.
+async fn hostile(app: &TestApp, endpoint: &str, answer: &str, count: u32) {
+    let response = app
+        .http
+        .post(format!("{}/__sim/faults", app.sim.url))
+        .json(&serde_json::json!({"endpoint": endpoint, "answer": answer, "count": count}))
+        .send()
+        .await
+        .expect("fault request");
+    assert_eq!(response.status(), 201);
+}
+
+/// Hostile provider answers mid-load — a transcript of 50 MB, replies that
+/// are not JSON or never end, speech that is not audio: each call is
+/// refused within Rose's limits and tried again, the jobs succeed (a
+/// sentence whose speech was not audio is delivered as text), and both
+/// workers serve on.
+#[tokio::test]
+async fn hostile_answers_mid_load_are_retried_and_the_workers_serve_on() {
+    let mut fleet = Fleet::start(
+        "hostile",
+        rose_tests::redis_url(),
+        &[("ROSE_PROVIDER_TIMEOUT_SECS", "2")],
+    )
+    .await;
+    let session = fleet.app.start_session().await;
+    hostile(&fleet.app, "transcriptions", "huge", 2).await;
+    hostile(&fleet.app, "chat_completions", "not_json", 2).await;
+    hostile(&fleet.app, "chat_completions", "endless", 1).await;
+    hostile(&fleet.app, "text_to_speech", "not_json", 2).await;
+    fleet.upload(&session, JOBS).await;
+    fleet
+        .wait_until("every job ends", async || {
+            let rows = fleet.app.count_rows("voice_jobs").await;
+            fleet.app.count_jobs("succeeded").await + fleet.app.count_jobs("failed").await == rows
+        })
+        .await;
+    let pending: Value = reqwest::get(format!("{}/__sim/faults", fleet.app.sim.url))
+        .await
+        .expect("faults")
+        .json()
+        .await
+        .expect("faults json");
+    assert_eq!(
+        pending["hostile"],
+        serde_json::json!([]),
+        "every hostile answer was given"
+    );
+    let rows = fleet.app.count_rows("voice_jobs").await;
+    assert_eq!(
+        fleet.app.count_jobs("succeeded").await,
+        rows,
+        "every job succeeded"
+    );
+    // The simulator counts the requests it answered properly (a hostile
+    // answer is given before the count).
+    assert_eq!(
+        fleet.app.sim.count("transcriptions") as i64,
+        rows,
+        "each recording transcribed once"
+    );
+    let replies = fleet.app.reply_requests().await.len() as i64;
+    assert!(
+        (rows..=rows + 3).contains(&replies),
+        "each reply asked for once, besides the hostile answers: {replies} for {rows} jobs"
+    );
+    assert_eq!(
+        fleet.app.count_rows("turns").await,
+        2 * rows,
+        "each job's turns stored once"
+    );
+    let logs = fleet.logs.display().to_string();
+    for worker in &mut fleet.workers {
+        let exited = worker.0.try_wait().expect("worker status");
+        assert!(
+            exited.is_none(),
+            "a worker exited: {exited:?} (logs in {logs})"
+        );
+    }
+    fleet.assert_whole_again(&session).await;
+    fleet.stop().await;
+}
+
 /// The voice queue's messages as (entry id, job id) pairs.
 async fn queued_job_ids(redis_url: &str, prefix: &str) -> Vec<String> {
     let client = redis::Client::open(redis_url).expect("redis url");
