@@ -1178,8 +1178,14 @@ async fn a_worker_partitioned_for_20_s_finishes_nothing_twice() {
     assert_eq!(repeated, 0, "no sentence announced twice");
     let paid = fleet.app.sim.count("transcriptions") as i64 - rows;
     let replies = fleet.app.reply_requests().await.len() as i64 - rows;
+    let spoken = fleet.app.sim.spoken_texts().await.len() as i64;
+    let sentences = fleet
+        .app
+        .scalar("SELECT COUNT(*) FROM voice_jobs, json_array_elements(chunks::json) c")
+        .await;
     eprintln!(
-        "partition: the islander held {held} jobs; paid again: {paid} transcriptions, {replies} replies"
+        "partition: the islander held {held} jobs; paid again: {paid} transcriptions, {replies} replies, {} sentences' speech",
+        spoken - sentences
     );
     assert!(
         paid + replies <= held as i64,
