@@ -12,14 +12,6 @@ use tokio::time::Instant;
 
 const JOBS: usize = 100;
 
-fn kill9(p: &Proc) {
-    let status = Command::new("kill")
-        .args(["-KILL", &p.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 fn rose(args: &[&str], env: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rose"));
     cmd.args(args)
@@ -90,7 +82,7 @@ async fn a_worker_killed_with_jobs_in_flight_loses_none_on_redis() {
         app.sim.count("chat_completions") >= 10
     })
     .await;
-    kill9(&doomed);
+    doomed.kill9();
     until("all jobs succeed", Duration::from_secs(60), async || {
         app.count_jobs("succeeded").await == JOBS as i64
     })
@@ -160,7 +152,7 @@ async fn rose_serve_killed_and_restarted_loses_none() {
         sim.count("chat_completions") >= 10
     })
     .await;
-    kill9(&first);
+    first.kill9();
     drop(first);
     let _second = serve();
     until(
@@ -333,7 +325,7 @@ async fn two_scheduler_processes_run_each_tick_once_and_survive_the_leaders_deat
         (two, one)
     };
     assert_eq!(doomed.0.id(), leader_pid, "the leader is one of ours");
-    kill9(&doomed);
+    doomed.kill9();
     let killed = std::time::Instant::now();
     until(
         "the standby takes over",

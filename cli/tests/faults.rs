@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use rose_sim::{Latency, SimConfig};
 use rose_tests::process::{Proc, free_port, wait_for_api};
-use rose_tests::{AppOptions, Deployment, SPOKEN_WAV, TestApp, spawn_app_with};
+use rose_tests::{
+    AppOptions, Deployment, SPOKEN_WAV, TestApp, audio_form, spawn_app_with, start_session_at,
+    wait_for_job_at,
+};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -40,14 +43,6 @@ fn sim() -> SimConfig {
         log_capacity: 100_000,
         ..SimConfig::default()
     }
-}
-
-fn kill9(p: &Proc) {
-    let status = Command::new("kill")
-        .args(["-KILL", &p.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 /// Where this case's processes write their logs (kept for a failure's
@@ -141,7 +136,7 @@ impl OwnRedis {
     /// port and directory after `down`.
     async fn crash_and_restart(&mut self, down: Duration) {
         if let Some(p) = self.proc.take() {
-            kill9(&p);
+            p.kill9();
         }
         tokio::time::sleep(down).await;
         self.run().await;
@@ -321,6 +316,24 @@ impl Fleet {
         ids
     }
 
+    /// Starts a session and uploads [`JOBS`] recordings; returns the
+    /// session once `replies` reply streams have begun, so a fault lands
+    /// while jobs are in flight.
+    async fn load(&self, replies: u64) -> String {
+        let session = self.app.start_session().await;
+        self.upload(&session, JOBS).await;
+        self.in_flight(replies).await;
+        session
+    }
+
+    /// Waits until the simulator has seen `n` chat requests.
+    async fn in_flight(&self, n: u64) {
+        self.wait_until("jobs in flight", async || {
+            self.app.sim.count("chat_completions") >= n
+        })
+        .await;
+    }
+
     async fn wait_until(&self, what: &str, mut check: impl AsyncFnMut() -> bool) {
         let deadline = Instant::now() + LIMIT;
         while !check().await {
@@ -406,13 +419,7 @@ async fn redis_killed_mid_load_with_aof_loses_nothing() {
         &[("ROSE_WORKER_CONCURRENCY", "5")],
     )
     .await;
-    let session = fleet.app.start_session().await;
-    fleet.upload(&session, JOBS).await;
-    fleet
-        .wait_until("jobs in flight", async || {
-            fleet.app.sim.count("chat_completions") >= 10
-        })
-        .await;
+    let session = fleet.load(10).await;
     redis.crash_and_restart(Duration::from_secs(2)).await;
     fleet.assert_whole(&session).await;
     fleet.stop().await;
@@ -436,13 +443,7 @@ async fn redis_killed_mid_load_without_persistence_loses_nothing() {
     )
     .await;
     fleet.start_scheduler();
-    let session = fleet.app.start_session().await;
-    fleet.upload(&session, JOBS).await;
-    fleet
-        .wait_until("jobs in flight", async || {
-            fleet.app.sim.count("chat_completions") >= 10
-        })
-        .await;
+    let session = fleet.load(10).await;
     redis.crash_and_restart(Duration::from_secs(1)).await;
     fleet.assert_whole(&session).await;
     let requeued = fleet
@@ -477,11 +478,7 @@ async fn postgres_connections_killed_mid_load_lose_nothing() {
     );
     let mut terminated = 0;
     for at in [10, 40, 70] {
-        fleet
-            .wait_until("jobs in flight", async || {
-                fleet.app.sim.count("chat_completions") >= at
-            })
-            .await;
+        fleet.in_flight(at).await;
         terminated += fleet.app.scalar(&terminate).await;
     }
     assert!(terminated >= 3, "Rose's connections were terminated");
@@ -510,13 +507,7 @@ async fn postgres_unreachable_for_10_s_answers_503_and_recovers() {
         &[],
     )
     .await;
-    let session = fleet.app.start_session().await;
-    fleet.upload(&session, JOBS).await;
-    fleet
-        .wait_until("jobs in flight", async || {
-            fleet.app.sim.count("chat_completions") >= 10
-        })
-        .await;
+    let session = fleet.load(10).await;
     gate.cut();
     let cut_at = Instant::now();
     let rows = fleet.app.count_rows("voice_jobs").await;
@@ -560,19 +551,6 @@ async fn postgres_unreachable_for_10_s_answers_503_and_recovers() {
     fleet.stop().await;
 }
 
-/// Queues `count` hostile answers of kind `answer` at `endpoint` in the
-/// simulator.
-async fn hostile(app: &TestApp, endpoint: &str, answer: &str, count: u32) {
-    let response = app
-        .http
-        .post(format!("{}/__sim/faults", app.sim.url))
-        .json(&serde_json::json!({"endpoint": endpoint, "answer": answer, "count": count}))
-        .send()
-        .await
-        .expect("fault request");
-    assert_eq!(response.status(), 201);
-}
-
 /// Hostile provider answers mid-load — a transcript of 50 MB, replies that
 /// are not JSON or never end, speech that is not audio: each call is
 /// refused within Rose's limits and tried again, the jobs succeed (a
@@ -587,10 +565,18 @@ async fn hostile_answers_mid_load_are_retried_and_the_workers_serve_on() {
     )
     .await;
     let session = fleet.app.start_session().await;
-    hostile(&fleet.app, "transcriptions", "huge", 2).await;
-    hostile(&fleet.app, "chat_completions", "not_json", 2).await;
-    hostile(&fleet.app, "chat_completions", "endless", 1).await;
-    hostile(&fleet.app, "text_to_speech", "not_json", 2).await;
+    fleet.app.sim.hostile("transcriptions", "huge", 2).await;
+    fleet
+        .app
+        .sim
+        .hostile("chat_completions", "not_json", 2)
+        .await;
+    fleet
+        .app
+        .sim
+        .hostile("chat_completions", "endless", 1)
+        .await;
+    fleet.app.sim.hostile("text_to_speech", "not_json", 2).await;
     fleet.upload(&session, JOBS).await;
     fleet
         .wait_until("every job ends", async || {
@@ -690,16 +676,9 @@ async fn api_killed_during_uploads_leaves_nothing_half_stored() {
         clients.spawn(async move {
             let mut taken = 0;
             for _ in 0..10 {
-                let form = reqwest::multipart::Form::new()
-                    .part(
-                        "audio",
-                        reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec())
-                            .file_name("speech.wav"),
-                    )
-                    .text("session_id", session.clone());
                 let sent = http
                     .post(format!("{url}/api/voice/process"))
-                    .multipart(form)
+                    .multipart(audio_form(&session, SPOKEN_WAV))
                     .send()
                     .await;
                 match sent {
@@ -717,7 +696,7 @@ async fn api_killed_during_uploads_leaves_nothing_half_stored() {
             fleet.app.count_rows("voice_jobs").await >= 30
         })
         .await;
-    kill9(fleet.api.as_ref().expect("the api"));
+    fleet.api.as_ref().expect("the api").kill9();
     let mut taken = 0;
     while let Some(n) = clients.join_next().await {
         taken += n.expect("a client");
@@ -837,27 +816,10 @@ async fn a_full_disk_answers_507_and_recovers() {
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     wait_for_api(&http, &base).await;
-    let session: Value = http
-        .post(format!("{base}/api/session/start"))
-        .send()
-        .await
-        .expect("session")
-        .json()
-        .await
-        .expect("session json");
-    let session = session["session_id"]
-        .as_str()
-        .expect("session_id")
-        .to_owned();
+    let session = start_session_at(&http, &base).await;
     let upload = async || {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "audio",
-                reqwest::multipart::Part::bytes(SPOKEN_WAV.to_vec()).file_name("speech.wav"),
-            )
-            .text("session_id", session.clone());
         http.post(format!("{base}/api/voice/process"))
-            .multipart(form)
+            .multipart(audio_form(&session, SPOKEN_WAV))
             .send()
             .await
             .expect("upload")
@@ -912,23 +874,8 @@ async fn a_full_disk_answers_507_and_recovers() {
     let body: Value = response.json().await.expect("accepted");
     taken.push(body["job_id"].as_str().expect("job_id").to_owned());
     for id in &taken {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let job: Value = http
-                .get(format!("{base}/api/jobs/{id}"))
-                .send()
-                .await
-                .expect("job")
-                .json()
-                .await
-                .expect("job json");
-            if job["status"] == "succeeded" {
-                break;
-            }
-            assert_ne!(job["status"], "failed", "{job}");
-            assert!(Instant::now() < deadline, "job {id} did not finish: {job}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let job = wait_for_job_at(&http, &base, id, LIMIT).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
     }
     pool.close().await;
 }

@@ -208,6 +208,21 @@ impl TestSim {
             .collect()
     }
 
+    /// Queues `count` hostile answers (`not_json`, `huge`, `endless`) for
+    /// `endpoint`.
+    ///
+    /// # Panics
+    /// When the simulator refuses.
+    pub async fn hostile(&self, endpoint: &str, answer: &str, count: u32) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/__sim/faults", self.url))
+            .json(&serde_json::json!({"endpoint": endpoint, "answer": answer, "count": count}))
+            .send()
+            .await
+            .expect("fault request");
+        assert_eq!(response.status(), 201, "hostile answer queued");
+    }
+
     /// The texts sent to speech, in arrival order.
     ///
     /// # Panics
@@ -430,15 +445,7 @@ impl TestApp {
     /// # Panics
     /// When the api refuses.
     pub async fn start_session(&self) -> String {
-        let response = self
-            .http
-            .post(format!("{}/api/session/start", self.url))
-            .send()
-            .await
-            .expect("session request");
-        assert_eq!(response.status(), 201, "session start");
-        let body: Value = response.json().await.expect("session json");
-        body["session_id"].as_str().expect("session_id").to_owned()
+        start_session_at(&self.http, &self.url).await
     }
 
     /// Uploads `audio` for `session` (with an optional idempotency key).
@@ -451,16 +458,10 @@ impl TestApp {
         audio: &[u8],
         key: Option<&str>,
     ) -> reqwest::Response {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "audio",
-                reqwest::multipart::Part::bytes(audio.to_vec()).file_name("speech.wav"),
-            )
-            .text("session_id", session.to_owned());
         let mut request = self
             .http
             .post(format!("{}/api/voice/process", self.url))
-            .multipart(form);
+            .multipart(audio_form(session, audio));
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
         }
@@ -509,13 +510,7 @@ impl TestApp {
         audio: &[u8],
         callback_url: &str,
     ) -> reqwest::Response {
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "audio",
-                reqwest::multipart::Part::bytes(audio.to_vec()).file_name("speech.wav"),
-            )
-            .text("session_id", session.to_owned())
-            .text("callback_url", callback_url.to_owned());
+        let form = audio_form(session, audio).text("callback_url", callback_url.to_owned());
         self.http
             .post(format!("{}/api/voice/process", self.url))
             .multipart(form)
@@ -529,26 +524,7 @@ impl TestApp {
     /// # Panics
     /// When the job does not finish in time.
     pub async fn wait_for_job(&self, job_id: &str, limit: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let body: Value = self
-                .http
-                .get(format!("{}/api/jobs/{job_id}?wait=5", self.url))
-                .send()
-                .await
-                .expect("job request")
-                .json()
-                .await
-                .expect("job json");
-            let status = body["status"].as_str().unwrap_or_default();
-            if matches!(status, "succeeded" | "failed" | "cancelled") {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {job_id} did not finish: {body}"
-            );
-        }
+        wait_for_job_at(&self.http, &self.url, job_id, limit).await
     }
 
     /// Runs one SQL statement (test set-up: ages rows, loses messages).
@@ -741,6 +717,65 @@ impl TestApp {
         if let rose_shared::queue::Queue::Redis(q) = &self.rose.queue {
             delete_prefix(q.connection(), &self.prefix).await;
         }
+    }
+}
+
+/// The multipart body of a voice upload: `audio` as the `audio` part of
+/// `session`.
+#[must_use]
+pub fn audio_form(session: &str, audio: &[u8]) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .part(
+            "audio",
+            reqwest::multipart::Part::bytes(audio.to_vec()).file_name("speech.wav"),
+        )
+        .text("session_id", session.to_owned())
+}
+
+/// Starts a session on the api at `base`; returns its id.
+///
+/// # Panics
+/// When the api refuses.
+pub async fn start_session_at(http: &reqwest::Client, base: &str) -> String {
+    let response = http
+        .post(format!("{base}/api/session/start"))
+        .send()
+        .await
+        .expect("session request");
+    assert_eq!(response.status(), 201, "session start");
+    let body: Value = response.json().await.expect("session json");
+    body["session_id"].as_str().expect("session_id").to_owned()
+}
+
+/// Polls job `job_id` on the api at `base` (long-polling) until it is
+/// finished; panics after `limit`.
+///
+/// # Panics
+/// When the job does not finish in time.
+pub async fn wait_for_job_at(
+    http: &reqwest::Client,
+    base: &str,
+    job_id: &str,
+    limit: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let body: Value = http
+            .get(format!("{base}/api/jobs/{job_id}?wait=5"))
+            .send()
+            .await
+            .expect("job request")
+            .json()
+            .await
+            .expect("job json");
+        let status = body["status"].as_str().unwrap_or_default();
+        if matches!(status, "succeeded" | "failed" | "cancelled") {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {job_id} did not finish: {body}"
+        );
     }
 }
 

@@ -8,6 +8,21 @@ use std::time::{Duration, Instant};
 /// A child process killed (and reaped) when the guard drops.
 pub struct Proc(pub Child);
 
+impl Proc {
+    /// Kills it with SIGKILL, as a crash or the OOM killer would (it is
+    /// reaped when the guard drops).
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub fn kill9(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &self.0.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "SIGKILL to {}", self.0.id());
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

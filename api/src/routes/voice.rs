@@ -200,17 +200,14 @@ async fn process(
             // stays. Should even that fail, the job is marked failed (a
             // row left `queued` would be pushed later by the stale-job
             // reaper and answered after the person heard "not taken").
-            match rose.store.discard_job(job.id).await {
-                Ok(_) => {}
-                Err(store_err) => {
-                    tracing::error!(job_id = %job.id, error = %store_err, "could not remove an unqueued job; marking it failed");
-                    let error = JobError {
-                        code: "queue_unavailable".to_owned(),
-                        message: "the job could not be queued".to_owned(),
-                    };
-                    if let Err(store_err) = rose.store.fail_job(job.id, &error).await {
-                        tracing::error!(job_id = %job.id, error = %store_err, "could not mark unqueued job failed");
-                    }
+            if let Err(store_err) = rose.store.discard_job(job.id).await {
+                tracing::error!(job_id = %job.id, error = %store_err, "could not remove an unqueued job; marking it failed");
+                let error = JobError {
+                    code: "queue_unavailable".to_owned(),
+                    message: "the job could not be queued".to_owned(),
+                };
+                if let Err(store_err) = rose.store.fail_job(job.id, &error).await {
+                    tracing::error!(job_id = %job.id, error = %store_err, "could not mark unqueued job failed");
                 }
             }
             return Err(ApiError::Queue(e));

@@ -25,17 +25,6 @@ async fn app(env: &[(&str, &str)]) -> TestApp {
     .await
 }
 
-async fn hostile(app: &TestApp, endpoint: &str, answer: &str, count: u32) {
-    let response = app
-        .http
-        .post(format!("{}/__sim/faults", app.sim.url))
-        .json(&json!({"endpoint": endpoint, "answer": answer, "count": count}))
-        .send()
-        .await
-        .expect("fault request");
-    assert_eq!(response.status(), 201);
-}
-
 /// After the fault: the same worker answers a new job.
 async fn still_serves(app: &TestApp) {
     let session = app.start_session().await;
@@ -47,7 +36,7 @@ async fn still_serves(app: &TestApp) {
 /// Every attempt (one try each, three attempts) meets `answer` at
 /// `endpoint`; the job fails with `code`, whose message says why.
 async fn fails_with(app: &TestApp, endpoint: &str, answer: &str, code: &str, says: &str) {
-    hostile(app, endpoint, answer, 3).await;
+    app.sim.hostile(endpoint, answer, 3).await;
     let session = app.start_session().await;
     let id = if endpoint == "transcriptions" {
         let response = app.upload(&session, rose_tests::SPOKEN_WAV, None).await;
@@ -120,8 +109,8 @@ async fn speech_that_is_not_audio_or_never_ends_is_delivered_as_text() {
         ("ROSE_TTS_CONCURRENCY", "1"),
     ])
     .await;
-    hostile(&app, "text_to_speech", "not_json", 1).await;
-    hostile(&app, "text_to_speech", "endless", 1).await;
+    app.sim.hostile("text_to_speech", "not_json", 1).await;
+    app.sim.hostile("text_to_speech", "endless", 1).await;
     let words = rose_tests::words_with_sentences(3, "hostile");
     let session = app.start_session().await;
     let id = app.submit_text(&session, &words).await;
